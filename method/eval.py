@@ -1,0 +1,218 @@
+"""Evaluation: encode every video once, score queries in chunks, report both directions.
+
+``python -m method.eval --model_dir RUN_DIR --root_path ROOT [--eval_split test]``
+(``do_test.sh`` wraps it). Works for this project's runs and for the authors'
+released checkpoints (detected from the state-dict names).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import metrics
+from .checkpoint import CheckpointError, load_model
+from .config import RUNTIME_KEYS, add_data_args, build_train_parser, fill_collection_defaults, load_opt, resolve_device
+from .data import DataError, build_split, collate_queries, collate_videos
+from .model import DLDKD, cosine_video_scores, normalize_frames
+
+EVAL_RUNTIME_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results_dir")
+
+
+@torch.no_grad()
+def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device):
+    """Encode all videos (unit frames, kept per loader batch) and all queries of a split.
+
+    Returns (video_blocks, video_ids, queries, cap_ids) where video_blocks is a
+    list of ({branch: (Vb, Lb, d)}, mask (Vb, Lb)) and queries {branch: (Q, d)}.
+    """
+    model.eval()
+    video_blocks, video_ids = [], []
+    for batch in tqdm(video_loader, desc="encode videos", leave=False):
+        feat, mask = batch["video_feat"].to(device), batch["video_mask"].to(device)
+        frames = model.encode_videos(feat, mask)
+        video_blocks.append(({k: normalize_frames(v) for k, v in frames.items()}, mask))
+        video_ids.extend(batch["video_ids"])
+    queries, cap_ids = {name: [] for name in model.branch_names}, []
+    for batch in tqdm(query_loader, desc="encode queries", leave=False):
+        enc = model.encode_queries(batch["query_feat"].to(device), batch["query_mask"].to(device))
+        for name, q in enc.items():
+            queries[name].append(q)
+        cap_ids.extend(batch["cap_ids"])
+    return video_blocks, video_ids, {k: torch.cat(v) for k, v in queries.items()}, cap_ids
+
+
+def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
+                model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Scores (C, n_videos) of the queries in ``rows``, per branch and fused."""
+    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name], mask) for frames, mask in video_blocks], dim=1)
+           for name, q in queries.items()}
+    out["fused"] = model.fuse(out, fusion)
+    return out
+
+
+def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLDKD, fusion) -> dict:
+    """Each query's score with its own video (Q,), per branch and fused, block by block."""
+    pos = {name: torch.empty(len(query_video), device=query_video.device) for name in queries}
+    start = 0
+    for frames, mask in video_blocks:
+        n = mask.shape[0]
+        sel = ((query_video >= start) & (query_video < start + n)).nonzero().squeeze(1)
+        local = query_video[sel] - start
+        for name, q in queries.items():
+            q_unit = torch.nn.functional.normalize(q[sel], dim=-1, eps=1e-12)
+            sims = torch.einsum("qd,qld->ql", q_unit, frames[name][local])
+            pos[name][sel] = sims.masked_fill(mask[local] == 0, -1e10).amax(dim=-1)
+        start += n
+    pos["fused"] = model.fuse(pos, fusion)
+    return pos
+
+
+@torch.no_grad()
+def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fusion: dict[str, float],
+             chunk_size: int = 500, scores_path: Path | None = None) -> dict:
+    """Text-to-video and video-to-text metrics of the fused score and of each branch.
+
+    Memory beyond the encoded split is bounded by ``chunk_size * n_videos``.
+    With ``scores_path`` the fused score matrix is streamed to a ``.npy`` file.
+    """
+    video_blocks, video_ids, queries, cap_ids = encode_split(model, video_loader, query_loader, device)
+    vid_index = {v: i for i, v in enumerate(video_ids)}
+    missing = [c for c in cap_ids if c.split("#")[0] not in vid_index]
+    if missing:
+        raise DataError(f"{len(missing)} captions have no video in the split, first {missing[0]!r}")
+    query_video = torch.tensor([vid_index[c.split("#")[0]] for c in cap_ids], device=device)
+    n_q, n_v = len(cap_ids), len(video_ids)
+    names = ["fused", *model.branch_names]
+    pos = positive_scores(queries, video_blocks, query_video, model, fusion)
+    t2v_ranks = {name: [] for name in names}
+    v2t_counts = {name: torch.zeros(n_q, dtype=torch.long, device=device) for name in names}
+    out_scores = None
+    if scores_path is not None:
+        out_scores = np.lib.format.open_memmap(scores_path, mode="w+", dtype=np.float32, shape=(n_q, n_v))
+    for start in tqdm(range(0, n_q, chunk_size), desc="score", leave=False):
+        rows = slice(start, min(start + chunk_size, n_q))
+        scores = score_chunk(queries, video_blocks, rows, model, fusion)
+        index = torch.arange(rows.start, rows.stop, device=device)
+        for name in names:
+            t2v_ranks[name].append(metrics.t2v_ranks(scores[name], query_video[rows], pos[name][rows]))
+            v2t_counts[name] += metrics.v2t_rank_counts(scores[name], index, query_video, pos[name])
+        if out_scores is not None:
+            out_scores[rows] = scores["fused"].cpu().numpy()
+    if out_scores is not None:
+        out_scores.flush()
+    return {
+        "n_queries": n_q, "n_videos": n_v,
+        "t2v": {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names},
+        "v2t": {name: metrics.summarize_v2t(v2t_counts[name] + 1, query_video, n_v) for name in names},
+        "cap_ids": cap_ids, "video_ids": video_ids,
+    }
+
+
+def make_eval_loaders(split, opt, device: torch.device):
+    """DataLoaders over a split's videos and queries, in split order."""
+    common = {"num_workers": opt.num_workers, "pin_memory": device.type == "cuda"}
+    videos = DataLoader(split.video_dataset(), batch_size=opt.eval_video_bsz, shuffle=False,
+                        collate_fn=collate_videos, **common)
+    queries = DataLoader(split.query_dataset(), batch_size=opt.eval_query_bsz, shuffle=False,
+                         collate_fn=collate_queries, **common)
+    return videos, queries
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m method.eval",
+        description="Evaluate a DL-DKD run folder (this project's or the authors' released checkpoint).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_dir", required=True,
+                   help="run folder with model.ckpt and opt.json; a bare name is looked up in "
+                        "<root_path>/<collection>/results/")
+    p.add_argument("--eval_split", help="caption split to evaluate: train, val or test (default test)")
+    p.add_argument("--save_scores", action="store_true",
+                   help="also write the fused score matrix (scores_<split>.npy) and its query / video ids")
+    add_data_args(p)
+    for action in p._actions:  # only flags given on the command line override the run's opt.json
+        if action.dest not in ("help", "model_dir"):
+            action.default = argparse.SUPPRESS
+    return p
+
+
+def resolve_model_dir(model_dir: str, root_path: str | None, collection: str | None) -> Path:
+    """A folder is used as is; otherwise <root_path>/<collection>/results/<model_dir>."""
+    path = Path(model_dir)
+    if path.is_dir():
+        return path
+    if root_path and collection:
+        candidate = Path(root_path) / collection / "results" / model_dir
+        if candidate.is_dir():
+            return candidate
+        raise SystemExit(f"model dir not found: neither {path} nor {candidate} is a folder")
+    raise SystemExit(f"model dir not found: {path} (give --root_path and --collection to look in results/)")
+
+
+def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, model_dir: Path, info: dict,
+                   save_scores: bool = False) -> dict:
+    """Evaluate ``model`` on a split, print the tables and write ``<model_dir>/eval_<split>.json``."""
+    try:
+        split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
+                            max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
+        check_feature_sizes(model, split, model_dir / "model.ckpt")
+    except (CheckpointError, DataError) as e:
+        raise SystemExit(f"error: {e}") from None
+    fusion = {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight}
+    videos, queries = make_eval_loaders(split, opt, device)
+    t0 = time.time()
+    scores_path = model_dir / f"scores_{split_name}.npy" if save_scores else None
+    res = evaluate(model, videos, queries, device, fusion, opt.eval_query_bsz, scores_path)
+    if scores_path is not None:
+        with open(model_dir / f"scores_{split_name}_ids.json", "w") as f:
+            json.dump({"query_ids": res["cap_ids"], "video_ids": res["video_ids"]}, f)
+    result = {"split": split_name, "n_queries": res["n_queries"], "n_videos": res["n_videos"],
+              "checkpoint_epoch": info["epoch"], "released_checkpoint": info["released"],
+              "t2v": res["t2v"], "v2t": res["v2t"]}
+    with open(model_dir / f"eval_{split_name}.json", "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{model_dir} | split {split_name}: {res['n_queries']} queries, {res['n_videos']} videos, "
+          f"checkpoint epoch {info['epoch']}, {time.time() - t0:.1f}s")
+    print("text-to-video\n" + metrics.format_table(res["t2v"]))
+    print("video-to-text\n" + metrics.format_table(res["v2t"]))
+    return result
+
+
+def main(argv=None) -> dict:
+    args = build_eval_parser().parse_args(argv)
+    model_dir = resolve_model_dir(args.model_dir, args.root_path, args.collection)
+    stored = load_opt(model_dir)
+    # The model's settings come from the run's opt.json (this project's or the
+    # authors'); the machine's (device, workers, batch sizes) never do.
+    settings = {k: v for k, v in stored.items() if k not in EVAL_RUNTIME_KEYS}
+    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), "eval_split": "test",
+                                "save_scores": False, **settings, **vars(args)})
+    if not opt.root_path:
+        raise SystemExit("--root_path is required (the run's opt.json does not name one)")
+    opt = fill_collection_defaults(opt)
+    try:
+        model, info = load_model(model_dir / "model.ckpt", stored)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    device = resolve_device(opt.device)
+    return evaluate_split(model.to(device), opt.eval_split, opt, device, model_dir, info, opt.save_scores)
+
+
+def check_feature_sizes(model: DLDKD, split, ckpt_path: Path) -> None:
+    """The checkpoint's input sizes must match the data's feature sizes."""
+    cfg = model.cfg
+    if (cfg.visual_input_size, cfg.query_input_size) != (split.visual_dim, split.text_dim):
+        raise CheckpointError(
+            f"{ckpt_path}: the model expects {cfg.visual_input_size}-d frames and {cfg.query_input_size}-d text, "
+            f"the data has {split.visual_dim}-d frames and {split.text_dim}-d text")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The released optimiser (BertAdam), its parameter groups, and the LR schedule."""
+import functools
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from method.schedules import warmup_linear
+
+# A parameter whose name contains any of these is not weight-decayed (released rule).
+NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+class BertAdam(torch.optim.Optimizer):
+    """Adam of the released recipe: per-tensor gradient clipping, no bias correction, decoupled decay.
+
+    For each parameter p with gradient g (skipped when g is None):
+      g <- g * min(1, max_grad_norm / (||g|| + 1e-6))   (each tensor on its own)
+      m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+      p <- p - lr * (m / (sqrt(v) + eps) + weight_decay * p)
+    ``lr`` is the group's current value; the schedule lives outside, in a
+    ``LambdaLR`` (see ``build_optimizer``). State per parameter: 'exp_avg' (m),
+    'exp_avg_sq' (v).
+    """
+
+    def __init__(self, params: Iterable, lr: float, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0):
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {betas}")
+        if eps < 0.0:
+            raise ValueError(f"invalid eps {eps}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one update; ``closure`` (optional) re-evaluates the loss and returns it."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError("BertAdam does not support sparse gradients")
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+            grads = [p.grad for p in params]
+            if group["max_grad_norm"] > 0:
+                # Per-tensor clipping, the same factor as torch.nn.utils.clip_grad_norm_ on one tensor.
+                norms = torch._foreach_norm(grads)
+                factors = [(group["max_grad_norm"] / (n + 1e-6)).clamp(max=1.0) for n in norms]
+                grads = torch._foreach_mul(grads, factors)
+            exp_avgs = [self.state[p]["exp_avg"] for p in params]
+            exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+            beta1, beta2 = group["betas"]
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denom, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denom)
+            if group["weight_decay"] > 0.0:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
+    """Split the trainable parameters into a decayed and a non-decayed group.
+
+    A parameter is not decayed when its name contains any of ``NO_DECAY``
+    ("bias", "LayerNorm.bias", "LayerNorm.weight"); everything else, positional
+    embeddings and the pooling vector included, gets ``weight_decay``. Parameters
+    with ``requires_grad=False`` are left out.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
+    ]
+
+
+def _lr_lambda(step: int, total_steps: int, warmup: float) -> float:
+    """LambdaLR multiplier of 0-based update ``step``: ``warmup_linear(step / total_steps)``."""
+    return warmup_linear(step / total_steps, warmup)
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, total_steps: int,
+                    warmup: float = 0.01) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+    """Optimiser and LR scheduler of a training run.
+
+    Args:
+        model: the module to train.
+        name: 'bertadam' (released recipe) or 'adamw' (torch AdamW, eps 1e-6, same groups).
+        lr: peak learning rate.
+        weight_decay: decay of the decayed group.
+        total_steps: T = steps per epoch * number of epochs.
+        warmup: warm-up fraction of T.
+
+    Returns:
+        (optimizer, scheduler); call ``scheduler.step()`` after every ``optimizer.step()``
+        so that update s uses ``lr * warmup_linear(s / T)``.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    groups = param_groups(model, weight_decay)
+    if name == "bertadam":
+        optimizer = BertAdam(groups, lr=lr, weight_decay=weight_decay)
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, eps=1e-6, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected 'bertadam' or 'adamw'")
+    scheduler = LambdaLR(optimizer, functools.partial(_lr_lambda, total_steps=total_steps, warmup=warmup))
+    return optimizer, scheduler

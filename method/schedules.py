@@ -1,0 +1,123 @@
+"""Distillation-weight schedules and the learning-rate multiplier, pure functions.
+
+The distillation term at epoch e (0-based) is multiplied by ``scale * w(e) + init``
+(METHOD.md, "Dynamic weight"). The released code selects ``w`` with an integer
+``decay_way``; here each has a readable name (``DECAY_WAY_NAMES``) and
+``resolve_schedule`` accepts either form. ``init`` is added only by the rising
+schedules (released 4, 5, 6); the others add 0. The golden multipliers of the
+released code (scale 0.1, init 0.1) confirm that 7 and 8 are ``scale * w(e)``
+with no init, e.g. way 7 at epoch 0 is 0.1 * 0.001 = 1e-4 and way 8 at epoch 0 is
+0.1 * 0.001 (its floor) = 1e-4.
+"""
+import math
+from typing import Optional, Union
+
+DECAY_WAY_NAMES = {
+    0: "fixed",
+    1: "exp_decay",
+    2: "linear_decay",
+    3: "sigmoid_decay",
+    4: "exp_rise",
+    5: "linear_rise",
+    6: "sigmoid_rise",
+    7: "capped_exp_growth",
+    8: "capped_saturating",
+}
+SCHEDULES = tuple(DECAY_WAY_NAMES.values()) + ("none",)
+
+# Default k (and b) of the parametrised schedules, from the released config.
+_EXP_K = 0.95
+_LINEAR_K = -0.01
+_LINEAR_B = 1.0
+_LINEAR_FLOOR = 0.05
+_SIGMOID_K = 800.0
+
+_USES_K = {"exp_decay", "linear_decay", "sigmoid_decay", "exp_rise", "linear_rise", "sigmoid_rise"}
+_USES_B = {"linear_decay", "linear_rise"}
+_RISING = {"exp_rise", "linear_rise", "sigmoid_rise"}
+
+
+def resolve_schedule(schedule: Union[str, int]) -> str:
+    """Map a schedule name, or a released ``decay_way`` (int or digit string), to its name.
+
+    Raises:
+        ValueError: for an unknown name or integer.
+    """
+    if isinstance(schedule, int) or (isinstance(schedule, str) and schedule.strip().lstrip("-").isdigit()):
+        way = int(schedule)
+        if way not in DECAY_WAY_NAMES:
+            raise ValueError(f"unknown decay_way {way}; expected one of {sorted(DECAY_WAY_NAMES)}")
+        return DECAY_WAY_NAMES[way]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown distillation schedule {schedule!r}; expected one of {SCHEDULES} or 0..8")
+    return schedule
+
+
+def _decay(kind: str, epoch: int, k: Optional[float], b: Optional[float]) -> float:
+    """The decaying weight w(e) of 'exp', 'linear' or 'sigmoid' (released 1, 2, 3)."""
+    if kind == "exp":
+        return (_EXP_K if k is None else k) ** epoch
+    if kind == "linear":
+        k = _LINEAR_K if k is None else k
+        b = _LINEAR_B if b is None else b
+        return max(b + k * epoch, _LINEAR_FLOOR)
+    k = _SIGMOID_K if k is None else k
+    return k / (k + math.exp(100.0 * epoch / k))
+
+
+def kd_factor(epoch: int, schedule: Union[str, int], scale: float = 0.1, init: float = 0.1,
+              k: Optional[float] = None, b: Optional[float] = None) -> float:
+    """Multiplier of the distillation term at 0-based ``epoch``: ``scale * w(epoch) + init_used``.
+
+    Schedules (released ``decay_way`` in brackets; k, b default to the released values):
+      - 'fixed' [0]: w = 1;
+      - 'exp_decay' [1]: w = k^e, k = 0.95;
+      - 'linear_decay' [2]: w = max(b + k e, 0.05), b = 1, k = -0.01;
+      - 'sigmoid_decay' [3]: w = k / (k + exp(100 e / k)), k = 800;
+      - 'exp_rise', 'linear_rise', 'sigmoid_rise' [4, 5, 6]: w = 1 - (the decay of 1, 2, 3),
+        and only these add ``init``;
+      - 'capped_exp_growth' [7]: w = min(0.001 * 1.05^e, 0.1);
+      - 'capped_saturating' [8]: w = max(min(0.1 (1 - 0.95^e), 0.1), 0.001);
+      - 'none': the factor is 0 (no distillation).
+
+    Args:
+        epoch: 0-based epoch.
+        schedule: name or released integer (see ``resolve_schedule``).
+        scale: ``loss_scale_weight``.
+        init: ``loss_init_weight``, added by the rising schedules only.
+        k: rate of the exp / linear / sigmoid schedules (None = default).
+        b: intercept of the linear schedules (None = default).
+
+    Raises:
+        ValueError: unknown schedule, or k / b given to a schedule that does not use it.
+    """
+    name = resolve_schedule(schedule)
+    if k is not None and name not in _USES_K:
+        raise ValueError(f"schedule {name!r} takes no k")
+    if b is not None and name not in _USES_B:
+        raise ValueError(f"schedule {name!r} takes no b")
+    if name == "none":
+        return 0.0
+    if name == "fixed":
+        return scale * 1.0
+    if name == "capped_exp_growth":
+        return scale * min(0.001 * 1.05 ** epoch, 0.1)
+    if name == "capped_saturating":
+        return scale * max(min(0.1 * (1.0 - 0.95 ** epoch), 0.1), 0.001)
+    kind, direction = name.split("_")
+    w = _decay(kind, epoch, k, b)
+    if direction == "rise":
+        return scale * (1.0 - w) + init
+    return scale * w
+
+
+def warmup_linear(x: float, warmup: float = 0.01) -> float:
+    """Learning-rate multiplier at training progress ``x = step / total_steps``.
+
+    Linear warm-up ``x / warmup`` for ``x < warmup``, then linear decay
+    ``(1 - x) / (1 - warmup)`` (1 at the end of warm-up, 0 at x = 1). Bit-identical
+    to the released multiplier for warmup 0.01 (golden ``lr_multiplier_T1000``).
+    """
+    if x < warmup:
+        return x / warmup
+    return (1.0 - x) / (1.0 - warmup)
