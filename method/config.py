@@ -13,9 +13,9 @@ import torch
 
 # Per-collection defaults of the released feature packages.
 COLLECTIONS = {
-    "tvr": {"visual_feature": "i3d_resnet", "q_feat_size": 768},
-    "activitynet": {"visual_feature": "i3d", "q_feat_size": 1024},
-    "charades": {"visual_feature": "i3d_rgb_lgi", "q_feat_size": 1024},
+    "tvr": {"visual_feature": "i3d_resnet"},
+    "activitynet": {"visual_feature": "i3d"},
+    "charades": {"visual_feature": "i3d_rgb_lgi"},
 }
 # Flags that describe the machine, not the experiment: on --resume they come
 # from the command line, everything else from the run's opt.json.
@@ -30,7 +30,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="student frame features, FeatureData/<name>/ (BigFile) or <name>.hdf5 "
                         "(default: i3d_resnet for tvr, i3d for activitynet, i3d_rgb_lgi for charades)")
     g.add_argument("--q_feat_size", type=int, default=None,
-                   help="text feature size, checked against the data (default: 768 tvr, 1024 otherwise)")
+                   help="text feature size (768 for TVR's RoBERTa, 1024 otherwise); when given it is checked "
+                        "against the data, when absent it is read from the data")
     g.add_argument("--max_ctx_l", type=int, default=128, help="max frames; longer videos are mean-pooled to it")
     g.add_argument("--max_desc_l", type=int, default=30, help="max tokens of a caption; longer ones are truncated")
     g.add_argument("--teacher_video_file", default=None,
@@ -112,13 +113,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fill_collection_defaults(opt: argparse.Namespace) -> argparse.Namespace:
-    """Resolve the per-collection defaults (visual_feature, q_feat_size)."""
-    defaults = COLLECTIONS.get(opt.collection, {})
-    for key in ("visual_feature", "q_feat_size"):
-        if getattr(opt, key) is None:
-            if key not in defaults:
-                raise SystemExit(f"--{key} is required for collection {opt.collection!r}")
-            setattr(opt, key, defaults[key])
+    """Resolve the per-collection default of --visual_feature."""
+    if opt.visual_feature is None:
+        if opt.collection not in COLLECTIONS:
+            raise SystemExit(f"--visual_feature is required for collection {opt.collection!r}")
+        opt.visual_feature = COLLECTIONS[opt.collection]["visual_feature"]
     return opt
 
 

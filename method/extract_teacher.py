@@ -122,7 +122,7 @@ def _natural_key(name):
 
 
 def find_sources(videos_dir, input_type, wanted_ids):
-    """Locate the videos of `wanted_ids` in `videos_dir`.
+    """Locate the videos of `wanted_ids` in one `videos_dir`.
 
     Args:
         videos_dir: folder of video files, or of one frame folder per video.
@@ -402,10 +402,12 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--root_path", required=True, help="folder holding <collection>/TextData and FeatureData")
     p.add_argument("--collection", required=True, help="dataset folder name, e.g. tvr")
-    p.add_argument("--videos", required=True,
-                   help="folder of video files (video_id = file stem) or of frame folders (one per video)")
+    p.add_argument("--videos", required=True, nargs="+", action="extend",
+                   help="folder(s) of video files (video_id = file stem) or of frame folders (one per video); "
+                        "several folders (or several --videos) are searched in order")
     p.add_argument("--input_type", choices=("auto", "videos", "frames"), default="auto",
-                   help="what --videos holds; auto: whichever matches more caption videos")
+                   help="what each --videos folder holds; auto: whichever of files / sub-folders "
+                        "matches more caption videos")
     p.add_argument("--splits", nargs="+", default=list(SPLITS),
                    help="caption files TextData/<collection><split>.caption.txt to cover")
     sampling = p.add_mutually_exclusive_group(required=True)
@@ -474,8 +476,11 @@ def _extract_texts(opt, captions, get_clip, text_path):
     return len(todo), len(captions) - len(todo)
 
 
-def _extract_videos(opt, todo, sources, input_type, n_student, get_clip, video_path):
+def _extract_videos(opt, todo, sources, n_student, get_clip, video_path):
     """Encode the videos of `todo`, each written whole.
+
+    `sources` maps a video id to (input_type, path); `n_student` to its number
+    of student clips (used with --align_to_student).
 
     Returns:
         (n_encoded, n_frames, failures) with failures a list of "video_id: reason".
@@ -491,28 +496,29 @@ def _extract_videos(opt, todo, sources, input_type, n_student, get_clip, video_p
         return lambda timestamps, duration: fps_indices(timestamps, duration, opt.fps)
 
     def prepare(video_id):
-        images = load_frames(sources[video_id], input_type, sampler_for(video_id), opt.frames_fps)
+        input_type, path = sources[video_id]
+        images = load_frames(path, input_type, sampler_for(video_id), opt.frames_fps)
         return processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     with _open_output(video_path, {"clip_model": opt.clip_model, "sampling": _sampling_setting(opt)}) as f:
         model, processor, device = get_clip()
         start = time.perf_counter()
-        bar = tqdm(total=len(todo), desc="videos", unit="video")
-        for video_id, future in _prefetch(prepare, todo, opt.num_workers):
-            try:
-                pixel_values = future.result()
-            except Exception as exc:  # any decoding error: record it, go on with the next video
-                failures.append(f"{video_id}: {type(exc).__name__}: {exc}")
-            else:
-                feats = encode_images(model, pixel_values, device, opt.batch_size)
-                f.create_dataset(video_id, data=feats.astype(np.float32))
-                n_done += 1
-                n_frames += len(feats)
-                if n_done % opt.flush_every == 0:
-                    f.flush()
-            bar.update(1)
-            bar.set_postfix(frames_per_s=f"{n_frames / max(time.perf_counter() - start, 1e-9):.1f}",
-                            failed=len(failures))
+        with tqdm(total=len(todo), desc="videos", unit="video") as bar:
+            for video_id, future in _prefetch(prepare, todo, opt.num_workers):
+                try:
+                    pixel_values = future.result()
+                except Exception as exc:  # any decoding error: record it, go on with the next video
+                    failures.append(f"{video_id}: {type(exc).__name__}: {exc}")
+                else:
+                    feats = encode_images(model, pixel_values, device, opt.batch_size)
+                    f.create_dataset(video_id, data=feats.astype(np.float32))
+                    n_done += 1
+                    n_frames += len(feats)
+                    if n_done % opt.flush_every == 0:
+                        f.flush()
+                bar.update(1)
+                bar.set_postfix(frames_per_s=f"{n_frames / max(time.perf_counter() - start, 1e-9):.1f}",
+                                failed=len(failures))
     return n_done, n_frames, failures
 
 
@@ -547,17 +553,23 @@ def main(argv=None):
     missing, failures = [], []
     n_done = n_frames = n_present = 0
     if not opt.skip_videos:
-        input_type, sources, duplicates = find_sources(opt.videos, opt.input_type, video_ids)
-        print(f"--videos {opt.videos}: reading {input_type}; {len(sources)} of the {len(video_ids)} caption videos found")
+        sources, duplicates = {}, []
+        for folder in opt.videos:
+            input_type, found, dups = find_sources(folder, opt.input_type, video_ids)
+            print(f"--videos {folder}: reading {input_type}; {len(found)} of the {len(video_ids)} caption videos found")
+            duplicates += dups + [vid for vid in found if vid in sources]
+            for vid, path in found.items():
+                sources.setdefault(vid, (input_type, path))
         if duplicates:
-            _print_list("videos with several files of the same stem (the first in name order is used)", duplicates)
+            _print_list("videos found more than once (the first folder, then the first file in name order, "
+                        "is used)", sorted(set(duplicates)))
         missing = [vid for vid in video_ids if vid not in sources]
         n_student = {}
         if opt.align_to_student:
             n_student = student_frame_counts(opt.root_path, opt.collection, opt.visual_feature)
         present = _existing_keys(video_path)
         todo = []
-        for vid in sources:
+        for vid in (v for v in video_ids if v in sources):
             if vid in present:
                 n_present += 1
             elif opt.align_to_student and n_student.get(vid, 0) < 1:
@@ -565,7 +577,7 @@ def main(argv=None):
             else:
                 todo.append(vid)
         n_done, n_frames, decode_failures = _extract_videos(
-            opt, todo, sources, input_type, n_student, get_clip, video_path)
+            opt, todo, sources, n_student, get_clip, video_path)
         failures += decode_failures
 
     print(f"captions: {text_done} encoded, {text_present} already present -> {text_path}")

@@ -39,11 +39,16 @@ def sample_t2v_negatives(scores: Tensor, labels: Tensor, hard_negative: bool, ha
 
     Returns:
         (Q,) int64 index of the sampled negative video of each query.
+
+    Raises:
+        ValueError: fewer than 2 videos, or a hard pool smaller than 1.
     """
     num_queries, num_videos = scores.shape
     if num_videos < 2:
         raise ValueError("the triplet loss needs at least 2 videos in the batch")
     if hard_negative:
+        if hard_pool_size < 1:
+            raise ValueError(f"hard_pool_size must be >= 1, got {hard_pool_size}")
         pool = min(hard_pool_size, num_videos - 1)
         masked = scores.detach().clone()
         masked[torch.arange(num_queries, device=scores.device), labels] = float("-inf")

@@ -47,7 +47,9 @@ def main(argv=None) -> dict:
         val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload)
     except DataError as e:
         raise SystemExit(f"data check failed: {e}") from None
-    if train_split.text_dim != opt.q_feat_size:
+    if opt.q_feat_size is None:
+        opt.q_feat_size = train_split.text_dim
+    elif train_split.text_dim != opt.q_feat_size:
         raise SystemExit(f"--q_feat_size {opt.q_feat_size} disagrees with the text features "
                          f"({train_split.text_dim}-d) of {opt.root_path}/{opt.collection}")
     cfg = ModelConfig(visual_input_size=train_split.visual_dim, query_input_size=train_split.text_dim,

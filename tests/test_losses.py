@@ -246,9 +246,11 @@ def test_triplet_two_videos_and_float32():
         torch.testing.assert_close(triplet_loss(scores, labels, 0.2, hard, 20), ref)
 
 
-def test_triplet_needs_two_videos():
+def test_triplet_needs_two_videos_and_a_pool():
     with pytest.raises(ValueError):
         triplet_loss(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), 0.2, True, 20)
+    with pytest.raises(ValueError):
+        triplet_loss(torch.zeros(3, 2), torch.tensor([0, 1, 1]), 0.2, True, 0)
 
 
 # --------------------------------------------------------------------------- #

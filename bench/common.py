@@ -1,0 +1,84 @@
+"""Shared helpers of the benchmark scripts: dataset presets, synthetic batches, timing, peak FLOP/s."""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from anywhere
+
+# Sizes of one training batch: videos, frames, frame dim, captions per video, tokens, text dim.
+PRESETS = {
+    "tvr": {"videos": 128, "frames": 128, "visual_dim": 3072, "captions": 5, "tokens": 30, "text_dim": 768},
+    "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
+}
+TEACHER_DIM = 512
+
+
+def emit(**record) -> None:
+    """One JSON line per measurement."""
+    print(json.dumps(record), flush=True)
+
+
+def synthetic_batch(preset: dict, device: torch.device, seed: int = 0) -> dict:
+    """A full-size training batch with random features (all frames valid, token lengths 8..tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    v, l, q = preset["videos"], preset["frames"], preset["videos"] * preset["captions"]
+    lengths = torch.randint(8, preset["tokens"] + 1, (q,), generator=g)
+    query_mask = (torch.arange(preset["tokens"])[None] < lengths[:, None]).float()
+    batch = {
+        "video_feat": torch.randn(v, l, preset["visual_dim"], generator=g),
+        "video_mask": torch.ones(v, l),
+        "teacher_video_feat": torch.randn(v, l, TEACHER_DIM, generator=g),
+        "query_feat": torch.randn(q, preset["tokens"], preset["text_dim"], generator=g),
+        "query_mask": query_mask,
+        "teacher_query_feat": torch.randn(q, TEACHER_DIM, generator=g),
+        "query_labels": torch.arange(v).repeat_interleave(preset["captions"]),
+    }
+    return {k: t.to(device) for k, t in batch.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul FLOP/s of this machine in ``dtype`` (best of a few square sizes)."""
+    sizes = (2048, 4096) if device.type == "cpu" else (4096, 8192)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        seconds = median_seconds(lambda: a @ b, device, repeats=5, warmup=2)
+        best = max(best, 2 * n ** 3 / seconds)
+    return best
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"

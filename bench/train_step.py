@@ -1,0 +1,77 @@
+"""Forward + backward + optimiser step of one training batch at TVR / ActivityNet sizes.
+
+Prints one JSON line per preset: median step seconds, FLOPs of the step (counted
+with FlopCounterMode), achieved FLOP/s and its fraction of this machine's
+measured dense matmul FLOP/s in the same dtype.
+
+    python bench/train_step.py --device cpu --preset tvr --steps 5
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import PRESETS, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from method.config import resolve_device
+from method.losses import DLDKDLoss
+from method.model import DLDKD, ModelConfig
+from method.optim import build_optimizer
+from method.teacher import PrecomputedTeacher
+
+
+def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool):
+    torch.manual_seed(0)
+    cfg = ModelConfig(visual_input_size=preset["visual_dim"], query_input_size=preset["text_dim"])
+    model = DLDKD(cfg).to(device).train()
+    forward = torch.compile(model) if compile_model else model
+    optimizer, scheduler = build_optimizer(model, "bertadam", 2.5e-4, 0.01, total_steps=10_000)
+    loss_fn, teacher = DLDKDLoss(margin=0.1, hard_pool_size=20), PrecomputedTeacher()
+    b = synthetic_batch(preset, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+    def step():
+        with autocast:
+            outputs = forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
+        outputs = {k: type(o)(*(t.float() for t in (o.video_scores, o.video_scores_raw, o.frame_scores)))
+                   for k, o in outputs.items()}
+        scores = teacher.frame_scores(b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
+        terms = loss_fn(outputs, b["query_labels"], b["video_mask"], scores, 0.1, True)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--preset", nargs="+", default=["tvr", "activitynet"], choices=sorted(PRESETS),
+                   help="batch sizes to measure")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype of the forward pass")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
+    peak = matmul_peak_flops(device, dtype)
+    for name in args.preset:
+        step = make_step(PRESETS[name], device, args.amp, args.compile)
+        step()  # allocate optimiser state outside the counted step
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        seconds = median_seconds(step, device, args.steps, args.warmup)
+        emit(bench="train_step", preset=name, device=machine(device), amp=args.amp, compile=args.compile,
+             step_seconds=round(seconds, 4), step_gflop=round(flops / 1e9, 1),
+             achieved_gflops=round(flops / seconds / 1e9, 1), matmul_peak_gflops=round(peak / 1e9, 1),
+             fraction_of_peak=round(flops / seconds / peak, 3), **PRESETS[name])
+
+
+if __name__ == "__main__":
+    main()
