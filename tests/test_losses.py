@@ -1,9 +1,6 @@
 """Tests of method/losses.py: golden numbers of the released code and slow loop oracles."""
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,16 +13,6 @@ from method.losses import (
     sample_v2t_negatives,
     triplet_loss,
 )
-
-GOLDEN = Path(os.environ.get("DLDKD_GOLDEN", Path(__file__).resolve().parents[2]
-                             / "shared" / "spec" / "golden" / "released_code_golden.npz"))
-
-
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden file not found at {GOLDEN} (set DLDKD_GOLDEN)")
-    return np.load(GOLDEN)
 
 
 # --------------------------------------------------------------------------- #

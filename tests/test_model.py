@@ -1,21 +1,9 @@
 """The student model against the authors' released code (golden tiny model) and its own invariants."""
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from method.checkpoint import released_to_own
 from method.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_branch
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "spec" / "golden" / "released_code_golden.npz"
-
-
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_file():
-        pytest.skip(f"{GOLDEN} not present")
-    return np.load(GOLDEN)
 
 
 def tiny_released_model(golden) -> DLDKD:

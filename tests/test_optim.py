@@ -1,7 +1,5 @@
 """Tests of method/optim.py: golden BertAdam steps, a numpy hand computation, groups, state round trip."""
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +9,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from method.optim import BertAdam, build_optimizer, param_groups
 from method.schedules import warmup_linear
-
-GOLDEN = Path(os.environ.get("DLDKD_GOLDEN", Path(__file__).resolve().parents[2]
-                             / "shared" / "spec" / "golden" / "released_code_golden.npz"))
-
-
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden file not found at {GOLDEN} (set DLDKD_GOLDEN)")
-    return np.load(GOLDEN)
 
 
 def test_bertadam_golden_three_steps(golden):

@@ -1,22 +1,10 @@
 """Tests of method/schedules.py: golden multipliers of the released code and the spec's formulas."""
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from method.schedules import DECAY_WAY_NAMES, SCHEDULES, kd_factor, resolve_schedule, warmup_linear
-
-GOLDEN = Path(os.environ.get("DLDKD_GOLDEN", Path(__file__).resolve().parents[2]
-                             / "shared" / "spec" / "golden" / "released_code_golden.npz"))
-
-
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden file not found at {GOLDEN} (set DLDKD_GOLDEN)")
-    return np.load(GOLDEN)
 
 
 @pytest.mark.parametrize("way", range(9))
