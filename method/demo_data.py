@@ -39,14 +39,16 @@ import numpy as np
 
 from method.data import caption_key_candidates
 
-__all__ = ["DemoConfig", "VISUAL_FEATURES", "generate", "main"]
+__all__ = ["DEFAULT_VIDEOS", "DemoConfig", "VISUAL_FEATURES", "generate", "main"]
 
 VISUAL_FEATURES = {"tvr": "i3d_resnet", "activitynet": "i3d", "charades": "i3d_rgb_lgi"}
 
 ACTIONS = ["opens", "closes", "holds", "throws", "cleans", "paints", "carries", "drops",
-           "kicks", "pushes", "lifts", "washes", "fixes", "hides", "sells", "eats"]
+           "kicks", "pushes", "lifts", "washes", "fixes", "hides", "sells", "eats",
+           "grabs", "fills", "moves", "checks", "breaks", "buys", "shows", "taps"]
 OBJECTS = ["door", "box", "cup", "ball", "chair", "table", "phone", "book",
-           "bottle", "bag", "lamp", "window", "car", "plate", "guitar", "laptop"]
+           "bottle", "bag", "lamp", "window", "car", "plate", "guitar", "laptop",
+           "jacket", "bowl", "pillow", "camera", "knife", "glass", "letter", "key"]
 FILLERS = ["a", "the", "then", "while", "in", "room", "quickly", "slowly", "and", "after",
            "person", "man", "woman", "someone", "near", "kitchen", "outside", "again", "with", "her",
            "his", "friend", "talks", "looks", "at", "it", "before", "leaving", "smiles", "there"]
@@ -61,11 +63,11 @@ class DemoConfig:
     text_dim: int = 64              # token features (real: 768 / 1024)
     teacher_dim: int = 32           # CLIP-like features (real: 512)
     latent_dim: int = 24            # concept latent space
-    n_actions: int = 16
-    n_objects: int = 16
+    n_actions: int = 24
+    n_objects: int = 24
     n_backgrounds: int = 8          # background scenes shared across videos
-    min_frames: int = 20
-    max_frames: int = 200           # > 128 so that some videos are pooled
+    min_frames: int = 16
+    max_frames: int = 64            # short videos: the step cost grows with the padded frame count
     min_moments: int = 3
     max_moments: int = 6
     max_captions: int = 5
@@ -74,10 +76,14 @@ class DemoConfig:
     teacher_snr: float = 4.0        # same for teacher frames (sharp localisation)
     teacher_text_noise: float = 0.1  # noise of teacher sentence vectors (relative)
     text_noise: float = 0.3         # contextual noise of token features (relative)
-    confusion_rate: float = 0.25    # share of concepts the teacher merges with a partner
+    confusion_rate: float = 0.25    # share of concepts the teacher merges with a partner (same object)
+    partner_rate: float = 0.0       # chance that a video shows a teacher-merged pair of concepts
     teacher_length_mismatch: float = 0.3  # share of videos whose teacher frame count differs
-    max_fillers: int = 30           # filler words after the concept (some captions > 30 tokens)
-    split_fractions: tuple = (0.7, 0.15, 0.15)
+    max_fillers: int = 12           # filler words after the concept
+    split_fractions: tuple = (0.6, 0.15, 0.25)
+
+
+DEFAULT_VIDEOS = 1000
 
 
 class _World:
@@ -96,9 +102,17 @@ class _World:
         self.background_latent = _unit(rng.standard_normal((cfg.n_backgrounds, cfg.latent_dim)))
         self.student_proj = rng.standard_normal((cfg.latent_dim, cfg.visual_dim))
         self.teacher_proj = rng.standard_normal((cfg.latent_dim, cfg.teacher_dim))
-        # The teacher's domain gap: merged pairs share one latent.
-        n_merged = 2 * int(round(cfg.confusion_rate * self.n_concepts / 2))
-        merged = rng.permutation(self.n_concepts)[:n_merged].reshape(-1, 2)
+        # The teacher's domain gap (a frame model is weak at actions): it merges pairs of
+        # concepts with the same object and different actions into one latent.
+        pairs = []
+        for obj in range(cfg.n_objects):
+            acts = rng.permutation(cfg.n_actions)
+            pairs += [(acts[i] * cfg.n_objects + obj, acts[i + 1] * cfg.n_objects + obj)
+                      for i in range(0, cfg.n_actions - 1, 2)]
+        n_pairs = min(len(pairs), int(round(cfg.confusion_rate * self.n_concepts / 2)))
+        merged = np.array(pairs, dtype=np.int64)[rng.permutation(len(pairs))[:n_pairs]].reshape(-1, 2)
+        n_merged = 2 * len(merged)
+        self.merged_pairs = merged
         teacher_latent = self.concept_latent.copy()
         teacher_latent[merged[:, 0]] = teacher_latent[merged[:, 1]] = _unit(
             self.concept_latent[merged[:, 0]] + self.concept_latent[merged[:, 1]])
@@ -147,6 +161,11 @@ def _make_video(world, rng):
         nt = max(2, int(round(n * rng.uniform(0.5, 1.5))))
     n_moments = int(rng.integers(cfg.min_moments, cfg.max_moments + 1))
     concepts = rng.choice(world.n_concepts, n_moments, replace=False)
+    if len(world.merged_pairs) and n_moments >= 2 and rng.random() < cfg.partner_rate:
+        # Related actions on one object co-occur (opens / closes the door): a merged pair.
+        pair = world.merged_pairs[rng.integers(len(world.merged_pairs))]
+        others = [c for c in concepts if c not in pair][: n_moments - 2]
+        concepts = rng.permutation(np.concatenate([pair, others]).astype(np.int64))
     background = int(rng.integers(cfg.n_backgrounds))
     # Each moment lies in its own time slot, covering part of it.
     width = 1.0 / n_moments
@@ -211,7 +230,7 @@ def _write_h5(path, mapping):
             f.create_dataset(key, data=value)
 
 
-def generate(root, collection="tvr", n_videos=400, seed=0, **overrides):
+def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **overrides):
     """Write the demo dataset under `root/<collection>/`; returns a summary dict.
 
     `overrides` replace DemoConfig fields (e.g. student_snr=0.3).
@@ -265,7 +284,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the DL-DKD demo dataset in the released layout.")
     parser.add_argument("root", help="ROOTPATH; the data goes to ROOT/<collection>/")
     parser.add_argument("--collection", default="tvr", choices=sorted(VISUAL_FEATURES))
-    parser.add_argument("--videos", type=int, default=400)
+    parser.add_argument("--videos", type=int, default=DEFAULT_VIDEOS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.time()

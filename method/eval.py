@@ -187,7 +187,7 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
 
 def main(argv=None) -> dict:
     args = build_eval_parser().parse_args(argv)
-    model_dir = resolve_model_dir(args.model_dir, args.root_path, args.collection)
+    model_dir = resolve_model_dir(args.model_dir, getattr(args, "root_path", None), getattr(args, "collection", None))
     stored = load_opt(model_dir)
     # The model's settings come from the run's opt.json (this project's or the
     # authors'); the machine's (device, workers, batch sizes) never do.

@@ -448,3 +448,21 @@ def test_make_dataset_around_teacher(tmp_path):
                            f"roberta_{info['collection']}_query_feat.hdf5")
     with h5py.File(roberta, "r") as f:
         assert sorted(f.keys()) == sorted(all_caps) and f[all_caps[0]].shape[1] == info["text_dim"]
+
+
+def test_extracted_teacher_trains_one_epoch(tmp_path):
+    """The written teacher files feed train.py as they are (teacher on, one epoch, then test evaluation)."""
+    from method import train
+
+    info = make_dataset_around_teacher(tmp_path, student_dim=32, text_dim=24)
+    run_dir = tmp_path / "run"
+    result = train.main(["--root_path", info["root_path"], "--collection", info["collection"],
+                         "--visual_feature", info["visual_feature"], "--results_dir", str(run_dir),
+                         "--n_epoch", "1", "--bsz", "2", "--hidden_size", "16", "--n_heads", "2",
+                         "--device", "cpu", "--num_workers", "0", "--kd_schedule", "exp_decay"])
+    with open(run_dir / "metrics.csv") as f:
+        header, row = f.read().splitlines()[:2]
+    assert "kd" in header.split(",")
+    kd = float(row.split(",")[header.split(",").index("kd")])
+    assert kd > 0 and np.isfinite(kd)
+    assert result["n_queries"] == len(info["cap_ids"]["test"])
