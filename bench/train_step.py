@@ -34,8 +34,7 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool)
     def step():
         with autocast:
             outputs = forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
-        outputs = {k: type(o)(*(t.float() for t in (o.video_scores, o.video_scores_raw, o.frame_scores)))
-                   for k, o in outputs.items()}
+        outputs = {k: o.float() for k, o in outputs.items()}
         scores = teacher.frame_scores(b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
         terms = loss_fn(outputs, b["query_labels"], b["video_mask"], scores, 0.1, True)
         loss = sum(terms.values())

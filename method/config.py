@@ -98,6 +98,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--wd", type=float, default=0.01, help="decoupled weight decay")
     g.add_argument("--lr_warmup_proportion", type=float, default=0.01,
                    help="fraction of all updates spent in linear warm-up")
+    g.add_argument("--amp", choices=("none", "bf16"), default="none",
+                   help="bf16: run the model's forward pass under bfloat16 autocast (losses stay float32); "
+                        "a speed option for GPUs, off in the ICCV recipe")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (speed option, off by default)")
     g.add_argument("--optim", choices=("bertadam", "adamw"), default="bertadam",
                    help="bertadam: the released rule (no bias correction, per-tensor clipping); adamw: torch AdamW")
     return p

@@ -30,14 +30,15 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
     """Encode all videos (unit frames, kept per loader batch) and all queries of a split.
 
     Returns (video_blocks, video_ids, queries, cap_ids) where video_blocks is a
-    list of ({branch: (Vb, Lb, d)}, mask (Vb, Lb)) and queries {branch: (Q, d)}.
+    list of ({branch: (Vb, Lb, d)}, mask (Vb, Lb)) and queries {branch: (Q, d)}; padded
+    frames hold a copy of their video's first frame (see ``normalize_frames``).
     """
     model.eval()
     video_blocks, video_ids = [], []
     for batch in tqdm(video_loader, desc="encode videos", leave=False):
         feat, mask = batch["video_feat"].to(device), batch["video_mask"].to(device)
         frames = model.encode_videos(feat, mask)
-        video_blocks.append(({k: normalize_frames(v) for k, v in frames.items()}, mask))
+        video_blocks.append(({k: normalize_frames(v, mask) for k, v in frames.items()}, mask))
         video_ids.extend(batch["video_ids"])
     queries, cap_ids = {name: [] for name in model.branch_names}, []
     for batch in tqdm(query_loader, desc="encode queries", leave=False):
@@ -51,7 +52,7 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
                 model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
     """Scores (C, n_videos) of the queries in ``rows``, per branch and fused."""
-    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name], mask) for frames, mask in video_blocks], dim=1)
+    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name]) for frames, _ in video_blocks], dim=1)
            for name, q in queries.items()}
     out["fused"] = model.fuse(out, fusion)
     return out
@@ -67,8 +68,8 @@ def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLD
         local = query_video[sel] - start
         for name, q in queries.items():
             q_unit = torch.nn.functional.normalize(q[sel], dim=-1, eps=1e-12)
-            sims = torch.einsum("qd,qld->ql", q_unit, frames[name][local])
-            pos[name][sel] = sims.masked_fill(mask[local] == 0, -1e10).amax(dim=-1)
+            own = frames[name].index_select(0, local)  # (q, Lb, d)
+            pos[name][sel] = torch.bmm(own, q_unit[:, :, None]).squeeze(-1).amax(dim=-1)
         start += n
     pos["fused"] = model.fuse(pos, fusion)
     return pos

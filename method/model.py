@@ -162,6 +162,10 @@ class ScoreOutput:
     video_scores_raw: torch.Tensor  # (Q, V) max over valid frames of the dot product
     frame_scores: torch.Tensor  # (Q, V, L) cosine, padded frames = MASK_VALUE
 
+    def float(self) -> "ScoreOutput":
+        """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
+        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), self.frame_scores.float())
+
 
 def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """query: (Q, d), frames: (V, L, d) -> dot products (Q, V, L), one matmul."""
@@ -170,30 +174,31 @@ def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 
 
 def score_branch(query: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> ScoreOutput:
-    """Cosine and dot-product scores of queries (Q, d) against frames (V, L, d).
+    """Cosine and dot-product scores of queries (Q, d) against frames (V, L, d), frame_mask (V, L).
 
-    The cosine is the dot product divided by both norms (each clamped at 1e-12,
-    as ``F.normalize``), which shares the one matmul with the NCE scores.
+    Two matmuls, as released: unit vectors for the cosine, raw vectors for the
+    NCE scores; padded frames are masked in place on the fresh matmul outputs.
     """
-    dot = frame_dot(query, frames)
-    q_norm = query.norm(dim=-1).clamp_min(1e-12)[:, None, None]
-    f_norm = frames.norm(dim=-1).clamp_min(1e-12)[None]
     pad = (frame_mask == 0)[None]  # (1, V, L)
-    cos = (dot / q_norm / f_norm).masked_fill(pad, MASK_VALUE)
-    raw = dot.masked_fill(pad, MASK_VALUE)
+    cos = frame_dot(F.normalize(query, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12))
+    raw = frame_dot(query, frames)
+    cos = cos.masked_fill_(pad, MASK_VALUE)
+    raw = raw.masked_fill_(pad, MASK_VALUE)
     return ScoreOutput(cos.amax(dim=-1), raw.amax(dim=-1), cos)
 
 
-def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """Unit-length frames (V, L, d) for inference scoring."""
-    return F.normalize(frames, dim=-1, eps=1e-12)
+def normalize_frames(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length frames (V, L, d) for inference, padded frames replaced by the video's first frame.
+
+    A repeated valid frame never changes a max over frames, so scoring needs no mask.
+    """
+    unit = F.normalize(frames, dim=-1, eps=1e-12)
+    return torch.where(frame_mask[..., None] > 0, unit, unit[:, :1])
 
 
-def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor,
-                        frame_mask: torch.Tensor) -> torch.Tensor:
-    """Inference: queries (Q, d) vs unit frames (V, L, d) -> max cosine over valid frames (Q, V)."""
-    sims = frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit)
-    return sims.masked_fill((frame_mask == 0)[None], MASK_VALUE).amax(dim=-1)
+def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch.Tensor:
+    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, L, d) -> max cosine over frames (Q, V)."""
+    return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
 
 
 class DLDKD(nn.Module):

@@ -25,5 +25,5 @@ class PrecomputedTeacher:
         labels: (Q,) video index of each caption -> (Q, L).
         """
         q = F.normalize(query_feat.float(), dim=-1, eps=1e-12)
-        frames = F.normalize(video_feat.float(), dim=-1, eps=1e-12)[labels]  # (Q, L, Dt)
-        return torch.einsum("qd,qld->ql", q, frames)
+        frames = F.normalize(video_feat.float(), dim=-1, eps=1e-12).index_select(0, labels)  # (Q, L, Dt)
+        return torch.bmm(frames, q[:, :, None]).squeeze(-1)

@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,35 +43,15 @@ def main(argv=None) -> dict:
     setup_logging(run_dir)
     device = resolve_device(opt.device)
     set_seed(opt.seed)
-    try:
-        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher, preload=opt.preload)
-        val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload)
-    except DataError as e:
-        raise SystemExit(f"data check failed: {e}") from None
-    if opt.q_feat_size is None:
-        opt.q_feat_size = train_split.text_dim
-    elif train_split.text_dim != opt.q_feat_size:
-        raise SystemExit(f"--q_feat_size {opt.q_feat_size} disagrees with the text features "
-                         f"({train_split.text_dim}-d) of {opt.root_path}/{opt.collection}")
-    cfg = ModelConfig(visual_input_size=train_split.visual_dim, query_input_size=train_split.text_dim,
-                      hidden_size=opt.hidden_size, n_heads=opt.n_heads, max_ctx_l=opt.max_ctx_l,
-                      max_desc_l=opt.max_desc_l, input_drop=opt.input_drop, drop=opt.drop,
-                      share_query_proj=not opt.separate_query_proj, single_branch=opt.single_branch)
-    model = DLDKD(cfg).to(device)
-    loader = make_train_loader(train_split.train_dataset(), opt, device)
-    val_videos, val_queries = make_eval_loaders(val_split, opt, device)
-    steps_per_epoch = len(loader)
-    optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, steps_per_epoch * opt.n_epoch,
-                                           opt.lr_warmup_proportion)
-    loss_fn = DLDKDLoss(opt.margin, opt.hard_pool_size, opt.nce_weight, opt.kd_temperature)
-    teacher = None if opt.no_teacher else PrecomputedTeacher()
+    r = build_run(opt, device)
+    model, loader, optimizer, scheduler, teacher = r.model, r.loader, r.optimizer, r.scheduler, r.teacher
     state = {"epoch": 0, "best_score": 0.0, "es_cnt": 0, "history": []}
     if opt.resume:
         state = restore(run_dir / "latest.ckpt", model, optimizer, scheduler)
         log.info("resumed %s at epoch %d", run_dir, state["epoch"])
     save_opt(opt, run_dir)
     log.info("train %d videos, %d steps/epoch, %d parameters, device %s", len(loader.dataset),
-             steps_per_epoch, sum(p.numel() for p in model.parameters() if p.requires_grad), device)
+             len(loader), sum(p.numel() for p in model.parameters() if p.requires_grad), device)
     writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"])
     fusion = {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight}
     for epoch in tqdm(range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"], total=opt.n_epoch):
@@ -80,8 +61,8 @@ def main(argv=None) -> dict:
                                                    opt.loss_init_weight, opt.kd_k, opt.kd_b)
         hard = epoch >= opt.hard_negative_start_epoch
         lr = scheduler.get_last_lr()[0]
-        losses = train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, hard, device, opt.debug)
-        val = evaluate(model, val_videos, val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
+        losses = train_one_epoch(r.forward, loader, optimizer, scheduler, r.loss_fn, teacher, kd, hard, device, opt)
+        val = evaluate(model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
         row = {"epoch": epoch, "lr": lr, "kd_factor": kd, "hard_negative": int(hard), **losses,
                **{f"val_{k}": v for k, v in val["fused"].items()},
                **{f"val_sumr_{name}": m["sumr"] for name, m in val.items() if name != "fused"},
@@ -110,14 +91,52 @@ def main(argv=None) -> dict:
     return evaluate_split(best.to(device), "test", opt, device, run_dir, info)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, hard, device, debug) -> dict:
-    """One pass over the training videos; returns the epoch mean of every loss term and their sum."""
+def build_run(opt, device: torch.device) -> SimpleNamespace:
+    """Everything before the epoch loop: data check, loaders, model, optimiser, loss, teacher."""
+    try:
+        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher, preload=opt.preload)
+        val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload)
+    except DataError as e:
+        raise SystemExit(f"data check failed: {e}") from None
+    if opt.q_feat_size is None:
+        opt.q_feat_size = train_split.text_dim
+    elif train_split.text_dim != opt.q_feat_size:
+        raise SystemExit(f"--q_feat_size {opt.q_feat_size} disagrees with the text features "
+                         f"({train_split.text_dim}-d) of {opt.root_path}/{opt.collection}")
+    cfg = ModelConfig(visual_input_size=train_split.visual_dim, query_input_size=train_split.text_dim,
+                      hidden_size=opt.hidden_size, n_heads=opt.n_heads, max_ctx_l=opt.max_ctx_l,
+                      max_desc_l=opt.max_desc_l, input_drop=opt.input_drop, drop=opt.drop,
+                      share_query_proj=not opt.separate_query_proj, single_branch=opt.single_branch)
+    model = DLDKD(cfg).to(device)
+    loader = make_train_loader(train_split.train_dataset(), opt, device)
+    val_videos, val_queries = make_eval_loaders(val_split, opt, device)
+    optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, len(loader) * opt.n_epoch,
+                                           opt.lr_warmup_proportion)
+    return SimpleNamespace(
+        model=model, forward=torch.compile(model) if opt.compile else model, loader=loader,
+        val_videos=val_videos, val_queries=val_queries, optimizer=optimizer, scheduler=scheduler,
+        loss_fn=DLDKDLoss(opt.margin, opt.hard_pool_size, opt.nce_weight, opt.kd_temperature),
+        teacher=None if opt.no_teacher else PrecomputedTeacher())
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, hard, device, opt) -> dict:
+    """One pass over the training videos.
+
+    Returns the epoch mean of every loss term and of their sum (``loss``), and
+    ``data_seconds``: the time spent waiting for batches (the rest of the epoch
+    is compute).
+    """
     model.train()
     sums: dict[str, torch.Tensor] = {}
-    with torch.autograd.detect_anomaly() if debug else nullcontext():
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opt.amp == "bf16")
+    data_seconds, t_ready = 0.0, time.perf_counter()
+    with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
         for batch in tqdm(loader, desc="train", leave=False):
+            data_seconds += time.perf_counter() - t_ready
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            outputs = model(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
+            with autocast:
+                outputs = model(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
+            outputs = {name: out.float() for name, out in outputs.items()}
             teacher_scores = None if teacher is None else teacher.frame_scores(
                 b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
             terms = loss_fn(outputs, b["query_labels"], b["video_mask"], teacher_scores, kd, hard)
@@ -128,7 +147,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, h
             scheduler.step()
             for name, value in {**terms, "loss": loss}.items():  # summed on device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach()
-    return {name: (total / len(loader)).item() for name, total in sums.items()}
+            t_ready = time.perf_counter()
+    return {**{name: (total / len(loader)).item() for name, total in sums.items()}, "data_seconds": data_seconds}
 
 
 def split_args(opt, split: str) -> dict:

@@ -24,7 +24,7 @@ def test_scores_match_released_code(golden):
     with torch.no_grad():
         train_scores = model(vf, vm, qf, qm)
         queries, frames = model.encode_queries(qf, qm), model.encode_videos(vf, vm)
-        infer = {k: cosine_video_scores(queries[k], normalize_frames(frames[k]), vm) for k in queries}
+        infer = {k: cosine_video_scores(queries[k], normalize_frames(frames[k], vm)) for k in queries}
     for name, key in (("exploration", "tiny_scores_exploration_A"), ("inheritance", "tiny_scores_inheritance_B")):
         np.testing.assert_allclose(train_scores[name].video_scores.numpy(), golden[key], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(infer[name].numpy(), golden[key], rtol=1e-5, atol=1e-6)
@@ -84,7 +84,7 @@ def test_score_branch_against_loop():
     torch.testing.assert_close(out.video_scores, cos)
     torch.testing.assert_close(out.video_scores_raw, raw)
     assert (out.frame_scores[:, 1, 3:] == -1e10).all()
-    torch.testing.assert_close(cosine_video_scores(query, normalize_frames(frames), mask), cos)
+    torch.testing.assert_close(cosine_video_scores(query, normalize_frames(frames, mask)), cos)
 
 
 def test_padding_does_not_change_scores():

@@ -1,0 +1,72 @@
+"""A whole training epoch and a whole evaluation on demo data, split into data time and compute time.
+
+Generates the demo dataset at the chosen size (``--dims tvr`` gives TVR's feature
+sizes: 3072-d frames, 768-d text, 512-d teacher) and runs the real training
+pieces (``method.train.build_run`` / ``train_one_epoch``, ``method.eval.evaluate``).
+
+    python bench/epoch.py --videos 640 --dims tvr --device cpu --num_workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit, machine, peak_rss_mb
+from method import demo_data
+from method.config import parse_train_args, resolve_device
+from method.eval import evaluate
+from method.train import build_run, set_seed, train_one_epoch
+
+DIMS = {"demo": {}, "tvr": {"visual_dim": 3072, "text_dim": 768, "teacher_dim": 512}}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=400, help="videos in the generated dataset (70%% train)")
+    p.add_argument("--dims", choices=sorted(DIMS), default="demo", help="feature sizes of the generated data")
+    p.add_argument("--max_frames", type=int, default=None, help="longest generated video (default: the demo's)")
+    p.add_argument("--root", default=None, help="reuse/generate the dataset here (default: a temporary folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--bsz", type=int, default=128, help="videos per training batch")
+    p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--preload", action="store_true", help="hold the split's features in RAM")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root or tmp)
+        if not (root / "tvr" / "TextData" / "tvrtest.caption.txt").is_file():
+            overrides = dict(DIMS[args.dims])
+            if args.max_frames:
+                overrides["max_frames"] = args.max_frames
+            t0 = time.perf_counter()
+            demo_data.generate(str(root), "tvr", n_videos=args.videos, seed=0, **overrides)
+            emit(bench="generate", videos=args.videos, dims=args.dims, seconds=round(time.perf_counter() - t0, 2))
+        opt = parse_train_args(["--root_path", str(root), "--collection", "tvr", "--device", str(device),
+                                "--bsz", str(args.bsz), "--num_workers", str(args.num_workers), "--n_epoch", "1",
+                                "--kd_schedule", "exp_decay", *(["--preload"] if args.preload else [])])
+        set_seed(opt.seed)
+        t0 = time.perf_counter()
+        r = build_run(opt, device)
+        setup_seconds = time.perf_counter() - t0
+        r.loader.sampler.generator.manual_seed(0)
+        t0 = time.perf_counter()
+        losses = train_one_epoch(r.forward, r.loader, r.optimizer, r.scheduler, r.loss_fn, r.teacher, 0.1, True,
+                                 device, opt)
+        epoch_seconds = time.perf_counter() - t0
+        data = losses["data_seconds"]
+        emit(bench="train_epoch", device=machine(device), videos=len(r.loader.dataset), steps=len(r.loader),
+             bsz=args.bsz, dims=args.dims, num_workers=args.num_workers, preload=args.preload,
+             setup_seconds=round(setup_seconds, 2), epoch_seconds=round(epoch_seconds, 2),
+             data_seconds=round(data, 2), compute_seconds=round(epoch_seconds - data, 2),
+             data_fraction=round(data / epoch_seconds, 3), peak_rss_mb=round(peak_rss_mb()))
+        fusion = {"exploration": 0.3, "inheritance": 0.7}
+        t0 = time.perf_counter()
+        res = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)
+        emit(bench="eval_val", device=machine(device), n_videos=res["n_videos"], n_queries=res["n_queries"],
+             seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Evaluation at TVR test size (2,179 videos of 128 frames, 10,895 queries) and multiples of it.
+
+Items are generated on the fly (seeded random features at TVR sizes) and go
+through the real path: DataLoader + collate, ``method.eval.evaluate`` (encode
+every video once, score query chunks against all videos, t2v and v2t metrics
+for the fused score and both branches). Also measures the "pure matmul" time:
+the same scoring matmuls (chunk x d @ d x frames) alone, for the ratio.
+
+    python bench/eval_scale.py --device cpu --scale 1
+    python bench/eval_scale.py --device cpu --scale 10 --skip_matmul_baseline
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from common import emit, machine, median_seconds, peak_rss_mb
+from method.config import resolve_device
+from method.data import collate_queries, collate_videos
+from method.eval import evaluate
+from method.model import DLDKD, ModelConfig
+
+TVR_TEST = {"videos": 2179, "queries": 10895, "frames": 128, "visual_dim": 3072, "tokens": 30, "text_dim": 768}
+
+
+class RandomVideos(Dataset):
+    """Video i: (frames, visual_dim) random features, id ``v<i>``."""
+
+    def __init__(self, n, frames, dim):
+        self.n, self.frames, self.dim = n, frames, dim
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"video_id": f"v{i}", "video_feat": torch.randn(self.frames, self.dim, generator=g).numpy()}
+
+
+class RandomQueries(Dataset):
+    """Query j of video j % n_videos: (tokens, text_dim) random features, id ``v<k>#enc#<j>``."""
+
+    def __init__(self, n, n_videos, tokens, dim):
+        self.n, self.n_videos, self.tokens, self.dim = n, n_videos, tokens, dim
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, j):
+        g = torch.Generator().manual_seed(10_000_000 + j)
+        n_tok = 8 + j % (self.tokens - 7)
+        return {"cap_id": f"v{j % self.n_videos}#enc#{j}",
+                "query_feat": torch.randn(n_tok, self.dim, generator=g).numpy()}
+
+
+def matmul_baseline(n_queries, n_videos, frames, hidden, chunk, video_bsz, device) -> float:
+    """Seconds of the scoring matmuls alone (both branches) for one full evaluation, from one timed block."""
+    q = torch.randn(chunk, hidden, device=device)
+    f = torch.randn(hidden, video_bsz * frames, device=device)
+    per_block = median_seconds(lambda: q @ f, device, repeats=5, warmup=2)
+    blocks = (n_queries / chunk) * (n_videos / video_bsz)
+    return 2 * blocks * per_block
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--scale", type=float, default=1.0, help="multiple of TVR's test split (videos and queries)")
+    p.add_argument("--chunk", type=int, default=500, help="queries scored at once (--eval_query_bsz)")
+    p.add_argument("--video_bsz", type=int, default=200, help="videos encoded at once (--eval_video_bsz)")
+    p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers generating items")
+    p.add_argument("--skip_matmul_baseline", action="store_true", help="do not time the bare matmuls")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    s = TVR_TEST
+    n_videos, n_queries = int(s["videos"] * args.scale), int(s["queries"] * args.scale)
+    model = DLDKD(ModelConfig(visual_input_size=s["visual_dim"], query_input_size=s["text_dim"])).to(device).eval()
+    common = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
+    videos = DataLoader(RandomVideos(n_videos, s["frames"], s["visual_dim"]), batch_size=args.video_bsz,
+                        collate_fn=collate_videos, **common)
+    queries = DataLoader(RandomQueries(n_queries, n_videos, s["tokens"], s["text_dim"]), batch_size=args.chunk,
+                         collate_fn=collate_queries, **common)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    res = evaluate(model, videos, queries, device, {"exploration": 0.3, "inheritance": 0.7}, args.chunk)
+    seconds = time.perf_counter() - t0
+    record = {"bench": "eval_scale", "device": machine(device), "scale": args.scale, "n_videos": n_videos,
+              "n_queries": n_queries, "frames": s["frames"], "chunk": args.chunk, "seconds": round(seconds, 1),
+              "encoded_videos_mb": round(2 * n_videos * s["frames"] * model.cfg.hidden_size * 4 / 2 ** 20),
+              "chunk_scores_mb": round(args.chunk * args.video_bsz * s["frames"] * 4 / 2 ** 20),
+              "peak_rss_mb": round(peak_rss_mb()), "t2v_fused_sumr": round(res["t2v"]["fused"]["sumr"], 2)}
+    if device.type == "cuda":
+        record["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20)
+    if not args.skip_matmul_baseline:
+        base = matmul_baseline(n_queries, n_videos, s["frames"], model.cfg.hidden_size, args.chunk,
+                               args.video_bsz, device)
+        record.update(matmul_seconds=round(base, 1), ratio_to_matmul=round(seconds / base, 2))
+    emit(**record)
+
+
+if __name__ == "__main__":
+    main()
