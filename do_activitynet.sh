@@ -25,10 +25,4 @@ SEED=2018
 DEVICE=auto                     # auto = CUDA when present, else CPU
 NUM_WORKERS=4
 
-source "$(dirname "$0")/scripts/python.sh"
-exec "$PYTHON" -m method.train --root_path "$ROOTPATH" --collection "$COLLECTION" \
-    --visual_feature "$VISUAL_FEATURE" --q_feat_size "$Q_FEAT_SIZE" --exp_id "$EXP_ID" \
-    --margin "$MARGIN" --lr "$LR" --bsz "$BSZ" --n_epoch "$N_EPOCH" --max_es_cnt "$MAX_ES_CNT" \
-    --input_drop "$INPUT_DROP" --drop "$DROP" --kd_schedule "$KD_SCHEDULE" --kd_k "$KD_K" \
-    --loss_scale_weight "$LOSS_SCALE_WEIGHT" --seed "$SEED" --device "$DEVICE" \
-    --num_workers "$NUM_WORKERS" "$@"
+source "$(dirname "$0")/scripts/launch_train.sh"
