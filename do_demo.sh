@@ -3,17 +3,17 @@
 # (if missing), trains DL-DKD and the no-teacher baseline on it on CPU, and
 # prints their test results side by side.
 # Usage: ./do_demo.sh [extra flags for method.train]
-#   DEMO_ROOT (default ./demo_data) and DEMO_EPOCHS (default 20) can be set in the environment.
+#   DEMO_ROOT (default ./demo_data) and DEMO_EPOCHS (default 10) can be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh requirements.txt
 ROOT=${DEMO_ROOT:-$PWD/demo_data}
-EPOCHS=${DEMO_EPOCHS:-20}
+EPOCHS=${DEMO_EPOCHS:-10}
 if [ ! -f "$ROOT/tvr/TextData/tvrtest.caption.txt" ]; then
     python -m method.demo_data "$ROOT" --collection tvr
 fi
 RUNS="$ROOT/tvr/results"
-COMMON=(--root_path "$ROOT" --collection tvr --visual_feature i3d_resnet --device cpu --num_workers 0
+COMMON=(--root_path "$ROOT" --collection tvr --visual_feature i3d_resnet --device cpu --num_workers 0 --preload
         --n_epoch "$EPOCHS" --bsz 32 --margin 0.1 --kd_schedule exp_decay --kd_k 0.95 --seed 2018)
 STAMP=$(date +%Y%m%d_%H%M%S)
 export TQDM_DISABLE=${TQDM_DISABLE:-1}

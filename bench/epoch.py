@@ -24,7 +24,7 @@ DIMS = {"demo": {}, "tvr": {"visual_dim": 3072, "text_dim": 768, "teacher_dim": 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=400, help="videos in the generated dataset (70%% train)")
+    p.add_argument("--videos", type=int, default=400, help="videos in the generated dataset (55%% train, 15%% val, 30%% test)")
     p.add_argument("--dims", choices=sorted(DIMS), default="demo", help="feature sizes of the generated data")
     p.add_argument("--max_frames", type=int, default=None, help="longest generated video (default: the demo's)")
     p.add_argument("--root", default=None, help="reuse/generate the dataset here (default: a temporary folder)")

@@ -1,18 +1,21 @@
 """Generator of a small demo dataset in exactly the released on-disk layout.
 
-    python -m method.demo_data ROOT [--collection tvr] [--videos 400] [--seed 0]
+    python -m method.demo_data ROOT [--collection tvr] [--videos 1000] [--seed 0]
 
 writes ROOT/<collection>/{TextData,FeatureData,results} with the released file
 names (BigFile student frames, RoBERTa-like token HDF5, CLIP-like teacher
-HDF5s, three caption files). Only the feature sizes differ from the real
-packages (defaults: student frames 128-d, text 64-d, teacher 32-d) so that it
-trains in minutes on a CPU; the folder names stay those of the collection
-(e.g. FeatureData/i3d_resnet for tvr).
+HDF5s, three caption files). Only the sizes differ from the real packages
+(defaults: 1000 videos split 550/150/300, 12-48 frames each, student frames
+128-d, text 64-d, teacher 32-d) so that a run trains in about a minute on a
+CPU; the folder names stay those of the collection (e.g.
+FeatureData/i3d_resnet for tvr). Videos stay below the 128-frame cap (the
+pooling of longer ones is covered by the unit tests of method.data).
 
 The data carries structure a retrieval model can learn:
 
-- concepts = action x object pairs, each with a latent vector (the sum of an
-  action latent and an object latent, so words compose);
+- concepts = action x object pairs (24 x 24), each with a latent vector (the
+  sum of an action latent and an object latent, so words compose and concepts
+  sharing a word are similar);
 - each untrimmed video = 3-6 moments of distinct concepts on a background
   scene; each caption (1-5 per video) describes one moment of its video with
   its action and object words among filler words (token features = word
@@ -21,9 +24,12 @@ The data carries structure a retrieval model can learn:
   noise (low SNR: the student has to learn to pool evidence);
 - teacher (CLIP-like) frames and sentences = another projection with little
   noise, so the teacher localises moments sharply, but it merges a fraction of
-  the concepts with a partner (its domain gap), which the exploration branch
-  can learn to separate. Teacher frame counts differ from the student's for
-  some videos (exercising the frame alignment).
+  the concepts with a partner of the same object and another action (its
+  domain gap: a frame model is weak at actions), which the exploration branch
+  can learn to separate. Merged partners co-occur in some videos (opens /
+  closes the door), where the teacher's frame distribution is wrong. Teacher
+  frame counts differ from the student's for some videos (exercising the
+  frame alignment).
 
 All knobs are fields of `DemoConfig`; `generate(..., **overrides)` changes them.
 The output is a deterministic function of (collection, n_videos, seed, knobs).
@@ -66,21 +72,21 @@ class DemoConfig:
     n_actions: int = 24
     n_objects: int = 24
     n_backgrounds: int = 8          # background scenes shared across videos
-    min_frames: int = 16
-    max_frames: int = 64            # short videos: the step cost grows with the padded frame count
+    min_frames: int = 12
+    max_frames: int = 48            # short videos: the step cost grows with the padded frame count
     min_moments: int = 3
     max_moments: int = 6
     max_captions: int = 5
     moment_fraction: tuple = (0.3, 0.8)   # share of its time slot a moment covers
-    student_snr: float = 0.5        # per-dim signal / noise amplitude of student frames
+    student_snr: float = 0.8        # per-dim signal / noise amplitude of student frames
     teacher_snr: float = 4.0        # same for teacher frames (sharp localisation)
     teacher_text_noise: float = 0.1  # noise of teacher sentence vectors (relative)
     text_noise: float = 0.3         # contextual noise of token features (relative)
-    confusion_rate: float = 0.25    # share of concepts the teacher merges with a partner (same object)
-    partner_rate: float = 0.0       # chance that a video shows a teacher-merged pair of concepts
+    confusion_rate: float = 0.5     # share of concepts the teacher merges with a partner (same object)
+    partner_rate: float = 0.5       # chance that a video shows a teacher-merged pair of concepts
     teacher_length_mismatch: float = 0.3  # share of videos whose teacher frame count differs
-    max_fillers: int = 12           # filler words after the concept
-    split_fractions: tuple = (0.6, 0.15, 0.25)
+    max_fillers: int = 8            # filler words after the concept
+    split_fractions: tuple = (0.55, 0.15, 0.3)
 
 
 DEFAULT_VIDEOS = 1000

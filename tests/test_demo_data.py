@@ -50,7 +50,9 @@ def test_released_layout(demo_root):
         assert os.path.isfile(os.path.join(base, rel)), rel
     bf = BigFile(os.path.join(base, "FeatureData", "i3d_resnet"))
     n_frames = [bf.n_frames(v) for v in bf.keys()]
-    assert len(n_frames) == N_VIDEOS and max(n_frames) > 128 and min(n_frames) < 128
+    cfg = demo_data.DemoConfig()
+    assert len(n_frames) == N_VIDEOS and len(set(n_frames)) > 1
+    assert cfg.min_frames <= min(n_frames) and max(n_frames) <= cfg.max_frames
     with h5py.File(os.path.join(base, "TextData", "clip_ViT_B_32_tvr_query_feat.hdf5"), "r") as f:
         keys = list(f)
         shapes = {f[k].shape for k in keys}
@@ -74,7 +76,7 @@ def test_output_passes_check_and_loads(demo_root, split):
 
 
 def test_other_collection_uses_plain_caption_ids(tmp_path):
-    info = demo_data.generate(str(tmp_path), "activitynet", 20, seed=3)
+    info = demo_data.generate(str(tmp_path), "activitynet", 20, seed=3, split_fractions=(0.7, 0.15, 0.15))
     assert info["splits"] == {"train": 14, "val": 3, "test": 3}
     s = build_split(str(tmp_path), "activitynet", "i3d", "train", True, 128, 30)
     assert not any("#enc#" in c for c in s.captions.cap_ids)
@@ -110,9 +112,27 @@ def test_data_carries_structure(demo_root):
         concept[cap_id] = world.actions.index(action) * len(world.objects) + world.objects.index(obj)
     oracle = np.stack([world.concept_latent[concept[c]] @ world.student_proj for it in items for c in it["cap_ids"]])
     assert _recall_at(_max_cosine(oracle, [it["video_feat"] for it in items]), labels, 5) > 5 * chance_at_5
-    # The teacher's domain gap: merged concepts share one teacher latent.
+    # The teacher's domain gap: merged concepts share one teacher latent, and the two
+    # concepts of a merged pair share their object (the teacher is weak at actions).
     same = np.isclose(world.teacher_latent @ world.teacher_latent.T, 1.0)
     assert (same.sum(1) == 2).sum() == world.n_merged > 0
+    first, second = np.nonzero(np.triu(same, 1))
+    n_obj = len(world.objects)
+    assert np.array_equal(first % n_obj, second % n_obj) and np.all(first // n_obj != second // n_obj)
+    assert sorted(map(tuple, np.sort(world.merged_pairs, 1))) == sorted(zip(first, second))
+
+
+def test_merged_pairs_cooccur(tmp_path):
+    """With partner_rate 1 every video shows one teacher-merged pair of concepts."""
+    cfg = demo_data.DemoConfig(partner_rate=1.0)
+    rng = np.random.default_rng(5)
+    world = demo_data._World(cfg, rng)
+    pairs = {frozenset(map(int, p)) for p in world.merged_pairs}
+    for _ in range(20):
+        student, teacher, concepts = demo_data._make_video(world, rng)
+        assert len(set(concepts.tolist())) == len(concepts) >= cfg.min_moments
+        assert any(frozenset((int(a), int(b))) in pairs for a in concepts for b in concepts if a != b)
+        assert cfg.min_frames <= len(student) <= cfg.max_frames and student.shape[1] == cfg.visual_dim
 
 
 def test_cli_prints_summary(tmp_path, capsys):
