@@ -119,15 +119,15 @@ def time_batches(dataset, batches, files, cold):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=3072)
-    parser.add_argument("--videos", type=int, default=2800)
-    parser.add_argument("--text-dim", type=int, default=768)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=5)
-    parser.add_argument("--out-dir", default=None, help="default: a new temp folder")
+    parser.add_argument("--rows", type=int, default=200_000, help="frame rows in feature.bin")
+    parser.add_argument("--dim", type=int, default=3072, help="feature size of a row")
+    parser.add_argument("--videos", type=int, default=2800, help="videos the rows are split into")
+    parser.add_argument("--text-dim", type=int, default=768, help="size of the generated token features")
+    parser.add_argument("--batch-size", type=int, default=128, help="videos per training batch")
+    parser.add_argument("--batches", type=int, default=5, help="batches timed per cache state")
+    parser.add_argument("--out-dir", default=None, help="where to write the BigFile (default: a new temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated values")
     args = parser.parse_args(argv)
     n_needed = args.batch_size * args.batches
     if n_needed > args.videos:

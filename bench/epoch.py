@@ -57,7 +57,8 @@ def main(argv=None) -> None:
         epoch_seconds = time.perf_counter() - t0
         data = losses["data_seconds"]
         emit(bench="train_epoch", device=machine(device), videos=len(r.loader.dataset), steps=len(r.loader),
-             bsz=args.bsz, dims=args.dims, num_workers=args.num_workers, preload=args.preload,
+             bsz=args.bsz, visual_dim=r.model.cfg.visual_input_size, num_workers=args.num_workers,
+             preload=args.preload,
              setup_seconds=round(setup_seconds, 2), epoch_seconds=round(epoch_seconds, 2),
              data_seconds=round(data, 2), compute_seconds=round(epoch_seconds - data, 2),
              data_fraction=round(data / epoch_seconds, 3), peak_rss_mb=round(peak_rss_mb()))

@@ -438,9 +438,10 @@ def pad_sequences(arrays):
     """
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
     max_len = int(lengths.max())
-    padded = np.zeros((len(arrays), max_len, arrays[0].shape[-1]), dtype=np.float32)
-    for i, a in enumerate(arrays):
+    padded = np.empty((len(arrays), max_len, arrays[0].shape[-1]), dtype=np.float32)
+    for i, a in enumerate(arrays):  # one copy per item (each a whole (n_i, D) block)
         padded[i, :len(a)] = a
+        padded[i, len(a):] = 0.0
     mask = (np.arange(max_len)[None, :] < lengths[:, None]).astype(np.float32)
     return torch.from_numpy(padded), torch.from_numpy(mask)
 

@@ -83,7 +83,9 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
     Memory beyond the encoded split is bounded by ``chunk_size * n_videos``.
     With ``scores_path`` the fused score matrix is streamed to a ``.npy`` file.
     """
+    t_start = time.perf_counter()
     video_blocks, video_ids, queries, cap_ids = encode_split(model, video_loader, query_loader, device)
+    t_encoded = time.perf_counter()
     vid_index = {v: i for i, v in enumerate(video_ids)}
     missing = [c for c in cap_ids if c.split("#")[0] not in vid_index]
     if missing:
@@ -108,9 +110,11 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
             out_scores[rows] = scores["fused"].cpu().numpy()
     if out_scores is not None:
         out_scores.flush()
+    t2v = {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names}
     return {
         "n_queries": n_q, "n_videos": n_v,
-        "t2v": {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names},
+        "seconds": {"encode": t_encoded - t_start, "score": time.perf_counter() - t_encoded},
+        "t2v": t2v,
         "v2t": {name: metrics.summarize_v2t(v2t_counts[name] + 1, query_video, n_v) for name in names},
         "cap_ids": cap_ids, "video_ids": video_ids,
     }

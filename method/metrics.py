@@ -133,7 +133,7 @@ def v2t_rank_counts(scores_chunk, chunk_query_index, query_video, pos) -> torch.
     chunk (global indices ``chunk_query_index`` (C,)), ``q' != j`` by index,
     with ``S[q', l_j] >= pos[j]``. Summed over all chunks and ``+ 1``, this is
     caption ``j``'s pessimistic rank among all ``n_q`` captions in column
-    ``l_j``. Extra memory ``C * n_q``. Returns int64 (n_q,).
+    ``l_j``. Extra memory ``C * (n_q + n_v)``. Returns int64 (n_q,).
     """
     s = _to_tensor(scores_chunk)
     _check_scores(s)
@@ -146,12 +146,15 @@ def v2t_rank_counts(scores_chunk, chunk_query_index, query_video, pos) -> torch.
         )
     if qv.dim() != 1 or p.shape != qv.shape:
         raise ValueError("query_video and pos must both have shape (n_q,)")
-    cols = s.index_select(1, qv)  # (C, n_q): cols[c, j] = S[q'_c, l_j]
-    ge = _not_less(cols, p[None, :])  # (C, n_q) bool
+    # Row j of the gather is video l_j's column over the chunk: contiguous rows,
+    # so the gather is a row copy rather than a strided column walk.
+    cols = s.t().contiguous().index_select(0, qv)  # (n_q, C): cols[j, c] = S[q'_c, l_j]
+    ge = _not_less(cols, p[:, None])  # (n_q, C) bool
     del cols
-    counts = ge.sum(dim=0)  # (n_q,) int64
+    counts = ge.sum(dim=1)  # (n_q,) int64
     # remove each chunk row's comparison with itself (q' == j), by index
-    self_hit = ge.gather(1, qidx[:, None]).squeeze(1).long()  # ge[c, qidx[c]]
+    rows = torch.arange(s.shape[0], device=s.device)
+    self_hit = ge[qidx, rows].long()  # ge[qidx[c], c]
     counts.index_add_(0, qidx, -self_hit)
     return counts.long()
 
