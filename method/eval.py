@@ -30,15 +30,16 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
     """Encode all videos (unit frames, kept per loader batch) and all queries of a split.
 
     Returns (video_blocks, video_ids, queries, cap_ids) where video_blocks is a
-    list of ({branch: (Vb, Lb, d)}, mask (Vb, Lb)) and queries {branch: (Q, d)}; padded
-    frames hold a copy of their video's first frame (see ``normalize_frames``).
+    list of {branch: (Vb, Lb, d)} and queries {branch: (Q, d)}; padded frames
+    hold a copy of their video's first frame (see ``normalize_frames``), so no
+    mask is kept.
     """
     model.eval()
     video_blocks, video_ids = [], []
     for batch in tqdm(video_loader, desc="encode videos", leave=False):
         feat, mask = batch["video_feat"].to(device), batch["video_mask"].to(device)
         frames = model.encode_videos(feat, mask)
-        video_blocks.append(({k: normalize_frames(v, mask) for k, v in frames.items()}, mask))
+        video_blocks.append({k: normalize_frames(v, mask) for k, v in frames.items()})
         video_ids.extend(batch["video_ids"])
     queries, cap_ids = {name: [] for name in model.branch_names}, []
     for batch in tqdm(query_loader, desc="encode queries", leave=False):
@@ -52,7 +53,7 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
                 model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
     """Scores (C, n_videos) of the queries in ``rows``, per branch and fused."""
-    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name]) for frames, _ in video_blocks], dim=1)
+    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name]) for frames in video_blocks], dim=1)
            for name, q in queries.items()}
     out["fused"] = model.fuse(out, fusion)
     return out
@@ -62,8 +63,8 @@ def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLD
     """Each query's score with its own video (Q,), per branch and fused, block by block."""
     pos = {name: torch.empty(len(query_video), device=query_video.device) for name in queries}
     start = 0
-    for frames, mask in video_blocks:
-        n = mask.shape[0]
+    for frames in video_blocks:
+        n = next(iter(frames.values())).shape[0]
         sel = ((query_video >= start) & (query_video < start + n)).nonzero().squeeze(1)
         local = query_video[sel] - start
         for name, q in queries.items():
@@ -110,11 +111,10 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
             out_scores[rows] = scores["fused"].cpu().numpy()
     if out_scores is not None:
         out_scores.flush()
-    t2v = {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names}
     return {
         "n_queries": n_q, "n_videos": n_v,
         "seconds": {"encode": t_encoded - t_start, "score": time.perf_counter() - t_encoded},
-        "t2v": t2v,
+        "t2v": {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names},
         "v2t": {name: metrics.summarize_v2t(v2t_counts[name] + 1, query_video, n_v) for name in names},
         "cap_ids": cap_ids, "video_ids": video_ids,
     }
