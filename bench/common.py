@@ -1,6 +1,7 @@
 """Shared helpers of the benchmark scripts: dataset presets, synthetic batches, timing, peak FLOP/s."""
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -18,6 +19,13 @@ PRESETS = {
     "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
 }
 TEACHER_DIM = 512
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """Argument parser of a benchmark script: its docstring as help, and --device."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    return p
 
 
 def emit(**record) -> None:

@@ -8,12 +8,11 @@ pieces (``method.train.build_run`` / ``train_one_epoch``, ``method.eval.evaluate
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from common import emit, machine, peak_rss_mb
+from common import bench_parser, emit, machine, peak_rss_mb
 from method import demo_data
 from method.config import parse_train_args, resolve_device
 from method.eval import evaluate
@@ -23,12 +22,11 @@ DIMS = {"demo": {}, "tvr": {"visual_dim": 3072, "text_dim": 768, "teacher_dim": 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--videos", type=int, default=400, help="videos in the generated dataset (55%% train, 15%% val, 30%% test)")
     p.add_argument("--dims", choices=sorted(DIMS), default="demo", help="feature sizes of the generated data")
     p.add_argument("--max_frames", type=int, default=None, help="longest generated video (default: the demo's)")
     p.add_argument("--root", default=None, help="reuse/generate the dataset here (default: a temporary folder)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--bsz", type=int, default=128, help="videos per training batch")
     p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--preload", action="store_true", help="hold the split's features in RAM")

@@ -11,14 +11,13 @@ the same scoring matmuls (chunk x d @ d x frames) alone, for the ratio.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
+from common import bench_parser, emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
 from method.config import resolve_device
 from method.data import collate_queries, collate_videos
 from method.eval import evaluate
@@ -86,8 +85,7 @@ def same_shape_matmul_seconds(n_queries, n_videos, frames, hidden, chunk, video_
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p = bench_parser(__doc__)
     p.add_argument("--scale", type=float, default=1.0, help="multiple of TVR's test split (videos and queries)")
     p.add_argument("--chunk", type=int, default=500, help="queries scored at once (--eval_query_bsz)")
     p.add_argument("--video_bsz", type=int, default=200, help="videos encoded at once (--eval_video_bsz)")

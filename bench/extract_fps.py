@@ -8,7 +8,6 @@ Needs ``requirements-extract.txt``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -18,15 +17,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import emit, machine  # noqa: E402
+from common import bench_parser, emit, machine  # noqa: E402
 from method import extract_teacher  # noqa: E402
 from method.config import resolve_device  # noqa: E402
 from test_extract_teacher import VIDEO_FPS, make_tiny_clip, write_captions, write_video  # noqa: E402
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p = bench_parser(__doc__)
     p.add_argument("--videos", type=int, default=10, help="videos to encode")
     p.add_argument("--frames", type=int, default=20, help="frames per video (all are sampled)")
     p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")

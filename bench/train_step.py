@@ -8,17 +8,16 @@ measured dense matmul FLOP/s in the same dtype.
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import PRESETS, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from common import PRESETS, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
 from method.config import resolve_device
 from method.losses import DLDKDLoss
 from method.model import DLDKD, ModelConfig
 from method.optim import build_optimizer
 from method.teacher import PrecomputedTeacher
+from method.train import train_step
 
 
 def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool):
@@ -29,26 +28,12 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool)
     optimizer, scheduler = build_optimizer(model, "bertadam", 2.5e-4, 0.01, total_steps=10_000)
     loss_fn, teacher = DLDKDLoss(margin=0.1, hard_pool_size=20), PrecomputedTeacher()
     b = synthetic_batch(preset, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-    def step():
-        with autocast:
-            outputs = forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
-        outputs = {k: o.float() for k, o in outputs.items()}
-        scores = teacher.frame_scores(b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
-        terms = loss_fn(outputs, b["query_labels"], b["video_mask"], scores, 0.1, True)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-
-    return step
+    # the training loop's own step, with distillation and hard negatives on
+    return lambda: train_step(forward, b, optimizer, scheduler, loss_fn, teacher, 0.1, True, amp)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p = bench_parser(__doc__)
     p.add_argument("--preset", nargs="+", default=["tvr", "activitynet"], choices=sorted(PRESETS),
                    help="batch sizes to measure")
     p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")

@@ -128,27 +128,37 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, h
     """
     model.train()
     sums: dict[str, torch.Tensor] = {}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opt.amp == "bf16")
     data_seconds, t_ready = 0.0, time.perf_counter()
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
         for batch in tqdm(loader, desc="train", leave=False):
             data_seconds += time.perf_counter() - t_ready
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            with autocast:
-                outputs = model(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
-            outputs = {name: out.float() for name, out in outputs.items()}
-            teacher_scores = None if teacher is None else teacher.frame_scores(
-                b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
-            terms = loss_fn(outputs, b["query_labels"], b["video_mask"], teacher_scores, kd, hard)
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for name, value in {**terms, "loss": loss}.items():  # summed on device: no sync per step
+            terms = train_step(model, b, optimizer, scheduler, loss_fn, teacher, kd, hard, opt.amp)
+            for name, value in terms.items():  # summed on device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach()
             t_ready = time.perf_counter()
     return {**{name: (total / len(loader)).item() for name, total in sums.items()}, "data_seconds": data_seconds}
+
+
+def train_step(model, b: dict, optimizer, scheduler, loss_fn, teacher, kd: float, hard: bool, amp: str) -> dict:
+    """Forward, losses, backward, one optimiser and LR step on a batch ``b`` already on the device.
+
+    ``amp="bf16"`` runs the forward pass under bfloat16 autocast; the losses
+    always run in float32. Returns the loss terms and their sum (``loss``) as
+    device tensors.
+    """
+    with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        outputs = model(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
+    outputs = {name: out.float() for name, out in outputs.items()}
+    teacher_scores = None if teacher is None else teacher.frame_scores(
+        b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
+    terms = loss_fn(outputs, b["query_labels"], b["video_mask"], teacher_scores, kd, hard)
+    loss = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return {**terms, "loss": loss}
 
 
 def split_args(opt, split: str) -> dict:
