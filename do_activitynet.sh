@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Train DL-DKD on ActivityNet Captions with the released ICCV recipe, then evaluate the best
-# checkpoint on the test split. Edit the settings below; extra flags are passed
-# through to method.train (python -m method.train --help lists them all).
-# Usage: ./do_activitynet.sh ROOTPATH [flags...]
+# Train DL-DKD on ActivityNet Captions, then evaluate the best checkpoint on the test split.
+# Usage: [RECIPE=iccv|dldkdpp] [NPROC=N] ./do_activitynet.sh ROOTPATH [flags...]
+#   RECIPE   iccv (default): the ICCV 2023 recipe; dldkdpp: DL-DKD++ (soft alignment), see README "Recipes".
+#   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
+#            Several machines: also NNODES, NODE_RANK and MASTER_ADDR / MASTER_PORT (or RDZV_ENDPOINT);
+#            MAX_RESTARTS lets torchrun restart a failed group (add --results_dir DIR --resume_if_exists).
+# Edit the settings below; extra flags are passed through to method.train (python -m method.train --help).
 set -euo pipefail
 ROOTPATH=${1:?usage: ./do_activitynet.sh ROOTPATH [flags...]}
 shift
@@ -10,19 +13,20 @@ shift
 COLLECTION=activitynet
 VISUAL_FEATURE=i3d          # FeatureData/$VISUAL_FEATURE (BigFile folder or .hdf5)
 Q_FEAT_SIZE=1024                  # RoBERTa feature size
-EXP_ID=dldkd
-MARGIN=0.2                      # triplet margin
-LR=2.5e-4
-BSZ=128                         # videos per batch (with all their captions)
-N_EPOCH=100
+RECIPE=${RECIPE:-iccv}
+BSZ=128                         # videos per global batch (with all their captions), all processes together
 MAX_ES_CNT=10                   # early stop after this many epochs without val improvement (+1)
-INPUT_DROP=0.1
-DROP=0.1
-KD_SCHEDULE=exp_decay           # dynamic distillation weight: released decay_way 1, k^epoch
+KD_SCHEDULE=exp_decay           # dynamic distillation weight: k^epoch (released decay_way 1; DL-DKD++ "exp")
 KD_K=0.95
 LOSS_SCALE_WEIGHT=0.1           # the KL term is multiplied by LOSS_SCALE_WEIGHT * w(epoch)
-SEED=2018
 DEVICE=auto                     # auto = CUDA when present, else CPU
 NUM_WORKERS=4
+case "$RECIPE" in
+    iccv)     # the ICCV 2023 script
+        EXP_ID=dldkd; N_EPOCH=100; SEED=2018; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.1; DROP=0.1 ;;
+    dldkdpp)  # the authors' DL-DKD++ script: soft alignment (set by --recipe dldkdpp), 120 epochs
+        EXP_ID=dldkdpp; N_EPOCH=120; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25 ;;
+    *) echo "RECIPE must be iccv or dldkdpp, got '$RECIPE'" >&2; exit 2 ;;
+esac
 
 source "$(dirname "$0")/scripts/launch_train.sh"

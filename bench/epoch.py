@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 from common import bench_parser, emit, machine, peak_rss_mb
-from method import demo_data
+from method import demo_data, rng
 from method.config import parse_train_args, resolve_device
+from method.distributed import Dist, StopSignal
 from method.eval import evaluate
-from method.train import build_run, set_seed, train_one_epoch
+from method.schedules import epoch_settings
+from method.train import build_run, train_one_epoch
 
 DIMS = {"demo": {}, "tvr": {"visual_dim": 3072, "text_dim": 768, "teacher_dim": 512}}
 
@@ -30,6 +32,7 @@ def main(argv=None) -> None:
     p.add_argument("--bsz", type=int, default=128, help="videos per training batch")
     p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers")
     p.add_argument("--preload", action="store_true", help="hold the split's features in RAM")
+    p.add_argument("--recipe", choices=("iccv", "dldkdpp"), default="iccv", help="training recipe of the epoch")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,18 +46,19 @@ def main(argv=None) -> None:
             emit(bench="generate", videos=args.videos, dims=args.dims, seconds=round(time.perf_counter() - t0, 2))
         opt = parse_train_args(["--root_path", str(root), "--collection", "tvr", "--device", str(device),
                                 "--bsz", str(args.bsz), "--num_workers", str(args.num_workers), "--n_epoch", "1",
-                                "--kd_schedule", "exp_decay", *(["--preload"] if args.preload else [])])
-        set_seed(opt.seed)
+                                "--kd_schedule", "exp_decay", "--recipe", args.recipe,
+                                *(["--preload"] if args.preload else [])])
+        rng.set_seed(opt.seed)
         t0 = time.perf_counter()
-        r = build_run(opt, device)
+        r = build_run(opt, device, Dist())
         setup_seconds = time.perf_counter() - t0
-        r.loader.sampler.generator.manual_seed(0)
         t0 = time.perf_counter()
-        losses = train_one_epoch(r.forward, r.loader, r.optimizer, r.scheduler, r.loss_fn, r.teacher, 0.1, True,
-                                 device, opt)
+        with StopSignal() as stop:
+            losses = train_one_epoch(r, 0, epoch_settings(opt, 0, r.teacher is not None), device, opt, stop)
         epoch_seconds = time.perf_counter() - t0
         data = losses["data_seconds"]
-        emit(bench="train_epoch", device=machine(device), videos=len(r.loader.dataset), steps=len(r.loader),
+        emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=len(r.loader.dataset),
+             steps=len(r.loader),
              bsz=args.bsz, visual_dim=r.model.cfg.visual_input_size, num_workers=args.num_workers,
              preload=args.preload,
              setup_seconds=round(setup_seconds, 2), epoch_seconds=round(epoch_seconds, 2),

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, this project's format, and the authors' ICCV format.
+"""Checkpoints: atomic writes, this project's format, and the authors' ICCV and DL-DKD++ formats.
 
 This project's ``model.ckpt`` / ``latest.ckpt`` hold only tensors, numbers,
 strings, lists and dicts, so they load with ``torch.load(weights_only=True)``.
@@ -7,7 +7,15 @@ The authors' ``model.ckpt`` is ``{"model": state_dict, "model_cfg": EasyDict,
 "epoch": int}``. It is read with the same restricted unpickler: the one global
 it needs beyond tensors, ``easydict.EasyDict``, is allow-listed as a stand-in
 that builds a plain ``OrderedDict``, so no code from the file runs and the
-``easydict`` package is not needed.
+``easydict`` package is not needed. Their two codes name the parameters
+differently:
+
+- ICCV (released checkpoints): ``A_`` exploration, ``B_`` inheritance, and
+  ``frame_*`` / ``mapping_linear`` as here; the exploration branch encodes
+  queries with ``B_query_input_proj``.
+- DL-DKD++ (branch master): inheritance unprefixed, exploration ``exp_``, and
+  ``visual_*`` / ``out_mapping_linear``; the exploration branch has its own
+  query projection.
 """
 from __future__ import annotations
 
@@ -23,6 +31,11 @@ from .model import DLDKD, ModelConfig
 
 FORMAT = "dldkd-v1"
 RELEASED_PREFIXES = {"A_": "exploration.", "B_": "inheritance."}
+# DL-DKD++ module names -> this model's (the same modules; DLDKDPP.md section 1).
+DLDKDPP_MODULES = {"query_pos_embed": "query_pos_embed", "query_input_proj": "query_input_proj",
+                   "query_encoder": "query_encoder", "modular_vector_mapping": "modular_vector_mapping",
+                   "visual_pos_embed": "frame_pos_embed", "visual_input_proj": "frame_input_proj",
+                   "visual_encoder": "frame_encoder", "out_mapping_linear": "mapping_linear"}
 
 
 class CheckpointError(ValueError):
@@ -75,10 +88,19 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def is_released(ckpt: dict) -> bool:
-    """True for the authors' format (A_/B_ key prefixes, optionally behind ``module.``)."""
-    return ckpt.get("format") != FORMAT and any(
-        _strip_module(k).startswith("B_") for k in ckpt["model"])
+def checkpoint_format(ckpt: dict) -> str:
+    """'own' (this project), 'iccv' (the authors' A_/B_ names) or 'dldkdpp' (their master names); else 'unknown'.
+
+    The authors' keys may carry a ``module.`` prefix (a multi-GPU run).
+    """
+    if ckpt.get("format") == FORMAT:
+        return "own"
+    modules = {_strip_module(k).split(".", 1)[0] for k in ckpt["model"]}
+    if any(m.startswith("B_") for m in modules):
+        return "iccv"
+    if {m[len("exp_"):] if m.startswith("exp_") else m for m in modules} <= set(DLDKDPP_MODULES):
+        return "dldkdpp"
+    return "unknown"
 
 
 def _strip_module(key: str) -> str:
@@ -114,6 +136,41 @@ def own_to_released(state: dict) -> dict:
     return out
 
 
+def dldkdpp_to_own(state: dict) -> dict:
+    """Rename a DL-DKD++ state dict (inheritance unprefixed, exploration ``exp_``) to this model's names."""
+    out = OrderedDict()
+    for key, value in state.items():
+        key = _strip_module(key)
+        branch, key = ("exploration", key[len("exp_"):]) if key.startswith("exp_") else ("inheritance", key)
+        module, rest = key.split(".", 1)
+        if module not in DLDKDPP_MODULES:
+            raise CheckpointError(f"unexpected key {key!r}: not a DL-DKD++ module name")
+        out[f"{branch}.{DLDKDPP_MODULES[module]}.{rest}"] = value
+    return out
+
+
+def dldkdpp_model_config(model_cfg: dict, opt: dict, state: dict) -> ModelConfig:
+    """ModelConfig of a DL-DKD++ checkpoint: sizes from the tensors' shapes, the rest from its config / opt.json."""
+    state = {_strip_module(k): v for k, v in state.items()}
+    cfg = {**opt, **model_cfg}
+    try:
+        query_pos = state["query_pos_embed.position_embeddings.weight"]
+        return ModelConfig(
+            visual_input_size=int(state["visual_input_proj.LayerNorm.weight"].shape[0]),
+            query_input_size=int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+            hidden_size=int(query_pos.shape[1]),
+            n_heads=int(cfg.get("n_heads", 4)),
+            max_ctx_l=int(state["visual_pos_embed.position_embeddings.weight"].shape[0]),
+            max_desc_l=int(query_pos.shape[0]),
+            input_drop=float(cfg.get("input_drop", 0.1)),
+            drop=float(cfg.get("drop", 0.1)),
+            share_query_proj=False,
+            single_branch=not any(k.startswith("exp_") for k in state),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"the DL-DKD++ state dict lacks {e.args[0]!r}") from None
+
+
 def released_model_config(model_cfg: dict, opt: dict, state: dict) -> ModelConfig:
     """ModelConfig from the authors' EasyDict ``model_cfg`` and ``opt.json``."""
     cfg = {**opt, **model_cfg}
@@ -141,16 +198,20 @@ def load_model(path: str | Path, opt: dict | None = None) -> tuple[DLDKD, dict]:
     ``released`` (bool) and ``model_config`` (dict).
     """
     ckpt = read_checkpoint(path)
-    if is_released(ckpt):
+    fmt = checkpoint_format(ckpt)
+    if fmt == "iccv":
         cfg = released_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"])
         state = released_to_own(ckpt["model"], cfg.share_query_proj)
-    elif ckpt.get("format") == FORMAT:
+    elif fmt == "dldkdpp":
+        cfg = dldkdpp_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"])
+        state = dldkdpp_to_own(ckpt["model"])
+    elif fmt == "own":
         cfg = ModelConfig.from_dict(ckpt["model_config"])
         state = ckpt["model"]
     else:
         raise CheckpointError(
-            f"{path}: neither this project's checkpoint (format {FORMAT!r}) nor the authors' "
-            f"(state-dict keys starting with A_/B_); first keys: {list(ckpt['model'])[:3]}")
+            f"{path}: neither this project's checkpoint (format {FORMAT!r}) nor the authors' (ICCV keys "
+            f"A_*/B_*, or DL-DKD++ keys query_*/visual_*/exp_*); first keys: {list(ckpt['model'])[:3]}")
     model = DLDKD(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -165,5 +226,12 @@ def load_model(path: str | Path, opt: dict | None = None) -> tuple[DLDKD, dict]:
                               f"first {k}: {got} in the file, {want} expected")
     model.load_state_dict(state)
     model.eval()
-    info = {"epoch": int(ckpt.get("epoch", -1)), "released": is_released(ckpt), "model_config": cfg.to_dict()}
+    info = {"epoch": int(ckpt.get("epoch", -1)), "released": fmt != "own", "format": fmt,
+            "model_config": cfg.to_dict()}
     return model, info
+
+
+def model_payload(model: DLDKD, epoch: int, best_score: float) -> dict:
+    """The model part of a checkpoint: loads with weights_only=True and rebuilds the model (no ``module.``)."""
+    return {"format": FORMAT, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+            "epoch": epoch, "val_sumr": best_score}

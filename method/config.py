@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from .recipes import RECIPES, recipe_defaults
+from .schedules import SOFT_SCHEDULES
+
 # Per-collection defaults of the released feature packages.
 COLLECTIONS = {
     "tvr": {"visual_feature": "i3d_resnet"},
@@ -19,7 +22,7 @@ COLLECTIONS = {
 }
 # Flags that describe the machine, not the experiment: on --resume they come
 # from the command line, everything else from the run's opt.json.
-RUNTIME_KEYS = ("device", "num_workers", "resume", "debug", "preload")
+RUNTIME_KEYS = ("device", "num_workers", "resume", "resume_if_exists", "debug", "preload", "dist_timeout")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -40,7 +43,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="teacher caption features in TextData/ (default clip_ViT_B_32_<collection>_query_feat.hdf5)")
     g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (0 = in the main process)")
     g.add_argument("--preload", action="store_true",
-                   help="hold the split's (pooled) features in RAM instead of reading the feature files each epoch")
+                   help="hold the split's (pooled) features in RAM instead of reading the feature files each epoch "
+                        "(each process of a distributed run holds the whole split)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     g.add_argument("--eval_video_bsz", type=int, default=200, help="videos per batch when encoding for evaluation")
     g.add_argument("--eval_query_bsz", type=int, default=500,
@@ -55,14 +59,27 @@ def build_train_parser() -> argparse.ArgumentParser:
         description="Train DL-DKD (dual learning with dynamic knowledge distillation) for PRVR.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
+    p.add_argument_group("training data").add_argument(
+        "--pool_to_teacher", action="store_true",
+        help="DL-DKD++ training items: a student video longer than its teacher video is first mean-pooled to the "
+             "teacher's frame count (evaluation videos are not), as the authors' DL-DKD++ code does")
     g = p.add_argument_group("run")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default="iccv",
+                   help="flag defaults of a recipe: iccv (ICCV 2023) or dldkdpp (DL-DKD++, soft alignment, with its "
+                        "per-collection settings); flags given explicitly still win")
     g.add_argument("--exp_id", default="run", help="name of the experiment, part of the run folder name")
     g.add_argument("--results_dir", default=None,
                    help="run folder (default <root_path>/<collection>/results/<collection>-<exp_id>-<timestamp>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue a stopped run from RUN_DIR/latest.ckpt with the settings of RUN_DIR/opt.json")
+    g.add_argument("--resume_if_exists", action="store_true",
+                   help="with --results_dir DIR: continue the run in DIR from its latest.ckpt when there is one, "
+                        "else start it there (for torchrun --max-restarts and requeued cluster jobs)")
     g.add_argument("--seed", type=int, default=2018, help="seed of Python, NumPy, torch and the DataLoader")
     g.add_argument("--debug", action="store_true", help="enable torch.autograd.detect_anomaly (slow)")
+    g.add_argument("--dist_timeout", type=float, default=60.0,
+                   help="several processes: minutes a process waits for the others in a collective before the run "
+                        "fails (rank 0 evaluates while the others wait)")
     g = p.add_argument_group("model")
     g.add_argument("--hidden_size", type=int, default=384, help="hidden size d of both branches")
     g.add_argument("--n_heads", type=int, default=4, help="attention heads")
@@ -78,6 +95,29 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--hard_negative_start_epoch", type=int, default=0,
                    help="first epoch (0-based) of hard-negative sampling; before it negatives are uniform")
     g.add_argument("--nce_weight", type=float, default=0.04, help="weight of the InfoNCE term of each branch")
+    g.add_argument("--label_style", choices=("hard", "soft"), default="hard",
+                   help="InfoNCE targets: hard (one-hot, ICCV) or soft (DL-DKD++ soft alignment: part of the batch "
+                        "mixes in the teacher's score distribution (inheritance) or the branch's own (exploration))")
+    g.add_argument("--alpha", type=float, default=0.8,
+                   help="soft: initial share of the batch that keeps one-hot targets (also the hard part's weight)")
+    g.add_argument("--beta", "--belta", dest="beta", type=float, default=0.8,
+                   help="soft: initial weight of the one-hot label inside a soft target (the authors' belta)")
+    g.add_argument("--alpha_decay", choices=SOFT_SCHEDULES, default="sigmoid", help="soft: per-epoch schedule of alpha")
+    g.add_argument("--beta_decay", "--belta_decay", dest="beta_decay", choices=SOFT_SCHEDULES, default="sigmoid",
+                   help="soft: per-epoch schedule of beta (floored at 0.5 when beta >= 0.5)")
+    g.add_argument("--soft_sigmoid_k", type=float, default=800.0,
+                   help="soft: K of the sigmoid schedules, x0 K / (K + exp(100 e / K)) (the authors' selfDistil_sigmoid_k)")
+    g.add_argument("--soft_exp_k", type=float, default=0.95,
+                   help="soft: k of the exp schedules, x0 k^e (the authors share exponential_k with the KL schedule)")
+    g.add_argument("--soft_nce_leak", type=float, default=1e-12,
+                   help="soft: the authors' epsilon inside log(target + eps) of the video-to-text terms; it gives "
+                        "non-positive captions weight 1e-12, which matters for widely spread scores (0 removes it)")
+    g.add_argument("--soft_detach_self_targets", action="store_true",
+                   help="soft: detach the exploration branch's own scores where they serve as targets (the authors' "
+                        "code lets gradients flow through them)")
+    g.add_argument("--soft_keep_parts", action="store_true",
+                   help="soft: keep each direction's hard (soft) term whenever it has rows; the authors drop both "
+                        "directions' hard terms once floor(alpha V) = 0 (epochs 91-103 at TVR sizes)")
     g.add_argument("--no_teacher", action="store_true", help="ablation: no distillation term (teacher files not read)")
     g.add_argument("--kd_schedule", default="fixed",
                    help="distillation weight schedule: none, fixed, exp_decay, linear_decay, sigmoid_decay, "
@@ -126,15 +166,29 @@ def fill_collection_defaults(opt: argparse.Namespace) -> argparse.Namespace:
 
 
 def parse_train_args(argv=None) -> argparse.Namespace:
+    """Flags of a training run: the recipe's defaults, then the command line; with --resume, the run's opt.json."""
     parser = build_train_parser()
-    opt = parser.parse_args(argv)
-    if opt.resume:
-        stored = load_opt(Path(opt.resume))
-        runtime = {k: getattr(opt, k) for k in RUNTIME_KEYS}
-        opt = argparse.Namespace(**{**vars(parser.parse_args([])), **stored, **runtime})
-    elif not opt.root_path or not opt.collection:
+    first = parser.parse_args(argv)
+    if first.resume:
+        return resume_options(Path(first.resume), first)
+    if not first.root_path or not first.collection:
         parser.error("--root_path and --collection are required (or --resume RUN_DIR)")
+    parser.set_defaults(**recipe_defaults(first.recipe, first.collection))
+    opt = parser.parse_args(argv)
+    if opt.label_style == "soft" and opt.no_teacher:
+        parser.error("--label_style soft needs the teacher (the inheritance branch's soft targets are the teacher's "
+                     "scores): drop --no_teacher or add --label_style hard")
+    if opt.resume_if_exists and not opt.results_dir:
+        parser.error("--resume_if_exists needs --results_dir DIR (the run folder to continue)")
     return fill_collection_defaults(opt)
+
+
+def resume_options(run_dir: Path, cli: argparse.Namespace) -> argparse.Namespace:
+    """The settings of the run in ``run_dir`` (its opt.json), with the machine's flags from ``cli``."""
+    stored = load_opt(run_dir)
+    runtime = {k: getattr(cli, k) for k in RUNTIME_KEYS}
+    defaults = vars(build_train_parser().parse_args([]))  # flags newer than the run's opt.json
+    return fill_collection_defaults(argparse.Namespace(**{**defaults, **stored, **runtime, "resume": str(run_dir)}))
 
 
 def save_opt(opt: argparse.Namespace, run_dir: Path) -> None:

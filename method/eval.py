@@ -2,7 +2,7 @@
 
 ``python -m method.eval --model_dir RUN_DIR --root_path ROOT [--eval_split test]``
 (``do_test.sh`` wraps it). Works for this project's runs and for the authors'
-released checkpoints (detected from the state-dict names).
+checkpoints, ICCV and DL-DKD++ (detected from the state-dict names).
 """
 from __future__ import annotations
 
@@ -180,6 +180,7 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
             json.dump({"query_ids": res["cap_ids"], "video_ids": res["video_ids"]}, f)
     result = {"split": split_name, "n_queries": res["n_queries"], "n_videos": res["n_videos"],
               "checkpoint_epoch": info["epoch"], "released_checkpoint": info["released"],
+              "checkpoint_format": info["format"],
               "t2v": res["t2v"], "v2t": res["v2t"]}
     with open(model_dir / f"eval_{split_name}.json", "w") as f:
         json.dump(result, f, indent=2)

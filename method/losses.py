@@ -1,7 +1,16 @@
-"""Training losses of DL-DKD as pure functions of score tensors.
+"""Training losses of DL-DKD (ICCV) and DL-DKD++ as pure functions of score tensors.
 
-Shapes: Q queries (captions) in the batch, V videos, L padded frames.
+Shapes: Q queries (captions) in the global batch, V videos, L padded frames.
 ``labels[q]`` is the index (0..V-1) of query q's video in the batch.
+
+Every loss is split into **text-to-video terms, one per query** (a row of the
+(Q, V) score matrix) and **video-to-text terms, one per video** (a column).
+A process that owns the rows ``R`` and the columns ``C`` of the global batch
+(``BatchLayout``) computes exactly those terms, so the processes of a
+distributed run add up to the one-process loss without scoring anything
+twice. One process owns every row and column. The full-matrix functions
+(``triplet_loss``, ``nce_loss``, ``soft_nce_loss``) compose the two parts and
+are what the authors' golden numbers test.
 
 Videos without any query in the batch (never the case in training, where every
 video comes with all of its captions) are masked out of the video-to-text terms:
@@ -9,6 +18,10 @@ they contribute 0, and the video-to-text sums are still divided by V, which is
 what the released InfoNCE does for such videos (the released triplet would give
 NaN there).
 """
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 import torch
@@ -20,142 +33,265 @@ from torch import Tensor, nn
 _MASK_FILL = -1e10
 
 
-def _positive_mask(labels: Tensor, num_videos: int) -> Tensor:
-    """Bool (Q, V) one-hot mask: ``[q, v]`` is True iff query q belongs to video v."""
-    return F.one_hot(labels, num_videos).bool()
+def positive_mask(labels: Tensor, video_index: Tensor) -> Tensor:
+    """Bool (Q, C): ``[q, c]`` is True iff query q belongs to video ``video_index[c]``."""
+    return labels[:, None] == video_index[None, :]
 
 
-def sample_t2v_negatives(scores: Tensor, labels: Tensor, hard_negative: bool, hard_pool_size: int,
-                         generator: Optional[torch.Generator] = None) -> Tensor:
-    """Draw one negative video per query for the text-to-video triplet term.
+def _all_videos(scores: Tensor) -> Tensor:
+    return torch.arange(scores.shape[1], device=scores.device)
 
-    Args:
-        scores: (Q, V) video-level scores (only read, never differentiated).
-        labels: (Q,) int64 positive video of each query.
-        hard_negative: draw from the ``min(hard_pool_size, V - 1)`` highest-scoring
-            non-positive videos of each query; otherwise from all V - 1 negatives.
-        hard_pool_size: size of the hard pool.
-        generator: optional torch.Generator on ``scores.device``.
 
-    Returns:
-        (Q,) int64 index of the sampled negative video of each query.
+# --------------------------------------------------------------------------- #
+# triplet ranking loss
+# --------------------------------------------------------------------------- #
+def draw_t2v(num_queries: int, num_videos: int, hard_negative: bool, hard_pool_size: int,
+             device: torch.device, generator: Optional[torch.Generator] = None) -> Tensor:
+    """The random draw behind the text-to-video negatives of all Q queries, (Q,) int64.
+
+    Hard negatives: a position in the pool of ``min(hard_pool_size, V - 1)`` top
+    videos; otherwise a position among the V - 1 other videos. Drawn for the
+    whole global batch (a process slices its rows), so every process draws what
+    one process draws.
 
     Raises:
         ValueError: fewer than 2 videos, or a hard pool smaller than 1.
     """
-    num_queries, num_videos = scores.shape
     if num_videos < 2:
         raise ValueError("the triplet loss needs at least 2 videos in the batch")
     if hard_negative:
         if hard_pool_size < 1:
             raise ValueError(f"hard_pool_size must be >= 1, got {hard_pool_size}")
         pool = min(hard_pool_size, num_videos - 1)
+        return torch.randint(0, pool, (num_queries, 1), device=device, generator=generator).squeeze(1)
+    return torch.randint(0, num_videos - 1, (num_queries,), device=device, generator=generator)
+
+
+def draw_v2t(num_videos: int, hard_negative: bool, device: torch.device,
+             generator: Optional[torch.Generator] = None) -> Optional[Tensor]:
+    """The random draw behind the video-to-text negatives of all V videos: (V,) uniform, or None (hard)."""
+    return None if hard_negative else torch.rand(num_videos, device=device, generator=generator)
+
+
+def t2v_negatives(scores: Tensor, labels: Tensor, hard_negative: bool, hard_pool_size: int, draw: Tensor) -> Tensor:
+    """One negative video per query row.
+
+    Args:
+        scores: (R, V) video-level scores of R query rows (only read).
+        labels: (R,) int64 positive video of each row.
+        hard_negative: pick from the ``min(hard_pool_size, V - 1)`` highest-scoring
+            non-positive videos; otherwise uniformly from all V - 1 negatives.
+        hard_pool_size: size of the hard pool.
+        draw: (R,) the rows' part of ``draw_t2v``.
+
+    Returns:
+        (R,) int64 negative video of each row (never its positive).
+    """
+    num_rows, num_videos = scores.shape
+    if hard_negative:
+        pool = min(hard_pool_size, num_videos - 1)
         masked = scores.detach().clone()
-        masked[torch.arange(num_queries, device=scores.device), labels] = float("-inf")
-        candidates = masked.topk(pool, dim=1).indices  # (Q, pool), never the positive
-        pick = torch.randint(0, pool, (num_queries, 1), device=scores.device, generator=generator)
-        return candidates.gather(1, pick).squeeze(1)
-    # Uniform over the V - 1 other videos: draw in [0, V-1) and skip the positive.
-    draw = torch.randint(0, num_videos - 1, (num_queries,), device=scores.device, generator=generator)
-    return draw + (draw >= labels).long()
+        masked[torch.arange(num_rows, device=scores.device), labels] = float("-inf")
+        candidates = masked.topk(pool, dim=1).indices  # (R, pool), never the positive
+        return candidates.gather(1, draw[:, None]).squeeze(1)
+    return draw + (draw >= labels).long()  # skip the positive
+
+
+def v2t_negatives(scores: Tensor, labels: Tensor, video_index: Tensor, hard_negative: bool,
+                  draw: Optional[Tensor]) -> Tensor:
+    """One negative query per video column.
+
+    Args:
+        scores: (Q, C) scores of all Q queries against C video columns (only read).
+        labels: (Q,) int64 positive video of each query.
+        video_index: (C,) int64 index of each column's video in the batch.
+        hard_negative: the highest-scoring query of another video; otherwise a
+            uniformly random query of another video.
+        draw: (C,) the columns' part of ``draw_v2t`` (None with hard negatives).
+
+    Returns:
+        (C,) int64 negative query of each column. For a video whose queries are
+        all the queries of the batch (no negative exists) the index is
+        meaningless; ``triplet_v2t_terms`` masks such videos out.
+    """
+    negative = ~positive_mask(labels, video_index).t()  # (C, Q)
+    if hard_negative:
+        return scores.detach().t().masked_fill(~negative, float("-inf")).argmax(dim=1)
+    num_neg = negative.sum(dim=1)  # (C,)
+    rank = (draw * num_neg).long().clamp(max=(num_neg - 1).clamp(min=0))  # (C,) in [0, num_neg)
+    # Stable sort puts each video's negative queries first, in query order.
+    order = torch.sort((~negative).to(torch.uint8), dim=1, stable=True).indices  # (C, Q)
+    return order.gather(1, rank[:, None]).squeeze(1)
+
+
+def triplet_t2v_terms(scores: Tensor, labels: Tensor, negatives: Tensor, margin: float) -> Tensor:
+    """(R,) ``max(0, m + S[q, neg_q] - S[q, label_q])`` of query rows ``scores`` (R, V)."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return (margin + scores[rows, negatives] - scores[rows, labels]).clamp(min=0)
+
+
+def triplet_v2t_terms(scores: Tensor, labels: Tensor, video_index: Tensor, negatives: Tensor,
+                      margin: float) -> Tensor:
+    """(C,) ``max(0, m + S[neg_v, v] - mean_{q in pos(v)} S[q, v])`` of video columns ``scores`` (Q, C).
+
+    0 for a video without a query or without a query of another video.
+    """
+    num_queries = scores.shape[0]
+    positive = positive_mask(labels, video_index).to(scores.dtype)  # (Q, C)
+    count = positive.sum(dim=0)  # (C,)
+    pos_mean = (scores * positive).sum(dim=0) / count.clamp(min=1)
+    neg = scores[negatives, torch.arange(scores.shape[1], device=scores.device)]
+    terms = (margin + neg - pos_mean).clamp(min=0)
+    valid = (count > 0) & (count < num_queries)
+    return torch.where(valid, terms, torch.zeros_like(terms))
+
+
+def sample_t2v_negatives(scores: Tensor, labels: Tensor, hard_negative: bool, hard_pool_size: int,
+                         generator: Optional[torch.Generator] = None) -> Tensor:
+    """Full-matrix convenience: draw and pick the t2v negatives of (Q, V) ``scores``, (Q,) int64."""
+    draw = draw_t2v(scores.shape[0], scores.shape[1], hard_negative, hard_pool_size, scores.device, generator)
+    return t2v_negatives(scores, labels, hard_negative, hard_pool_size, draw)
 
 
 def sample_v2t_negatives(scores: Tensor, labels: Tensor, hard_negative: bool,
                          generator: Optional[torch.Generator] = None) -> Tensor:
-    """Pick one negative query per video for the video-to-text triplet term.
-
-    Args:
-        scores: (Q, V) video-level scores (only read, never differentiated).
-        labels: (Q,) int64 positive video of each query.
-        hard_negative: take the highest-scoring query of another video; otherwise a
-            uniformly random query of another video.
-        generator: optional torch.Generator on ``scores.device``.
-
-    Returns:
-        (V,) int64 index of the negative query of each video. For a video whose
-        queries are all the queries of the batch (no negative exists) the index is
-        meaningless; ``triplet_loss`` masks such videos out.
-    """
-    num_videos = scores.shape[1]
-    negative = ~_positive_mask(labels, num_videos).t()  # (V, Q)
-    if hard_negative:
-        masked = scores.detach().t().masked_fill(~negative, float("-inf"))
-        return masked.argmax(dim=1)
-    num_neg = negative.sum(dim=1)  # (V,)
-    u = torch.rand(num_videos, device=scores.device, generator=generator)
-    rank = (u * num_neg).long().clamp(max=(num_neg - 1).clamp(min=0))  # (V,) in [0, num_neg)
-    # Stable sort puts each video's negative queries first, in query order.
-    order = torch.sort((~negative).to(torch.uint8), dim=1, stable=True).indices  # (V, Q)
-    return order.gather(1, rank.unsqueeze(1)).squeeze(1)
+    """Full-matrix convenience: draw and pick the v2t negatives of (Q, V) ``scores``, (V,) int64."""
+    draw = draw_v2t(scores.shape[1], hard_negative, scores.device, generator)
+    return v2t_negatives(scores, labels, _all_videos(scores), hard_negative, draw)
 
 
 def triplet_loss(scores: Tensor, labels: Tensor, margin: float, hard_negative: bool, hard_pool_size: int,
                  generator: Optional[torch.Generator] = None) -> Tensor:
-    """Bidirectional triplet ranking loss on video-level cosine scores.
+    """Bidirectional triplet ranking loss on video-level cosine scores (Q, V), one process.
 
-    text-to-video: ``mean_q max(0, m + S[q, neg_q] - S[q, label_q])`` with ``neg_q``
-    from ``sample_t2v_negatives``. video-to-text: ``sum_v max(0, m + S[neg_v, v] - pos_v) / V``
-    where ``pos_v`` is the mean score of video v's queries and ``neg_v`` comes from
-    ``sample_v2t_negatives``. Videos without a query (or without a negative query)
-    contribute 0. The random draws happen in that order (t2v, then v2t), so a
-    generator seeded alike reproduces them through the two samplers.
-
-    Args:
-        scores: (Q, V) video-level cosine scores.
-        labels: (Q,) int64 positive video of each query.
-        margin: the margin m.
-        hard_negative: use hard negatives (see the samplers).
-        hard_pool_size: size of the text-to-video hard pool.
-        generator: optional torch.Generator on ``scores.device``.
-
-    Returns:
-        Scalar tensor, t2v + v2t.
+    ``mean_q`` of the t2v terms plus ``sum_v`` of the v2t terms divided by V. The
+    random draws happen in that order (t2v, then v2t), as released.
     """
-    num_queries, num_videos = scores.shape
-    query_idx = torch.arange(num_queries, device=scores.device)
-    pos_scores = scores[query_idx, labels]  # (Q,)
+    t2v = triplet_t2v_terms(scores, labels, sample_t2v_negatives(scores, labels, hard_negative, hard_pool_size,
+                                                                 generator), margin).mean()
+    videos = _all_videos(scores)
+    negatives = sample_v2t_negatives(scores, labels, hard_negative, generator)
+    return t2v + triplet_v2t_terms(scores, labels, videos, negatives, margin).sum() / scores.shape[1]
 
-    t2v_neg = sample_t2v_negatives(scores, labels, hard_negative, hard_pool_size, generator)
-    t2v = (margin + scores[query_idx, t2v_neg] - pos_scores).clamp(min=0).mean()
 
-    v2t_neg = sample_v2t_negatives(scores, labels, hard_negative, generator)
-    positive = _positive_mask(labels, num_videos).to(scores.dtype)  # (Q, V)
-    count = positive.sum(dim=0)  # (V,)
-    valid = (count > 0) & (count < num_queries)
-    pos_mean = (scores * positive).sum(dim=0) / count.clamp(min=1)  # (V,)
-    neg = scores[v2t_neg, torch.arange(num_videos, device=scores.device)]  # (V,)
-    v2t_terms = (margin + neg - pos_mean).clamp(min=0)
-    v2t = torch.where(valid, v2t_terms, torch.zeros_like(v2t_terms)).sum() / num_videos
-    return t2v + v2t
+# --------------------------------------------------------------------------- #
+# InfoNCE (ICCV, one-hot targets)
+# --------------------------------------------------------------------------- #
+def nce_t2v_terms(raw_scores: Tensor, labels: Tensor) -> Tensor:
+    """(R,) ``logsumexp_v U[q, v] - U[q, label_q]`` of query rows (R, V)."""
+    rows = torch.arange(raw_scores.shape[0], device=raw_scores.device)
+    return torch.logsumexp(raw_scores, dim=1) - raw_scores[rows, labels]
+
+
+def nce_v2t_terms(raw_scores: Tensor, labels: Tensor, video_index: Tensor) -> Tensor:
+    """(C,) ``logsumexp_q U[q, v] - logsumexp_{q in pos(v)} U[q, v]`` of video columns (Q, C); 0 without a query."""
+    positive = positive_mask(labels, video_index)  # (Q, C)
+    has_query = positive.any(dim=0)
+    # Only columns with a positive are masked, so no logsumexp sees an all -inf column.
+    pos_lse = torch.logsumexp(raw_scores.masked_fill(~positive & has_query, float("-inf")), dim=0)
+    terms = torch.logsumexp(raw_scores, dim=0) - pos_lse
+    return torch.where(has_query, terms, torch.zeros_like(terms))
 
 
 def nce_loss(raw_scores: Tensor, labels: Tensor) -> Tensor:
-    """InfoNCE on unnormalised video-level scores, text-to-video plus multi-positive video-to-text.
+    """InfoNCE on unnormalised video-level scores (Q, V): mean t2v term plus mean v2t term (one process)."""
+    return (nce_t2v_terms(raw_scores, labels).mean()
+            + nce_v2t_terms(raw_scores, labels, _all_videos(raw_scores)).mean())
 
-    t2v: ``mean_q [logsumexp_v U[q, v] - U[q, label_q]]``;
-    v2t: ``mean_v [logsumexp_q U[q, v] - logsumexp_{q in pos(v)} U[q, v]]``, where a
-    video without a query contributes 0 (still counted in the mean, as released).
 
-    Args:
-        raw_scores: (Q, V) unnormalised scores U.
-        labels: (Q,) int64 positive video of each query.
+# --------------------------------------------------------------------------- #
+# DL-DKD++ soft-target InfoNCE (DLDKDPP.md section 2)
+# --------------------------------------------------------------------------- #
+def hard_count(alpha: float, n: int) -> int:
+    """How many of n rows (or columns) keep one-hot targets: ``floor(alpha * n)`` on a double."""
+    return math.floor(alpha * n)
 
-    Returns:
-        Scalar tensor, the sum of the two means.
+
+def soft_nce_t2v_terms(scores: Tensor, sims: Tensor, labels: Tensor, beta: float, hard_rows: Tensor) -> Tensor:
+    """(R,) text-to-video terms of query rows ``scores`` (R, V).
+
+    Hard rows: ``logsumexp_v s - s[q, label_q]``. Soft rows: the cross-entropy
+    ``sum_v T[q, v] (logsumexp_v' s - s[q, v])`` with targets
+    ``T = (1 - beta) softmax_v(sims[q]) + beta onehot(label_q)`` (softmax over the
+    batch's videos, temperature 1; gradients flow through ``sims`` if it has them).
     """
-    num_queries, num_videos = raw_scores.shape
-    query_idx = torch.arange(num_queries, device=raw_scores.device)
-    t2v = (torch.logsumexp(raw_scores, dim=1) - raw_scores[query_idx, labels]).mean()
-
-    positive = _positive_mask(labels, num_videos)  # (Q, V)
-    has_query = positive.any(dim=0)  # (V,)
-    # Only columns with a positive are masked, so no logsumexp sees an all -inf column.
-    pos_lse = torch.logsumexp(raw_scores.masked_fill(~positive & has_query, float("-inf")), dim=0)
-    v2t_terms = torch.logsumexp(raw_scores, dim=0) - pos_lse
-    v2t = torch.where(has_query, v2t_terms, torch.zeros_like(v2t_terms)).mean()
-    return t2v + v2t
+    lse = torch.logsumexp(scores, dim=1)
+    onehot = positive_mask(labels, _all_videos(scores)).to(scores.dtype)
+    targets = (1.0 - beta) * torch.softmax(sims, dim=1) + beta * onehot
+    soft = (targets * (lse[:, None] - scores)).sum(dim=1)
+    hard = lse - scores[torch.arange(scores.shape[0], device=scores.device), labels]
+    return torch.where(hard_rows, hard, soft)
 
 
+def soft_nce_v2t_terms(scores: Tensor, sims: Tensor, labels: Tensor, video_index: Tensor, beta: float,
+                       hard_cols: Tensor, leak: float = 1e-12) -> Tensor:
+    """(C,) video-to-text terms of video columns ``scores`` (Q, C); 0 for a video without a query.
+
+    ``logsumexp_q s - log sum_q (w[q] + leak) exp(s[q])``, i.e. minus the log of
+    the target-weighted softmax mass (not a cross-entropy). Hard columns:
+    ``w = onehot``; soft columns: ``w = (1 - beta) softmax_q(sims[:, v]) + beta onehot``
+    (softmax over the batch's queries, not renormalised). ``leak`` is the
+    authors' 1e-12 inside the log: in float32 a positive keeps weight exactly 1
+    while a non-positive keeps weight 1e-12 (log -27.6), which matters when raw
+    scores spread by more than about 25.
+    """
+    positive = positive_mask(labels, video_index)
+    onehot = positive.to(scores.dtype)
+    targets = (1.0 - beta) * torch.softmax(sims, dim=0) + beta * onehot
+    targets = torch.where(hard_cols[None, :], onehot, targets)
+    terms = torch.logsumexp(scores, dim=0) - torch.logsumexp(scores + torch.log(targets + leak), dim=0)
+    return torch.where(positive.any(dim=0), terms, torch.zeros_like(terms))
+
+
+def soft_nce_reduce(t2v_terms: Tensor, query_index: Tensor, v2t_terms: Tensor, video_index: Tensor,
+                    num_queries: int, num_videos: int, alpha: float, keep_parts: bool = False) -> Tensor:
+    """``alpha * hard + (1 - alpha) * soft`` of the terms a process owns (DLDKDPP.md 2.6).
+
+    ``hard = sum t2v[q < hQ] / hQ + sum v2t[v < hV] / hV`` and ``soft`` likewise
+    over the rest, with ``hQ = floor(alpha Q)``, ``hV = floor(alpha V)``. As
+    released, a part is dropped whole (both directions) when either of its
+    counts is 0: when ``hV = 0 < hQ`` the first hQ captions take no part in
+    t2v at all. ``keep_parts`` keeps each direction's part whenever it has
+    rows. ``query_index`` / ``video_index`` are the global indices of the terms.
+    """
+    hq, hv = hard_count(alpha, num_queries), hard_count(alpha, num_videos)
+    zero = t2v_terms.new_zeros(())
+
+    def part(terms, hard_mask, count):
+        return torch.where(hard_mask, terms, 0.0).sum() / count if count else zero
+
+    t2v_hard, v2t_hard = part(t2v_terms, query_index < hq, hq), part(v2t_terms, video_index < hv, hv)
+    t2v_soft = part(t2v_terms, query_index >= hq, num_queries - hq)
+    v2t_soft = part(v2t_terms, video_index >= hv, num_videos - hv)
+    if keep_parts:
+        hard, soft = t2v_hard + v2t_hard, t2v_soft + v2t_soft
+    else:
+        hard = t2v_hard + v2t_hard if hq and hv else zero
+        soft = t2v_soft + v2t_soft if num_queries - hq and num_videos - hv else zero
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+def soft_nce_loss(scores: Tensor, sims: Tensor, labels: Tensor, alpha: float, beta: float,
+                  leak: float = 1e-12, keep_parts: bool = False) -> Tensor:
+    """DL-DKD++ soft-target InfoNCE of (Q, V) raw scores, one process (unweighted).
+
+    Captions ``0 .. floor(alpha Q) - 1`` and videos ``0 .. floor(alpha V) - 1``
+    keep one-hot targets; the rest mix in ``softmax(sims)`` with weight
+    ``1 - beta``. ``sims`` are the teacher's raw scores for the inheritance
+    branch and the branch's own ``scores`` (the same tensor, not detached, as
+    released) for the exploration branch.
+    """
+    num_queries, num_videos = scores.shape
+    queries = torch.arange(num_queries, device=scores.device)
+    videos = _all_videos(scores)
+    t2v = soft_nce_t2v_terms(scores, sims, labels, beta, queries < hard_count(alpha, num_queries))
+    v2t = soft_nce_v2t_terms(scores, sims, labels, videos, beta, videos < hard_count(alpha, num_videos), leak)
+    return soft_nce_reduce(t2v, queries, v2t, videos, num_queries, num_videos, alpha, keep_parts)
+
+
+# --------------------------------------------------------------------------- #
+# KL distillation
+# --------------------------------------------------------------------------- #
 def kl_distill_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float = 0.2) -> Tensor:
     """Frame-level distillation: ``sum_q KL(softmax(teacher_q / T) || softmax(student_q / T))``.
 
@@ -178,53 +314,149 @@ def kl_distill_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature:
     return (pointwise * mask).sum()
 
 
+# --------------------------------------------------------------------------- #
+# the training objective
+# --------------------------------------------------------------------------- #
+@dataclass
+class BatchLayout:
+    """The global training batch, and the part of its (Q, V) score matrix a process owns.
+
+    Attributes:
+        labels: (Q,) int64 video of every query of the global batch.
+        video_mask: (V, L) float mask of every video, 1 = valid frame.
+        rows: the queries this process owns (their t2v and KL terms).
+        cols: the videos this process owns (their v2t terms).
+    """
+
+    labels: Tensor
+    video_mask: Tensor
+    rows: slice
+    cols: slice
+
+    @classmethod
+    def whole(cls, labels: Tensor, video_mask: Tensor) -> "BatchLayout":
+        """One process: every row and column."""
+        return cls(labels, video_mask, slice(0, len(labels)), slice(0, len(video_mask)))
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_mask)
+
+
+@dataclass
+class TeacherScores:
+    """Teacher scores of the rows / columns a process owns (no gradient).
+
+    Attributes:
+        frame_cos: (R, L) per-frame cosine of each owned query with its own video (KL term).
+        video_raw_rows: (R, V) raw-dot video-level scores of the owned queries (soft targets), or None.
+        video_raw_cols: (Q, C) the same for the owned videos' columns, or None.
+    """
+
+    frame_cos: Tensor
+    video_raw_rows: Optional[Tensor] = None
+    video_raw_cols: Optional[Tensor] = None
+
+
+@dataclass(frozen=True)
+class SoftNCEOptions:
+    """DL-DKD++ soft alignment (``--label_style soft``) and the authors' quirks it keeps by default."""
+
+    leak: float = 1e-12
+    detach_self_targets: bool = False
+    keep_parts: bool = False
+
+
 class DLDKDLoss(nn.Module):
-    """The DL-DKD training objective, returned as a dict of already weighted terms.
+    """The training objective, returned as a dict of already weighted terms.
 
     Terms: ``trip_inh``, ``nce_inh`` (times ``nce_weight``), ``kd`` (times
     ``kd_factor``; present whenever teacher scores are given), and, when the
-    exploration branch exists, ``trip_exp``, ``nce_exp``. The training loop sums
-    the values.
+    exploration branch exists, ``trip_exp``, ``nce_exp``. The training loop
+    sums the values. With ``soft`` the InfoNCE terms are DL-DKD++'s soft-target
+    ones (teacher targets for the inheritance branch, the branch's own scores
+    for the exploration branch). Every value is this process's contribution:
+    the sum over the processes of a distributed run is the global term.
     """
 
-    def __init__(self, margin: float, hard_pool_size: int, nce_weight: float = 0.04, kd_temperature: float = 0.2):
+    def __init__(self, margin: float, hard_pool_size: int, nce_weight: float = 0.04, kd_temperature: float = 0.2,
+                 soft: Optional[SoftNCEOptions] = None):
         super().__init__()
         self.margin = margin
         self.hard_pool_size = hard_pool_size
         self.nce_weight = nce_weight
         self.kd_temperature = kd_temperature
+        self.soft = soft
 
-    def forward(self, outputs: Mapping[str, object], labels: Tensor, frame_mask: Tensor,
-                teacher_scores: Optional[Tensor] = None, kd_factor: float = 0.0, hard_negative: bool = False,
+    def forward(self, scores: Mapping[str, object], layout: BatchLayout, teacher: Optional[TeacherScores] = None,
+                kd_factor: float = 0.0, hard_negative: bool = False, alpha: float = 1.0, beta: float = 1.0,
                 generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
         """Compute the weighted loss terms.
 
         Args:
-            outputs: {'inheritance': ScoreOutput, 'exploration': ScoreOutput (optional)}, each
-                with ``video_scores`` (Q, V), ``video_scores_raw`` (Q, V) and ``frame_scores``
-                (Q, V, L) (padded frames at -1e10).
-            labels: (Q,) int64 video of each query.
-            frame_mask: (V, L) float batch video mask, 1 = valid frame.
-            teacher_scores: (Q, L) teacher per-frame cosine of each query against its own
-                video's frames, or None when there is no teacher.
+            scores: {'inheritance': pair, 'exploration': pair (optional)}; a pair has
+                ``rows`` (the owned queries against all videos) and ``cols`` (all
+                queries against the owned videos), each with ``video_scores``,
+                ``video_scores_raw`` and (rows) ``frame_scores`` (R, V, L), padded
+                frames at -1e10. One process: ``rows`` and ``cols`` are the same.
+            layout: labels, video mask and the owned rows / columns.
+            teacher: teacher scores, or None without a teacher.
             kd_factor: multiplier of the distillation term (schedule value of the epoch).
             hard_negative: whether the triplet terms use hard negatives.
-            generator: optional torch.Generator for the triplet negative sampling.
+            alpha, beta: soft-alignment schedule values of the epoch (soft only).
+            generator: generator of the negative draws (None: the default generator).
 
         Returns:
             Dict of scalar tensors: 'trip_inh', 'nce_inh', ['kd'], ['trip_exp', 'nce_exp'].
         """
+        labels, rows, cols = layout.labels, layout.rows, layout.cols
+        num_q, num_v = layout.num_queries, layout.num_videos
+        device = labels.device
+        row_labels = labels[rows]
+        query_index = torch.arange(num_q, device=device)[rows]
+        video_index = torch.arange(num_v, device=device)[cols]
         terms: Dict[str, Tensor] = {}
         for name, suffix in (("inheritance", "inh"), ("exploration", "exp")):
-            if name not in outputs:
+            if name not in scores:
                 continue
-            out = outputs[name]
-            terms[f"trip_{suffix}"] = triplet_loss(out.video_scores, labels, self.margin, hard_negative,
-                                                   self.hard_pool_size, generator)
-            terms[f"nce_{suffix}"] = self.nce_weight * nce_loss(out.video_scores_raw, labels)
-            if name == "inheritance" and teacher_scores is not None:
-                query_idx = torch.arange(labels.shape[0], device=labels.device)
-                student = out.frame_scores[query_idx, labels]  # (Q, L)
-                kd = kl_distill_loss(student, teacher_scores, frame_mask[labels], self.kd_temperature)
+            pair = scores[name]
+            # Triplet: every process draws for the whole batch, in the released order, and keeps its part.
+            t2v_draw = draw_t2v(num_q, num_v, hard_negative, self.hard_pool_size, device, generator)[rows]
+            t2v_neg = t2v_negatives(pair.rows.video_scores, row_labels, hard_negative, self.hard_pool_size, t2v_draw)
+            t2v = triplet_t2v_terms(pair.rows.video_scores, row_labels, t2v_neg, self.margin).sum() / num_q
+            v2t_draw = draw_v2t(num_v, hard_negative, device, generator)
+            v2t_neg = v2t_negatives(pair.cols.video_scores, labels, video_index, hard_negative,
+                                    None if v2t_draw is None else v2t_draw[cols])
+            v2t = triplet_v2t_terms(pair.cols.video_scores, labels, video_index, v2t_neg, self.margin).sum() / num_v
+            terms[f"trip_{suffix}"] = t2v + v2t
+            terms[f"nce_{suffix}"] = self.nce_weight * self._nce(name, pair, layout, teacher, query_index,
+                                                                  video_index, alpha, beta)
+            if name == "inheritance" and teacher is not None:
+                student = pair.rows.frame_scores[torch.arange(len(row_labels), device=device), row_labels]
+                kd = kl_distill_loss(student, teacher.frame_cos, layout.video_mask[row_labels], self.kd_temperature)
                 terms["kd"] = kd_factor * kd
         return terms
+
+    def _nce(self, name, pair, layout, teacher, query_index, video_index, alpha, beta) -> Tensor:
+        labels, row_labels = layout.labels, layout.labels[layout.rows]
+        num_q, num_v = layout.num_queries, layout.num_videos
+        raw_rows, raw_cols = pair.rows.video_scores_raw, pair.cols.video_scores_raw
+        if self.soft is None:
+            return (nce_t2v_terms(raw_rows, row_labels).sum() / num_q
+                    + nce_v2t_terms(raw_cols, labels, video_index).sum() / num_v)
+        if name == "inheritance":
+            if teacher is None or teacher.video_raw_rows is None:
+                raise ValueError("soft-target InfoNCE needs the teacher's video scores for the inheritance branch")
+            sims_rows, sims_cols = teacher.video_raw_rows, teacher.video_raw_cols
+        elif self.soft.detach_self_targets:
+            sims_rows, sims_cols = raw_rows.detach(), raw_cols.detach()
+        else:  # as released: the exploration targets are its own scores, gradients flow through them
+            sims_rows, sims_cols = raw_rows, raw_cols
+        t2v = soft_nce_t2v_terms(raw_rows, sims_rows, row_labels, beta, query_index < hard_count(alpha, num_q))
+        v2t = soft_nce_v2t_terms(raw_cols, sims_cols, labels, video_index, beta,
+                                 video_index < hard_count(alpha, num_v), self.soft.leak)
+        return soft_nce_reduce(t2v, query_index, v2t, video_index, num_q, num_v, alpha, self.soft.keep_parts)

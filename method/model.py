@@ -170,7 +170,7 @@ class ScoreOutput:
 def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """query: (Q, d), frames: (V, L, d) -> dot products (Q, V, L), one matmul."""
     v, l, d = frames.shape
-    return (query @ frames.reshape(v * l, d).t()).view(-1, v, l)
+    return (query @ frames.reshape(v * l, d).t()).view(query.shape[0], v, l)
 
 
 def score_branch(query: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> ScoreOutput:
@@ -202,7 +202,7 @@ def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch
 
 
 class DLDKD(nn.Module):
-    """Two-branch student. Returns score tensors; losses live in ``method.losses``."""
+    """Two-branch student. Returns embeddings; scores are ``score_branch``, losses live in ``method.losses``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -239,11 +239,21 @@ class DLDKD(nn.Module):
         return {name: getattr(self, name).encode_video(feat, mask) for name in self.branch_names}
 
     def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor,
-                query_feat: torch.Tensor, query_mask: torch.Tensor) -> dict[str, ScoreOutput]:
-        """Training scores of every query against every video of the batch, per branch."""
-        queries = self.encode_queries(query_feat, query_mask)
-        frames = self.encode_videos(video_feat, video_mask)
-        return {name: score_branch(queries[name], frames[name], video_mask) for name in self.branch_names}
+                query_feat: torch.Tensor, query_mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Training embeddings of a batch: {"queries": {branch: (Q, d)}, "frames": {branch: (V, L, d)}}.
+
+        Scoring happens outside the module (``method.global_batch``), so that the
+        processes of a distributed run can score every query against every video
+        of the global batch.
+        """
+        return {"queries": self.encode_queries(query_feat, query_mask),
+                "frames": self.encode_videos(video_feat, video_mask)}
+
+    def score(self, video_feat: torch.Tensor, video_mask: torch.Tensor,
+              query_feat: torch.Tensor, query_mask: torch.Tensor) -> dict[str, ScoreOutput]:
+        """Scores of every query against every video of one batch, per branch (one process)."""
+        emb = self(video_feat, video_mask, query_feat, query_mask)
+        return {name: score_branch(emb["queries"][name], emb["frames"][name], video_mask) for name in self.branch_names}
 
     def fuse(self, scores: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
         """Fused inference score, e.g. 0.3 * exploration + 0.7 * inheritance (single branch: inheritance)."""

@@ -121,3 +121,65 @@ def warmup_linear(x: float, warmup: float = 0.01) -> float:
     if x < warmup:
         return x / warmup
     return (1.0 - x) / (1.0 - warmup)
+
+
+# DL-DKD++ soft-alignment schedules (DLDKDPP.md section 3).
+SOFT_SCHEDULES = ("sigmoid", "exp", "linear", "cosine", "none")
+
+
+def _soft_schedule(epoch: int, x0: float, floor: float, mode: str, n_epoch: int, exp_k: float,
+                   sigmoid_k: float) -> float:
+    if mode == "none":
+        return x0
+    # The operation orders below are bit-exact to the authors' (golden sched_* tables).
+    if mode == "sigmoid":
+        value = x0 * (sigmoid_k / (sigmoid_k + math.exp(100.0 * epoch / sigmoid_k)))
+    elif mode == "exp":
+        value = x0 * exp_k ** epoch
+    elif mode == "linear":
+        value = x0 + (floor - x0) / n_epoch * epoch
+    elif mode == "cosine":
+        value = floor + 0.5 * (x0 - floor) * (1.0 + math.cos(math.pi * epoch / n_epoch))
+    else:
+        raise ValueError(f"unknown soft-alignment schedule {mode!r}; expected one of {SOFT_SCHEDULES}")
+    return max(value, floor)
+
+
+def alpha_schedule(epoch: int, alpha0: float = 0.8, mode: str = "sigmoid", n_epoch: int = 120,
+                   exp_k: float = 0.95, sigmoid_k: float = 800.0) -> float:
+    """Share of the batch that keeps one-hot InfoNCE targets at 0-based ``epoch`` (floor 0).
+
+    'sigmoid' (default): ``alpha0 K / (K + exp(100 e / K))``; 'exp': ``alpha0 k^e``;
+    'linear': ``alpha0 (1 - e / N)``; 'cosine': ``alpha0 (1 + cos(pi e / N)) / 2``;
+    'none': ``alpha0``. ``N = n_epoch``.
+    """
+    return _soft_schedule(epoch, alpha0, 0.0, mode, n_epoch, exp_k, sigmoid_k)
+
+
+def beta_schedule(epoch: int, beta0: float = 0.8, mode: str = "sigmoid", n_epoch: int = 120,
+                  exp_k: float = 0.95, sigmoid_k: float = 800.0) -> float:
+    """Weight of the one-hot label inside a soft target (the authors' ``belta``).
+
+    The forms of ``alpha_schedule``, decaying towards the floor 0.5 when
+    ``beta0 >= 0.5`` (else 0): 'linear' is ``beta0 + (floor - beta0) e / N`` and
+    'cosine' ``floor + (beta0 - floor)(1 + cos(pi e / N)) / 2``.
+    """
+    return _soft_schedule(epoch, beta0, 0.5 if beta0 >= 0.5 else 0.0, mode, n_epoch, exp_k, sigmoid_k)
+
+
+def epoch_settings(opt, epoch: int, use_teacher: bool) -> dict:
+    """Everything the training step needs that depends on the epoch: a pure function of (opt, epoch).
+
+    Returns ``kd_factor`` (0 without a teacher), ``hard_negative`` and, with
+    ``label_style == 'soft'``, ``alpha`` and ``beta``.
+    """
+    settings = {
+        "kd_factor": kd_factor(epoch, opt.kd_schedule, opt.loss_scale_weight, opt.loss_init_weight, opt.kd_k,
+                               opt.kd_b) if use_teacher else 0.0,
+        "hard_negative": epoch >= opt.hard_negative_start_epoch,
+    }
+    if opt.label_style == "soft":
+        common = {"n_epoch": opt.n_epoch, "exp_k": opt.soft_exp_k, "sigmoid_k": opt.soft_sigmoid_k}
+        settings["alpha"] = alpha_schedule(epoch, opt.alpha, opt.alpha_decay, **common)
+        settings["beta"] = beta_schedule(epoch, opt.beta, opt.beta_decay, **common)
+    return settings

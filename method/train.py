@@ -1,89 +1,84 @@
-"""Train DL-DKD: ``python -m method.train --root_path ROOT --collection tvr [...]``.
+"""Train DL-DKD: ``python -m method.train --root_path ROOT --collection tvr [--recipe dldkdpp] [...]``.
+
+Several processes: ``torchrun --nproc_per_node N -m method.train ...`` trains the
+same recipe on the same global batches (``--bsz`` videos); see ``method.distributed``.
 
 A run folder holds ``opt.json`` (every resolved flag), ``model.ckpt`` (best
 val SumR), ``latest.ckpt`` (everything needed by ``--resume``), ``metrics.csv``
 (one row per epoch), ``train.log.txt``, TensorBoard logs in ``tb/`` and, at
-the end, ``eval_test.json``.
+the end, ``eval_test.json``. Process 0 writes them and evaluates.
 """
 from __future__ import annotations
 
-import csv
-import io
+import functools
 import logging
-import math
-import random
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Optional
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+import torch.distributed
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, atomic_save, load_model, read_checkpoint
+from . import distributed, rng
+from .checkpoint import atomic_save, load_model, model_payload, read_checkpoint
 from .config import parse_train_args, resolve_device, save_opt
-from .data import DataError, build_split, collate_train, seed_worker
+from .data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
 from .eval import evaluate, evaluate_split, make_eval_loaders
-from .losses import DLDKDLoss
+from .global_batch import GlobalBatch
+from .losses import DLDKDLoss, SoftNCEOptions
 from .model import DLDKD, ModelConfig
 from .optim import build_optimizer
-from .schedules import kd_factor
+from .run_files import prepare_run_dir, setup_logging, write_metrics
+from .schedules import epoch_settings
 from .teacher import PrecomputedTeacher
 
 log = logging.getLogger("dldkd")
+EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> Optional[dict]:
+    """Train, then evaluate the best checkpoint on the test split; returns that result (process 0)."""
     opt = parse_train_args(argv)
-    run_dir = prepare_run_dir(opt)
-    setup_logging(run_dir)
-    device = resolve_device(opt.device)
-    set_seed(opt.seed)
-    r = build_run(opt, device)
-    model, loader, optimizer, scheduler, teacher = r.model, r.loader, r.optimizer, r.scheduler, r.teacher
+    world = distributed.world_size_from_env()
+    if opt.bsz % world:
+        raise SystemExit(f"--bsz {opt.bsz} is the global batch of all processes: it must be a multiple of "
+                         f"the {world} processes")
+    d, device = distributed.setup(resolve_device(opt.device), opt.dist_timeout)
+    try:
+        return train(opt, d, device)
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if not d.enabled or not isinstance(e, torch.distributed.DistError) and "gloo" not in str(e):
+            raise
+        raise SystemExit(f"rank {d.rank}: a collective failed, most likely because another process died "
+                         f"(torchrun names it below): {e}") from None
+    finally:
+        d.close()
+
+
+def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
+    opt, run_dir, resuming = prepare_run_dir(opt, d)
+    setup_logging(run_dir, d)
+    rng.set_seed(opt.seed)
+    r = build_run(opt, device, d)
     state = {"epoch": 0, "best_score": 0.0, "es_cnt": 0, "history": []}
-    if opt.resume:
-        state = restore(run_dir / "latest.ckpt", model, optimizer, scheduler)
+    if resuming:
+        state = restore(run_dir / "latest.ckpt", r, device)
         log.info("resumed %s at epoch %d", run_dir, state["epoch"])
-    save_opt(opt, run_dir)
-    log.info("train %d videos, %d steps/epoch, %d parameters, device %s", len(loader.dataset),
-             len(loader), sum(p.numel() for p in model.parameters() if p.requires_grad), device)
-    writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"])
+    if d.is_main:
+        save_opt(opt, run_dir)
+    log.info("recipe %s | train %d videos, %d steps/epoch, %d processes, %d parameters, device %s", opt.recipe,
+             len(r.loader.dataset), len(r.loader), d.world, sum(p.numel() for p in r.model.parameters()), device)
+    writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"]) if d.is_main else None
     fusion = {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight}
-    for epoch in tqdm(range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"], total=opt.n_epoch):
-        t0 = time.time()
-        loader.sampler.generator.manual_seed(opt.seed + epoch)  # epoch order independent of history
-        kd = 0.0 if teacher is None else kd_factor(epoch, opt.kd_schedule, opt.loss_scale_weight,
-                                                   opt.loss_init_weight, opt.kd_k, opt.kd_b)
-        hard = epoch >= opt.hard_negative_start_epoch
-        lr = scheduler.get_last_lr()[0]
-        losses = train_one_epoch(r.forward, loader, optimizer, scheduler, r.loss_fn, teacher, kd, hard, device, opt)
-        val = evaluate(model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
-        row = {"epoch": epoch, "lr": lr, "kd_factor": kd, "hard_negative": int(hard), **losses,
-               **{f"val_{k}": v for k, v in val["fused"].items()},
-               **{f"val_sumr_{name}": m["sumr"] for name, m in val.items() if name != "fused"},
-               "epoch_seconds": time.time() - t0}
-        state["history"].append(row)
-        improved = val["fused"]["sumr"] > state["best_score"]
-        if improved:
-            state["best_score"], state["es_cnt"] = val["fused"]["sumr"], 0
-            atomic_save(model_payload(model, epoch, state["best_score"]), run_dir / "model.ckpt")
-        else:
-            state["es_cnt"] += 1
-        state["epoch"] = epoch + 1
-        atomic_save({**model_payload(model, epoch, state["best_score"]), **state, "rng": rng_state(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                    run_dir / "latest.ckpt")
-        write_metrics(run_dir, state["history"], writer)
-        log.info("epoch %d | loss %.4f | val SumR %.2f (best %.2f)%s | %.1fs", epoch, losses["loss"],
-                 val["fused"]["sumr"], state["best_score"], " *" if improved else "", row["epoch_seconds"])
-        if state["es_cnt"] > opt.max_es_cnt:
-            log.info("early stop: no val improvement for %d epochs", state["es_cnt"])
-            break
+    with distributed.StopSignal() as stop:
+        train_epochs(opt, r, state, run_dir, device, writer, fusion, stop)
+    if not d.is_main:
+        return None
     writer.close()
     if not (run_dir / "model.ckpt").is_file():
         raise SystemExit(f"no epoch reached a val SumR above 0, so {run_dir}/model.ckpt was never written")
@@ -91,11 +86,82 @@ def main(argv=None) -> dict:
     return evaluate_split(best.to(device), "test", opt, device, run_dir, info)
 
 
-def build_run(opt, device: torch.device) -> SimpleNamespace:
+def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: dict, stop) -> None:
+    """The epoch loop: train, evaluate (process 0), keep the best, stop early or on SIGTERM."""
+    d = r.dist
+    for epoch in tqdm(range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"],
+                      total=opt.n_epoch, disable=not d.is_main):
+        t0, lr = time.time(), r.scheduler.get_last_lr()[0]
+        settings = epoch_settings(opt, epoch, r.teacher is not None)
+        losses = train_one_epoch(r, epoch, settings, device, opt, stop)
+        if losses is None:
+            log.warning("stopped by SIGTERM in epoch %d; latest.ckpt holds the epochs before it; continue with "
+                        "--resume %s", epoch, run_dir)
+            raise SystemExit(EXIT_STOPPED)
+        if d.is_main:  # process 0 evaluates and writes; the others wait for its verdict
+            with rng.evaluation_draws(r.sampling):
+                val = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
+            row = {"epoch": epoch, "lr": lr, **{k: int(v) if isinstance(v, bool) else v for k, v in settings.items()},
+                   **losses,
+                   **{f"val_{k}": v for k, v in val["fused"].items()},
+                   **{f"val_sumr_{name}": m["sumr"] for name, m in val.items() if name != "fused"},
+                   "epoch_seconds": time.time() - t0}
+            improved = end_of_epoch(state, row, r, run_dir, device, writer)
+            log.info("epoch %d | loss %.4f | val SumR %.2f (best %.2f)%s | %.1fs", epoch, losses["loss"],
+                     row["val_sumr"], state["best_score"], " *" if improved else "", row["epoch_seconds"])
+        verdict = d.broadcast({**{k: state[k] for k in ("epoch", "best_score", "es_cnt")},
+                               "sampling": None if r.sampling is None else r.sampling.get_state()})
+        if r.sampling is not None:
+            r.sampling.set_state(verdict.pop("sampling"))
+        state.update(verdict)
+        if state["es_cnt"] > opt.max_es_cnt:
+            log.info("early stop: no val improvement for %d epochs", state["es_cnt"])
+            break
+        if stop.requested(d) and epoch + 1 < opt.n_epoch:
+            log.warning("stopped by SIGTERM after epoch %d; continue with --resume %s", epoch, run_dir)
+            raise SystemExit(EXIT_STOPPED)
+
+
+def end_of_epoch(state: dict, row: dict, r: "Run", run_dir, device, writer) -> bool:
+    """Record the epoch, keep the best model, write ``latest.ckpt`` and the metrics; True when it improved."""
+    state["history"].append(row)
+    improved = row["val_sumr"] > state["best_score"]
+    if improved:
+        state["best_score"], state["es_cnt"] = row["val_sumr"], 0
+        atomic_save(model_payload(r.model, row["epoch"], state["best_score"]), run_dir / "model.ckpt")
+    else:
+        state["es_cnt"] += 1
+    state["epoch"] = row["epoch"] + 1
+    atomic_save({**model_payload(r.model, row["epoch"], state["best_score"]), **state,
+                 "rng": rng.capture(device, r.sampling), "optimizer": r.optimizer.state_dict(),
+                 "scheduler": r.scheduler.state_dict()}, run_dir / "latest.ckpt")
+    write_metrics(run_dir, state["history"], writer)
+    return improved
+
+
+@dataclass
+class Run:
+    """Everything a training step and an epoch need."""
+
+    model: DLDKD  # the module itself: checkpoints and evaluation
+    forward: torch.nn.Module  # what the step calls: the model, wrapped by DDP and / or compiled
+    loader: Optional[DataLoader]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: DLDKDLoss
+    teacher: Optional[PrecomputedTeacher]
+    dist: distributed.Dist
+    sampling: Optional[torch.Generator] = None  # negatives' stream of several processes (see method.rng)
+    val_videos: Optional[DataLoader] = None
+    val_queries: Optional[DataLoader] = None
+
+
+def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
     """Everything before the epoch loop: data check, loaders, model, optimiser, loss, teacher."""
     try:
-        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher, preload=opt.preload)
-        val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload)
+        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher, preload=opt.preload,
+                                  pool_to_teacher=opt.pool_to_teacher)
+        val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload) if d.is_main else None
     except DataError as e:
         raise SystemExit(f"data check failed: {e}") from None
     if opt.q_feat_size is None:
@@ -108,56 +174,73 @@ def build_run(opt, device: torch.device) -> SimpleNamespace:
                       max_desc_l=opt.max_desc_l, input_drop=opt.input_drop, drop=opt.drop,
                       share_query_proj=not opt.separate_query_proj, single_branch=opt.single_branch)
     model = DLDKD(cfg).to(device)
-    loader = make_train_loader(train_split.train_dataset(), opt, device)
-    val_videos, val_queries = make_eval_loaders(val_split, opt, device)
+    forward = model
+    if d.enabled:
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_train_loader(train_split, opt, device, d)
     optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, len(loader) * opt.n_epoch,
                                            opt.lr_warmup_proportion)
-    return SimpleNamespace(
-        model=model, forward=torch.compile(model) if opt.compile else model, loader=loader,
-        val_videos=val_videos, val_queries=val_queries, optimizer=optimizer, scheduler=scheduler,
-        loss_fn=DLDKDLoss(opt.margin, opt.hard_pool_size, opt.nce_weight, opt.kd_temperature),
-        teacher=None if opt.no_teacher else PrecomputedTeacher())
+    soft = SoftNCEOptions(opt.soft_nce_leak, opt.soft_detach_self_targets, opt.soft_keep_parts)
+    run = Run(model=model, forward=torch.compile(forward) if opt.compile else forward, loader=loader,
+              optimizer=optimizer, scheduler=scheduler,
+              loss_fn=DLDKDLoss(opt.margin, opt.hard_pool_size, opt.nce_weight, opt.kd_temperature,
+                                soft if opt.label_style == "soft" else None),
+              teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=d,
+              sampling=rng.sampling_generator(device) if d.enabled else None)
+    if val_split is not None:
+        run.val_videos, run.val_queries = make_eval_loaders(val_split, opt, device)
+    return run
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, teacher, kd, hard, device, opt) -> dict:
-    """One pass over the training videos.
+def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distributed.StopSignal):
+    """One pass over the training videos, or None when SIGTERM asked to stop.
 
-    Returns the epoch mean of every loss term and of their sum (``loss``), and
-    ``data_seconds``: the time spent waiting for batches (the rest of the epoch
-    is compute).
+    Returns the epoch mean of every loss term and of their sum (``loss``) over
+    the global batches, and ``data_seconds``: the time process 0 spent waiting
+    for batches (the rest of the epoch is compute).
     """
-    model.train()
+    r.model.train()
+    r.loader.batch_sampler.set_epoch(epoch)
+    if r.dist.enabled:
+        rng.seed_process_epoch(opt.seed, epoch, r.dist.rank)  # dropout streams differ per process
     sums: dict[str, torch.Tensor] = {}
     data_seconds, t_ready = 0.0, time.perf_counter()
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
-        for batch in tqdm(loader, desc="train", leave=False):
+        for batch in tqdm(r.loader, desc="train", leave=False, disable=not r.dist.is_main):
             data_seconds += time.perf_counter() - t_ready
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            terms = train_step(model, b, optimizer, scheduler, loss_fn, teacher, kd, hard, opt.amp)
+            terms = train_step(r, b, settings, opt.amp)
             for name, value in terms.items():  # summed on device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach()
+            if stop.requested(r.dist):
+                return None
             t_ready = time.perf_counter()
-    return {**{name: (total / len(loader)).item() for name, total in sums.items()}, "data_seconds": data_seconds}
+    totals = r.dist.all_reduce_sum(torch.stack(list(sums.values()))) / len(r.loader)  # processes' parts add up
+    return {**dict(zip(sums, totals.tolist())), "data_seconds": data_seconds}
 
 
-def train_step(model, b: dict, optimizer, scheduler, loss_fn, teacher, kd: float, hard: bool, amp: str) -> dict:
-    """Forward, losses, backward, one optimiser and LR step on a batch ``b`` already on the device.
+def train_step(r: Run, b: dict, settings: dict, amp: str) -> dict:
+    """Forward, losses, backward, one optimiser and LR step on this process's share ``b`` (on the device).
 
-    ``amp="bf16"`` runs the forward pass under bfloat16 autocast; the losses
-    always run in float32. Returns the loss terms and their sum (``loss``) as
-    device tensors.
+    ``settings``: ``epoch_settings`` of the epoch. ``amp="bf16"`` runs the
+    forward pass and the scoring under bfloat16 autocast; the losses always run
+    in float32. Returns this process's part of the loss terms and of their sum
+    (``loss``) as device tensors; summed over the processes they are the global
+    batch's.
     """
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-        outputs = model(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"])
-    outputs = {name: out.float() for name, out in outputs.items()}
-    teacher_scores = None if teacher is None else teacher.frame_scores(
-        b["teacher_query_feat"], b["teacher_video_feat"], b["query_labels"])
-    terms = loss_fn(outputs, b["query_labels"], b["video_mask"], teacher_scores, kd, hard)
+        view = GlobalBatch.build(r.dist, r.forward(b["video_feat"], b["video_mask"], b["query_feat"],
+                                                   b["query_mask"]), b)
+        scores = view.branch_scores()
+    scores = {name: pair.float() for name, pair in scores.items()}
+    teacher = None if r.teacher is None else view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None)
+    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, **settings)
     loss = sum(terms.values())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    # DDP averages the processes' gradients, and each loss is one process's part of the global sum.
+    (loss * r.dist.world).backward()
+    r.optimizer.step()
+    r.scheduler.step()
     return {**terms, "loss": loss}
 
 
@@ -167,93 +250,25 @@ def split_args(opt, split: str) -> dict:
             "teacher_video_file": opt.teacher_video_file, "teacher_query_file": opt.teacher_query_file}
 
 
-def make_train_loader(dataset, opt, device: torch.device) -> DataLoader:
-    """Shuffled batches of ``bsz`` videos (last partial batch kept); the sampler is reseeded per epoch."""
-    sampler = RandomSampler(dataset, generator=torch.Generator())
-    return DataLoader(dataset, batch_size=opt.bsz, sampler=sampler, collate_fn=collate_train,
+def make_train_loader(split, opt, device: torch.device, d: distributed.Dist) -> DataLoader:
+    """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``)."""
+    dataset = split.train_dataset()
+    sampler = GlobalBatchSampler(dataset.caption_counts, opt.bsz, opt.seed, d.rank, d.world)
+    dims = (split.visual_dim, split.text_dim, split.teacher_dim)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=functools.partial(collate_train, dims=dims),
                       num_workers=opt.num_workers, worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(opt.seed), pin_memory=device.type == "cuda",
                       persistent_workers=opt.num_workers > 0)
 
 
-def prepare_run_dir(opt) -> Path:
-    if opt.resume:
-        run_dir = Path(opt.resume)
-        if not (run_dir / "latest.ckpt").is_file():
-            raise SystemExit(f"--resume {run_dir}: no latest.ckpt there to continue from")
-    elif opt.results_dir:
-        run_dir = Path(opt.results_dir)
-    else:
-        stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
-        run_dir = Path(opt.root_path) / opt.collection / "results" / f"{opt.collection}-{opt.exp_id}-{stamp}"
-    if not opt.resume and (run_dir / "latest.ckpt").exists():
-        raise SystemExit(f"{run_dir} already holds a run; use --resume {run_dir} or another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    opt.results_dir = str(run_dir)
-    return run_dir
-
-
-def setup_logging(run_dir: Path) -> None:
-    log.setLevel(logging.INFO)
-    log.handlers.clear()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.FileHandler(run_dir / "train.log.txt"), logging.StreamHandler(sys.stdout)):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def model_payload(model: DLDKD, epoch: int, best_score: float) -> dict:
-    """The model part of a checkpoint: loads with weights_only=True and rebuilds the model."""
-    return {"format": FORMAT, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
-            "epoch": epoch, "val_sumr": best_score}
-
-
-def rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def restore(path: Path, model, optimizer, scheduler) -> dict:
+def restore(path, r: Run, device: torch.device) -> dict:
+    """Load ``latest.ckpt`` into the run; returns the loop state (epoch, best score, early-stop count, history)."""
     ckpt = read_checkpoint(path)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"])
+    r.model.load_state_dict(ckpt["model"])
+    r.optimizer.load_state_dict(ckpt["optimizer"])
+    r.scheduler.load_state_dict(ckpt["scheduler"])
+    rng.restore(ckpt["rng"], device, r.sampling)
     return {k: ckpt[k] for k in ("epoch", "best_score", "es_cnt", "history")}
-
-
-def write_metrics(run_dir: Path, history: list[dict], writer: SummaryWriter) -> None:
-    """Rewrite metrics.csv from the history (kept in latest.ckpt, so the two never disagree)."""
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for row in history for k in row))
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(history)
-    tmp = run_dir / "metrics.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    tmp.replace(run_dir / "metrics.csv")
-    row = history[-1]
-    for key, value in row.items():
-        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-            writer.add_scalar(key, value, row["epoch"])
-    writer.flush()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 # repository with shared/ beside it); DLDKD_GOLDEN overrides the location.
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 GOLDEN = Path(os.environ.get("DLDKD_GOLDEN", SPEC / "golden" / "released_code_golden.npz"))
+DLDKDPP_GOLDEN = GOLDEN.parent / "dldkdpp_golden.npz"
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,11 @@ def golden():
     if not GOLDEN.is_file():
         pytest.skip(f"golden file not found at {GOLDEN} (set DLDKD_GOLDEN)")
     return np.load(GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def dldkdpp_golden():
+    """Outputs of the authors' DL-DKD++ code (branch master) on small seeded inputs."""
+    if not DLDKDPP_GOLDEN.is_file():
+        pytest.skip(f"DL-DKD++ golden file not found at {DLDKDPP_GOLDEN} (set DLDKD_GOLDEN to the ICCV file beside it)")
+    return np.load(DLDKDPP_GOLDEN)

@@ -7,20 +7,22 @@ import numpy as np
 DV, DQ, DT = 6, 5, 4  # student frame, token and teacher dims of the tiny datasets
 
 
-
-def write_bigfile(folder, video_frames, rng, quote="'", shuffle_rows=False):
+def write_bigfile(folder, video_frames, rng, quote="'", shuffle_rows=False, dim=DV, values=None):
     """Write a BigFile folder; returns {vid: expected (n, D) float32 frames}.
 
     With shuffle_rows the rows are stored in a random order, so the frames of
-    a video are non-contiguous rows.
+    a video are non-contiguous rows. ``values`` (rows in video order) replaces
+    the random frames.
     """
     os.makedirs(folder, exist_ok=True)
     frame_ids = [(vid, f"{vid}_f{i}") for vid, n in video_frames.items() for i in range(n)]
-    values = rng.standard_normal((len(frame_ids), DV)).astype(np.float32)
+    if values is None:
+        values = rng.standard_normal((len(frame_ids), dim)).astype(np.float32)
+    dim = values.shape[1]
     order = rng.permutation(len(frame_ids)) if shuffle_rows else np.arange(len(frame_ids))
     values[order].astype("<f4").tofile(os.path.join(folder, "feature.bin"))
     with open(os.path.join(folder, "shape.txt"), "w") as f:
-        f.write(f"{len(frame_ids)} {DV}\n")
+        f.write(f"{len(frame_ids)} {dim}\n")
     with open(os.path.join(folder, "id.txt"), "w") as f:
         f.write("\n".join(frame_ids[i][1] for i in order))
     v2f = {vid: [fid for v, fid in frame_ids if v == vid] for vid in video_frames}
@@ -42,12 +44,15 @@ def write_h5(path, mapping):
 
 
 def write_collection(root, collection="tvr", visual_feature="i3d_resnet", bigfile=True, seed=0,
-                     n_videos=7, clip_other_form=True):
+                     n_videos=7, clip_other_form=True, dims=(DV, DQ, DT), enc_ids=True):
     """Small dataset in the released layout; returns the raw arrays written.
 
-    Captions use `<vid>#enc#<n>` ids; with clip_other_form the CLIP query file
-    keys every second caption as `<vid>#<n>` and stores some as (1, Dt).
+    Captions use `<vid>#enc#<n>` ids (`<vid>#<n>` without enc_ids, as Charades
+    and ActivityNet); with clip_other_form the CLIP query file keys every second
+    caption in the other form. Every third CLIP sentence is stored (1, Dt),
+    the others (Dt,). ``dims`` = (student frame, token, teacher) sizes.
     """
+    dv, dq, dt = dims
     rng = np.random.default_rng(seed)
     base = os.path.join(root, collection)
     text_dir, feat_dir = os.path.join(base, "TextData"), os.path.join(base, "FeatureData")
@@ -56,21 +61,21 @@ def write_collection(root, collection="tvr", visual_feature="i3d_resnet", bigfil
     n_frames = {f"vid{v}": int(n) for v, n in enumerate(rng.integers(3, 300, n_videos))}
     n_frames["vid0"] = 200  # pooled to 128
     if bigfile:
-        frames = write_bigfile(os.path.join(feat_dir, visual_feature), n_frames, rng, shuffle_rows=True)
+        frames = write_bigfile(os.path.join(feat_dir, visual_feature), n_frames, rng, shuffle_rows=True, dim=dv)
     else:
-        frames = {vid: rng.standard_normal((n, DV)).astype(np.float32) for vid, n in n_frames.items()}
+        frames = {vid: rng.standard_normal((n, dv)).astype(np.float32) for vid, n in n_frames.items()}
         write_h5(os.path.join(feat_dir, f"{visual_feature}.hdf5"), frames)
-    teacher = {vid: rng.standard_normal((max(1, n + int(rng.integers(-40, 40))), DT)).astype(np.float32)
+    teacher = {vid: rng.standard_normal((max(1, n + int(rng.integers(-40, 40))), dt)).astype(np.float32)
                for vid, n in n_frames.items()}
     write_h5(os.path.join(feat_dir, f"new_clip_vit_32_{collection}_vid_features.hdf5"), teacher)
     tokens, sentences, clip_file, lines = {}, {}, {}, []
     for v, vid in enumerate(n_frames):
         for j in range(1 + (v * 2) % 5):
-            cap_id = f"{vid}#enc#{j}"
+            cap_id, other = (f"{vid}#enc#{j}", f"{vid}#{j}") if enc_ids else (f"{vid}#{j}", f"{vid}#enc#{j}")
             lines.append(f"{cap_id} caption {j} of {vid}")
-            tokens[cap_id] = rng.standard_normal((int(rng.integers(2, 40)), DQ)).astype(np.float32)
-            sentences[cap_id] = rng.standard_normal(DT).astype(np.float32)
-            key = f"{vid}#{j}" if clip_other_form and j % 2 else cap_id
+            tokens[cap_id] = rng.standard_normal((int(rng.integers(2, 40)), dq)).astype(np.float32)
+            sentences[cap_id] = rng.standard_normal(dt).astype(np.float32)
+            key = other if clip_other_form and j % 2 else cap_id
             clip_file[key] = sentences[cap_id][None] if j % 3 == 0 else sentences[cap_id]
     write_h5(os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"), tokens)
     write_h5(os.path.join(text_dir, f"clip_ViT_B_32_{collection}_query_feat.hdf5"), clip_file)

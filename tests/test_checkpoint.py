@@ -48,7 +48,7 @@ def test_released_checkpoint_loads_weights_only(tmp_path):
     with pytest.raises(Exception):  # plain weights-only loading refuses the EasyDict ...
         torch.load(path, weights_only=True)
     model, info = load_model(path, {"n_heads": 2})  # ... ours does not, without running code
-    assert info == {"epoch": 7, "released": True, "model_config": model.cfg.to_dict()}
+    assert info == {"epoch": 7, "released": True, "format": "iccv", "model_config": model.cfg.to_dict()}
     assert model.cfg.hidden_size == 8 and model.cfg.n_heads == 4  # model_cfg wins over opt.json
     ours = model.state_dict()
     for key, value in state.items():

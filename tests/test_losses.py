@@ -1,16 +1,22 @@
-"""Tests of method/losses.py: golden numbers of the released code and slow loop oracles."""
+"""Tests of method/losses.py: golden numbers of the authors' ICCV and DL-DKD++ code, slow loop oracles."""
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from method.losses import (
+    BatchLayout,
     DLDKDLoss,
+    SoftNCEOptions,
+    TeacherScores,
     kl_distill_loss,
     nce_loss,
     sample_t2v_negatives,
     sample_v2t_negatives,
+    soft_nce_loss,
     triplet_loss,
 )
 
@@ -331,6 +337,10 @@ def score_output(labels, frame_mask, seed):
                            frame_scores=frame_scores)
 
 
+def whole(out):
+    return SimpleNamespace(rows=out, cols=out)
+
+
 def dldkd_batch(seed=0, single_branch=False):
     labels = make_labels(seed=seed)
     frame_mask = make_mask()
@@ -342,11 +352,17 @@ def dldkd_batch(seed=0, single_branch=False):
     return outputs, labels, frame_mask, teacher
 
 
+def run_loss(loss_fn, outputs, labels, frame_mask, teacher=None, **kwargs):
+    scores = {k: whole(o) for k, o in outputs.items()}
+    return loss_fn(scores, BatchLayout.whole(labels, frame_mask),
+                   None if teacher is None else TeacherScores(teacher), **kwargs)
+
+
 def test_dldkd_terms_and_weights():
     outputs, labels, frame_mask, teacher = dldkd_batch()
     loss_fn = DLDKDLoss(margin=0.1, hard_pool_size=2, nce_weight=0.04, kd_temperature=0.2)
-    terms = loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.1, hard_negative=True,
-                    generator=torch.Generator().manual_seed(11))
+    terms = run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.1, hard_negative=True,
+                     generator=torch.Generator().manual_seed(11))
     assert list(terms) == ["trip_inh", "nce_inh", "kd", "trip_exp", "nce_exp"]
     g = torch.Generator().manual_seed(11)  # same draws, same order: inheritance first
     inh, exp = outputs["inheritance"], outputs["exploration"]
@@ -362,12 +378,12 @@ def test_dldkd_terms_and_weights():
 def test_dldkd_kd_scales_linearly_and_backward_is_finite():
     outputs, labels, frame_mask, teacher = dldkd_batch(seed=1)
     loss_fn = DLDKDLoss(margin=0.2, hard_pool_size=20)
-    kd1 = loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.1)["kd"]
-    kd3 = loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.3)["kd"]
-    kd0 = loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.0)["kd"]
+    kd1 = run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.1)["kd"]
+    kd3 = run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.3)["kd"]
+    kd0 = run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.0)["kd"]
     torch.testing.assert_close(kd3, 3.0 * kd1)
     assert kd0.item() == 0.0 and kd1.item() > 0
-    total = sum(loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.5, hard_negative=True).values())
+    total = sum(run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.5, hard_negative=True).values())
     total.backward()
     for out in outputs.values():
         assert torch.isfinite(out.frame_scores.grad).all()
@@ -377,7 +393,152 @@ def test_dldkd_kd_scales_linearly_and_backward_is_finite():
 def test_dldkd_without_teacher_and_single_branch():
     outputs, labels, frame_mask, teacher = dldkd_batch(seed=2, single_branch=True)
     loss_fn = DLDKDLoss(margin=0.2, hard_pool_size=20)
-    assert list(loss_fn(outputs, labels, frame_mask, teacher, kd_factor=0.1)) == ["trip_inh", "nce_inh", "kd"]
-    assert list(loss_fn(outputs, labels, frame_mask)) == ["trip_inh", "nce_inh"]
+    assert list(run_loss(loss_fn, outputs, labels, frame_mask, teacher, kd_factor=0.1)) == ["trip_inh", "nce_inh",
+                                                                                            "kd"]
+    assert list(run_loss(loss_fn, outputs, labels, frame_mask)) == ["trip_inh", "nce_inh"]
     outputs2, *_ = dldkd_batch(seed=2)
-    assert list(loss_fn(outputs2, labels, frame_mask)) == ["trip_inh", "nce_inh", "trip_exp", "nce_exp"]
+    assert list(run_loss(loss_fn, outputs2, labels, frame_mask)) == ["trip_inh", "nce_inh", "trip_exp", "nce_exp"]
+
+
+# --------------------------------------------------------------------------- #
+# DL-DKD++ soft-target InfoNCE
+# --------------------------------------------------------------------------- #
+def loop_soft_nce(s, sims, labels, alpha, beta, leak=1e-12, keep_parts=False):
+    """DLDKDPP.md 2.3-2.6 written out caption by caption and video by video."""
+    Q, V = s.shape
+    labels = labels.tolist()
+    hq, hv = math.floor(alpha * Q), math.floor(alpha * V)
+    sums = {"t2v_hard": 0.0, "t2v_soft": 0.0, "v2t_hard": 0.0, "v2t_soft": 0.0}
+    for q in range(Q):
+        lse = torch.logsumexp(s[q], 0)
+        if q < hq:
+            sums["t2v_hard"] = sums["t2v_hard"] + lse - s[q, labels[q]]
+        else:
+            p = torch.softmax(sims[q], 0)
+            for v in range(V):
+                target = (1 - beta) * p[v] + beta * float(labels[q] == v)
+                sums["t2v_soft"] = sums["t2v_soft"] + target * (lse - s[q, v])
+    for v in range(V):
+        if v not in labels:
+            continue
+        p = torch.softmax(sims[:, v], 0)
+        weights = []
+        for q in range(Q):
+            onehot = float(labels[q] == v)
+            w = onehot if v < hv else (1 - beta) * p[q] + beta * onehot
+            weights.append(torch.log(torch.as_tensor(w, dtype=s.dtype) + leak) + s[q, v])
+        term = torch.logsumexp(s[:, v], 0) - torch.logsumexp(torch.stack(weights), 0)
+        sums["v2t_hard" if v < hv else "v2t_soft"] = sums["v2t_hard" if v < hv else "v2t_soft"] + term
+    t2v_h = sums["t2v_hard"] / hq if hq else 0.0
+    v2t_h = sums["v2t_hard"] / hv if hv else 0.0
+    t2v_s = sums["t2v_soft"] / (Q - hq) if Q - hq else 0.0
+    v2t_s = sums["v2t_soft"] / (V - hv) if V - hv else 0.0
+    hard = t2v_h + v2t_h if (keep_parts or (hq and hv)) else 0.0
+    soft = t2v_s + v2t_s if (keep_parts or (Q - hq and V - hv)) else 0.0
+    return alpha * hard + (1 - alpha) * soft
+
+
+def golden_nce_case(dldkdpp_golden, case):
+    g = dldkdpp_golden
+    return (torch.from_numpy(g[f"nce{case}_scores"]), torch.from_numpy(g[f"nce{case}_teacher"]),
+            torch.from_numpy(g[f"nce{case}_labels"]))
+
+
+@pytest.mark.parametrize("case", ["A", "B", "C"])
+@pytest.mark.parametrize("targets", ["teacher", "self", "selfdetached"])
+def test_soft_nce_golden_values_and_gradients(dldkdpp_golden, case, targets):
+    """The authors' clip_nce_soft: 9 (alpha, belta) rows, teacher targets and the exploration branch's own."""
+    g = dldkdpp_golden
+    scores, teacher, labels = golden_nce_case(g, case)
+    for i, (alpha, beta) in enumerate(g["nce_alpha_belta"]):
+        s = scores.clone().requires_grad_(True)
+        sims = {"teacher": teacher, "self": s, "selfdetached": s.detach()}[targets]
+        value = soft_nce_loss(s, sims, labels, float(alpha), float(beta))
+        value.backward()
+        if targets != "selfdetached":  # the authors' code never detaches: no value recorded
+            ref = float(g[f"nce{case}_soft_{targets}_value"][i])
+            assert value.item() == pytest.approx(ref, rel=1e-5), (i, alpha, beta)
+        grad_ref = g[f"nce{case}_soft_{targets}_grad"][i]
+        np.testing.assert_allclose(s.grad.numpy(), grad_ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(grad_ref).max()))
+
+
+def test_soft_nce_hard_style_is_the_iccv_nce_golden(dldkdpp_golden):
+    for case in "ABC":
+        scores, _, labels = golden_nce_case(dldkdpp_golden, case)
+        assert nce_loss(scores, labels).item() == pytest.approx(float(dldkdpp_golden[f"nce{case}_hard_value"]),
+                                                                rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.8, 0.8), (0.5, 0.5), (0.2, 0.6), (0.05, 0.9), (0.0, 0.5), (1.0, 0.7)])
+@pytest.mark.parametrize("keep_parts", [False, True])
+def test_soft_nce_matches_loop(alpha, beta, keep_parts):
+    labels = torch.sort(make_labels(seed=3)).values  # batch order: captions video by video
+    s = rand_scores(len(labels), 5, seed=3, scale=6.0).requires_grad_(True)
+    sims = rand_scores(len(labels), 5, seed=4, scale=4.0)
+    for targets in (sims, s):
+        ref = loop_soft_nce(s, targets, labels, alpha, beta, keep_parts=keep_parts)
+        out = soft_nce_loss(s, targets, labels, alpha, beta, keep_parts=keep_parts)
+        if not torch.is_tensor(ref):  # every part dropped
+            assert out.item() == 0.0
+            continue
+        (ref_grad,) = torch.autograd.grad(ref, s)
+        (out_grad,) = torch.autograd.grad(out, s)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(out_grad, ref_grad)
+
+
+def test_soft_nce_quirks_change_the_numbers(dldkdpp_golden):
+    """Negative controls: each kept quirk of the authors' code moves the value, so each flag matters."""
+    g = dldkdpp_golden
+    scores, teacher, labels = golden_nce_case(g, "C")  # spread scores: the leak matters
+    base = soft_nce_loss(scores, teacher, labels, 0.8, 0.8).item()
+    assert base == pytest.approx(float(g["nceC_soft_teacher_value"][8]), rel=1e-5)
+    assert abs(soft_nce_loss(scores, teacher, labels, 0.8, 0.8, leak=0.0).item() - base) > 1.0
+    # (0.2, 0.6) on Q = 9, V = 4: hV = 0 < hQ = 1, so the authors drop the whole hard part.
+    scores, teacher, labels = golden_nce_case(g, "A")
+    dropped = soft_nce_loss(scores, teacher, labels, 0.2, 0.6).item()
+    assert dropped == pytest.approx(float(g["nceA_soft_teacher_value"][5]), rel=1e-5)
+    assert abs(soft_nce_loss(scores, teacher, labels, 0.2, 0.6, keep_parts=True).item() - dropped) > 1e-2
+
+
+# --------------------------------------------------------------------------- #
+# sharding: the parts of several processes add up to the one-process loss
+# --------------------------------------------------------------------------- #
+SHARD_CAPS = [3, 1, 2, 4, 2, 2]  # captions per video, in batch order
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("hard_negative", [True, False])
+def test_sharded_terms_add_up_to_the_whole_batch(soft, hard_negative):
+    """Process k owns the rows of its videos' captions and the columns of its videos (one share empty)."""
+    labels = torch.repeat_interleave(torch.arange(len(SHARD_CAPS)), torch.tensor(SHARD_CAPS))
+    frame_mask = make_mask([7, 3, 5, 1, 6, 4])
+    Q, V = len(labels), len(SHARD_CAPS)
+    outputs = {"inheritance": score_output(labels, frame_mask, 20), "exploration": score_output(labels, frame_mask, 21)}
+    g = torch.Generator().manual_seed(22)
+    teacher_frames = torch.rand(Q, frame_mask.shape[1], generator=g) * 2 - 1
+    teacher_raw = torch.rand(Q, V, generator=g) * 8 - 4
+    loss_fn = DLDKDLoss(margin=0.1, hard_pool_size=2, soft=SoftNCEOptions() if soft else None)
+    settings = {"kd_factor": 0.1, "hard_negative": hard_negative, "alpha": 0.5, "beta": 0.7}
+
+    def terms_of(rows, cols):
+        scores = {k: SimpleNamespace(rows=SimpleNamespace(video_scores=o.video_scores[rows],
+                                                          video_scores_raw=o.video_scores_raw[rows],
+                                                          frame_scores=o.frame_scores[rows]),
+                                     cols=SimpleNamespace(video_scores=o.video_scores[:, cols],
+                                                          video_scores_raw=o.video_scores_raw[:, cols]))
+                  for k, o in outputs.items()}
+        teacher = TeacherScores(teacher_frames[rows], teacher_raw[rows], teacher_raw[:, cols])
+        return loss_fn(scores, BatchLayout(labels, frame_mask, rows, cols), teacher,
+                       generator=torch.Generator().manual_seed(5), **settings)
+
+    whole_terms = terms_of(slice(0, Q), slice(0, V))
+    (whole_grad,) = torch.autograd.grad(sum(whole_terms.values()), outputs["exploration"].frame_scores,
+                                        retain_graph=True)
+    video_shares = [(0, 2), (2, 2), (2, 3), (3, 6)]  # the second share is empty
+    starts = torch.cumsum(torch.tensor([0] + SHARD_CAPS), 0).tolist()
+    parts = [terms_of(slice(starts[a], starts[b]), slice(a, b)) for a, b in video_shares]
+    for name, value in whole_terms.items():
+        torch.testing.assert_close(sum(p[name] for p in parts), value)
+    (shard_grad,) = torch.autograd.grad(sum(sum(p.values()) for p in parts), outputs["exploration"].frame_scores)
+    torch.testing.assert_close(shard_grad, whole_grad)

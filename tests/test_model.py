@@ -22,7 +22,7 @@ def test_scores_match_released_code(golden):
     model = tiny_released_model(golden)
     vf, vm, qf, qm = tiny_inputs(golden)
     with torch.no_grad():
-        train_scores = model(vf, vm, qf, qm)
+        train_scores = model.score(vf, vm, qf, qm)
         queries, frames = model.encode_queries(qf, qm), model.encode_videos(vf, vm)
         infer = {k: cosine_video_scores(queries[k], normalize_frames(frames[k], vm)) for k in queries}
     for name, key in (("exploration", "tiny_scores_exploration_A"), ("inheritance", "tiny_scores_inheritance_B")):
@@ -38,9 +38,9 @@ def test_exploration_uses_inheritance_query_projection(golden):
     assert not hasattr(model.exploration, "query_input_proj")
     vf, vm, qf, qm = tiny_inputs(golden)
     with torch.no_grad():
-        before = model(vf, vm, qf, qm)["exploration"].video_scores
+        before = model.score(vf, vm, qf, qm)["exploration"].video_scores
         model.inheritance.query_input_proj.net[1].weight.mul_(-1.0)
-        after = model(vf, vm, qf, qm)["exploration"].video_scores
+        after = model.score(vf, vm, qf, qm)["exploration"].video_scores
     assert not torch.allclose(before, after)
 
 
@@ -98,6 +98,6 @@ def test_padding_does_not_change_scores():
     pad_vm = torch.cat([vm, torch.zeros(3, 2)], dim=1)
     pad_qm = torch.cat([qm, torch.zeros(2, 4)], dim=1)
     with torch.no_grad():
-        a, b = model(vf, vm, qf, qm), model(pad_v, pad_vm, pad_q, pad_qm)
+        a, b = model.score(vf, vm, qf, qm), model.score(pad_v, pad_vm, pad_q, pad_qm)
     for name in a:
         torch.testing.assert_close(a[name].video_scores, b[name].video_scores, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,50 @@
+"""Released file paths of a collection, and the missing-file error."""
+import os
+from dataclasses import dataclass
+
+from method.bigfile import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def require_file(path, what):
+    """Raise a DataError naming `path` and what it should contain when it is absent."""
+    if not os.path.isfile(path):
+        raise DataError(f"missing file {path}: it should contain {what}")
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Released file paths of one collection (see the module docstring)."""
+
+    collection_dir: str
+    captions: dict            # split -> caption file
+    text_feat: str            # RoBERTa token features
+    teacher_text_feat: str    # CLIP sentence features
+    video_bigfile: str        # student frames, BigFile folder
+    video_hdf5: str           # student frames, HDF5 alternative
+    teacher_video_feat: str   # CLIP frame features
+
+
+def dataset_paths(root_path, collection, visual_feature, teacher_video_file=None, teacher_query_file=None):
+    """Paths of the released files of `<root_path>/<collection>`.
+
+    `teacher_video_file` (relative to FeatureData/) and `teacher_query_file`
+    (relative to TextData/) replace the default CLIP file names; an absolute
+    path is used as is.
+    """
+    base = os.path.join(root_path, collection)
+    text_dir = os.path.join(base, "TextData")
+    feat_dir = os.path.join(base, "FeatureData")
+    return DatasetPaths(
+        collection_dir=base,
+        captions={s: os.path.join(text_dir, f"{collection}{s}.caption.txt") for s in SPLITS},
+        text_feat=os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"),
+        teacher_text_feat=os.path.join(
+            text_dir, teacher_query_file or f"clip_ViT_B_32_{collection}_query_feat.hdf5"),
+        video_bigfile=os.path.join(feat_dir, visual_feature),
+        video_hdf5=os.path.join(feat_dir, f"{visual_feature}.hdf5"),
+        teacher_video_feat=os.path.join(
+            feat_dir, teacher_video_file or f"new_clip_vit_32_{collection}_vid_features.hdf5"),
+    )
+

@@ -1,0 +1,70 @@
+"""The launch scripts and the package metadata agree with the code they wrap."""
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from method.config import parse_train_args
+from method.recipes import RECIPES
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {"tvr": "do_tvr.sh", "activitynet": "do_activitynet.sh", "charades": "do_charades.sh"}
+
+
+def script_command(script: str, env: dict) -> list:
+    """The command a launch script runs, printed instead of run (PYTHON=echo)."""
+    proc = subprocess.run(["bash", str(REPO / script), "/data/root"], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHON": "echo", **env})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("collection", sorted(SCRIPTS))
+def test_scripts_pass_their_recipe_settings(collection, recipe):
+    """What a script passes equals what the recipe resolves to; for ICCV, the released scripts' margin and decay."""
+    cmd = script_command(SCRIPTS[collection], {"RECIPE": recipe})
+    assert cmd[:2] == ["-m", "method.train"]
+    from_script = vars(parse_train_args(cmd[2:]))
+    from_recipe = vars(parse_train_args(["--root_path", "/data/root", "--collection", collection, "--recipe", recipe]))
+    skip = {"exp_id", "q_feat_size", "device", "num_workers", "kd_k"}  # the machine's flags and explicit defaults
+    if recipe == "iccv":  # the ICCV code's defaults differ from its scripts in these
+        skip |= {"kd_schedule", "margin"}
+        assert (from_script["kd_schedule"], from_script["loss_scale_weight"]) == ("exp_decay", 0.1)
+        assert from_script["margin"] == (0.1 if collection == "tvr" else 0.2)
+    for key, value in from_recipe.items():
+        if key not in skip:
+            assert from_script[key] == value, key
+
+
+def test_nproc_starts_torchrun_and_nodes_need_an_address():
+    cmd = script_command("do_tvr.sh", {"NPROC": "4", "MAX_RESTARTS": "2"})
+    assert cmd[:2] == ["-m", "torch.distributed.run"] and "--standalone" in cmd
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "4" and cmd[cmd.index("--max-restarts") + 1] == "2"
+    assert cmd[cmd.index("-m", 2):][:2] == ["-m", "method.train"]
+    nodes = script_command("do_tvr.sh", {"NPROC": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"})
+    assert "--standalone" not in nodes and nodes[nodes.index("--master_addr") + 1] == "10.0.0.1"
+    assert nodes[nodes.index("--node_rank") + 1] == "1" and nodes[nodes.index("--nnodes") + 1] == "2"
+    rdzv = script_command("do_tvr.sh", {"NNODES": "2", "RDZV_ENDPOINT": "head:29400"})
+    assert rdzv[rdzv.index("--rdzv_endpoint") + 1] == "head:29400"
+    missing = subprocess.run(["bash", str(REPO / "do_tvr.sh"), "/data/root"], capture_output=True, text=True,
+                             cwd=REPO, env={**os.environ, "PYTHON": "echo", "NNODES": "2"})
+    assert missing.returncode != 0 and "NODE_RANK is required" in missing.stderr
+
+
+def requirement_lines(name: str) -> set:
+    lines = (REPO / name).read_text().splitlines()
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith(("#", "-r"))}
+
+
+def test_pyproject_has_the_requirements_ranges():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert set(project["dependencies"]) == requirement_lines("requirements.txt")
+    extras = project["optional-dependencies"]
+    assert set(extras["extract"]) == requirement_lines("requirements-extract.txt")
+    assert set(extras["test"]) - {"dldkd[extract,report]"} == requirement_lines("requirements-test.txt")
+    assert {"dldkd-train", "dldkd-eval"} <= set(project["scripts"])
+    assert sys.version_info >= (3, 10)
