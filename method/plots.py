@@ -182,6 +182,6 @@ def query_panel(panel: dict, out: Path) -> None:
         ax.set_title(video["title"], fontsize=9)
         ax.set_xlabel("frame")
         ax.set_ylabel("cosine")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(panel["caption"], fontsize=10)
     _save(fig, out)

@@ -49,9 +49,10 @@ def eval_results(run: Run) -> dict[str, dict]:
     for split, path in found.items():
         try:
             out[split] = json.loads(path.read_text())
-            out[split]["t2v"], out[split]["v2t"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise SystemExit(f"{path}: not an evaluation result of method.eval ({e})") from None
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}: not JSON ({e})") from None
+        if not isinstance(out[split], dict) or not {"t2v", "v2t"} <= set(out[split]):
+            raise SystemExit(f"{path}: not an evaluation result of method.eval (no t2v / v2t metrics)")
     return out
 
 
@@ -78,6 +79,7 @@ def metrics_table(rows: dict[str, dict]) -> str:
 
 
 def results_section(label: str, run: Run, results: dict[str, dict]) -> str:
+    """A run's main flags and its t2v / v2t tables of every evaluated split."""
     opt = vars(run.opt)
     flags = ", ".join(f"<code>{k}={html.escape(str(opt[k]))}</code>" for k in OPT_SHOWN if k in opt)
     parts = [f"<h3>{html.escape(label)}</h3><p class=muted>{html.escape(str(run.path))}; {flags}</p>"]
@@ -90,6 +92,7 @@ def results_section(label: str, run: Run, results: dict[str, dict]) -> str:
 
 
 def moments_section(analyses: dict[str, Analysis]) -> str:
+    """Moment evaluation of each run (estimate vs random span), or a note without ground truth."""
     rows = {label: an.moment_evaluation() for label, an in analyses.items()}
     if not any(rows.values()):
         return ("<p class=muted>No ground-truth moments file for this split (see --moments), so the moment "
@@ -126,7 +129,8 @@ def panel_figure(an: Analysis, q: int, record: dict, teacher: TeacherCurves, out
         truth = None
         if v == true_v and an.gt is not None and an.gt[2][q]:
             truth = (float(an.gt[0][q]) * n, float(an.gt[1][q]) * n)
-        title = ("true video" if v == true_v else "top-1 video") + f" {enc.video_ids[v]}"
+        title = (f"true video {enc.video_ids[v]} (rank {record['rank']['fused']})" if v == true_v
+                 else f"top-1 video {enc.video_ids[v]}")
         panel["videos"].append({"title": title, "curves": lines, "estimate": (int(start[i]), int(end[i])),
                                 "truth": truth})
     plots.query_panel(panel, out)
@@ -139,9 +143,10 @@ def _span_text(m: dict | None) -> str:
     return text + (f" ({m['start_s']:.1f}&ndash;{m['end_s']:.1f} s)" if "start_s" in m else "")
 
 
-def panel_html(record: dict, image: str, branches: tuple[str, ...], other_rank: int | None) -> str:
+def panel_html(record: dict, image: str, branches: tuple[str, ...], other: tuple[str, int] | None) -> str:
+    """A query panel: caption, ranks (and the compared run's fused rank), moments, top-k table, figure."""
     ranks = ", ".join(f"{b} {record['rank'][b]}" for b in branches)
-    vs = f"; the compared run: {other_rank}" if other_rank is not None else ""
+    vs = f"; rank in {html.escape(other[0])}: {other[1]}" if other is not None else ""
     moment = f"estimated moment {_span_text(record['moment'])}"
     if record["gt_moment"]:
         moment += f", true moment {_span_text(record['gt_moment'])}, IoU {record['iou']:.2f}"
@@ -178,73 +183,88 @@ def movers_table(an: Analysis, other: Analysis, names: tuple[str, str], n: int) 
     return "".join(parts)
 
 
-def write_report(run: Run, other: Run | None, args: argparse.Namespace) -> Path:
-    """Analyse the run(s) on the split, draw the figures and write DIR/index.html."""
-    out = Path(args.out)
-    (out / "img").mkdir(parents=True, exist_ok=True)
-    runs = {run.path.name: run}
-    if other is not None:
-        if other.path.name == run.path.name:
-            runs = {str(run.path): run, str(other.path): other}
-        else:
-            runs[other.path.name] = other
-    names = tuple(runs)
-    results = {label: eval_results(r) for label, r in runs.items()}
-    analyses = {label: analyse(r, args.split, args.moments, args.moment_threshold) for label, r in runs.items()}
-    an = analyses[names[0]]
-    if other is not None and analyses[names[1]].enc.cap_ids != an.enc.cap_ids:
-        raise SystemExit(f"--compare {other.path}: its {args.split} split has other captions than {run.path}'s "
-                         f"(different data roots?)")
-    sections = [f"<h1>Run report: {html.escape(names[0])}</h1>"]
-    if other is not None:
-        sections.append(f"<p>compared with <b>{html.escape(names[1])}</b></p>")
-    sections.append("<h2>Metrics</h2>" + "".join(results_section(label, runs[label], results[label])
-                                                    for label in names))
-
+def curves_section(runs: dict[str, Run], img: Path) -> str:
+    """Training curves of the runs' metrics.csv (none for a released checkpoint)."""
     curves = {label: rows for label, r in runs.items() if (rows := read_metrics_csv(r)) is not None}
-    sections.append("<h2>Training curves</h2>")
-    if curves:
-        plots.training_curves(curves, out / "img" / "training_curves.png")
-        sections.append("<p class=muted>From metrics.csv (one row per epoch)"
-                        + ("; the second run dashed" if len(curves) > 1 else "")
-                        + ".</p><img src=\"img/training_curves.png\" alt=\"training curves\">")
-    else:
-        sections.append("<p class=muted>No metrics.csv (a released checkpoint), so no training curves.</p>")
+    if not curves:
+        return "<h2>Training curves</h2><p class=muted>No metrics.csv (a released checkpoint), so no curves.</p>"
+    plots.training_curves(curves, img / "training_curves.png")
+    second = "; the second run dashed" if len(curves) > 1 else ""
+    return (f"<h2>Training curves</h2><p class=muted>From metrics.csv (one row per epoch){second}.</p>"
+            "<img src=\"img/training_curves.png\" alt=\"training curves\">")
 
+
+def ranks_section(analyses: dict[str, Analysis], split: str, img: Path) -> str:
+    """Rank histogram and R@K of the first run (fused and branches), with the second run's fused."""
+    names = list(analyses)
+    an = analyses[names[0]]
     ranks = {name: r.numpy() for name, r in an.ranks.items()}
-    if other is not None:
-        ranks[f"fused ({names[1]})"] = analyses[names[1]].ranks["fused"].numpy()
-    plots.rank_distribution(ranks, len(an.enc.video_ids), out / "img" / "rank_distribution.png")
-    sections.append(f"<h2>Rank distribution ({args.split})</h2><p class=muted>Rank of each caption's true video "
-                    f"among {len(an.enc.video_ids)} videos, {len(an.enc.cap_ids)} captions.</p>"
-                    "<img src=\"img/rank_distribution.png\" alt=\"rank distribution\">")
-    sections.append(f"<h2>Moments ({args.split})</h2>" + moments_section(analyses))
+    for name in names[1:]:
+        ranks[f"fused ({name})"] = analyses[name].ranks["fused"].numpy()
+    plots.rank_distribution(ranks, len(an.enc.video_ids), img / "rank_distribution.png")
+    return (f"<h2>Rank distribution ({split})</h2><p class=muted>Rank of each caption's true video among "
+            f"{len(an.enc.video_ids)} videos, {len(an.enc.cap_ids)} captions.</p>"
+            "<img src=\"img/rank_distribution.png\" alt=\"rank distribution\">")
 
-    if other is not None:
-        delta = (an.ranks["fused"] - analyses[names[1]].ranks["fused"]).numpy()
-        plots.rank_change_histogram(delta, names, out / "img" / "rank_changes.png")
-        sections.append(
-            f"<h2>{html.escape(names[0])} against {html.escape(names[1])}</h2>"
-            f"<p>{int((delta < 0).sum())} captions rank their true video higher in {html.escape(names[0])}, "
-            f"{int((delta > 0).sum())} in {html.escape(names[1])}, {int((delta == 0).sum())} the same.</p>"
+
+def compare_section(an: Analysis, other: Analysis, names: tuple[str, str], movers: int, img: Path) -> str:
+    """Histogram of rank changes between the two runs and the captions that moved most."""
+    delta = (an.ranks["fused"] - other.ranks["fused"]).numpy()
+    plots.rank_change_histogram(delta, names, img / "rank_changes.png")
+    a, b = (html.escape(n) for n in names)
+    return (f"<h2>{a} against {b}</h2><p>{int((delta < 0).sum())} captions rank their true video higher in {a}, "
+            f"{int((delta > 0).sum())} in {b}, {int((delta == 0).sum())} the same.</p>"
             "<img src=\"img/rank_changes.png\" alt=\"histogram of rank changes\">"
-            + movers_table(an, analyses[names[1]], names, args.movers))
+            + movers_table(an, other, names, movers))
 
+
+def panels_section(analyses: dict[str, Analysis], args: argparse.Namespace, out: Path) -> str:
+    """Query panels of a random sample of captions, drawn for the first run."""
+    names = list(analyses)
+    an = analyses[names[0]]
     chosen = select_queries(an, sample=args.panels, seed=args.seed)
     records = query_records(an, chosen, args.top_k, args.fps)
-    teacher = TeacherCurves(run.opt)
+    teacher = TeacherCurves(an.run.opt)
     panels = []
     for i, (q, record) in enumerate(zip(chosen, records)):
         image = f"img/query_{i}.png"
         panel_figure(an, q, record, teacher, out / image)
-        other_rank = int(analyses[names[1]].ranks["fused"][q]) if other is not None else None
-        panels.append(panel_html(record, image, run.model.branch_names, other_rank))
-    sections.append(f"<h2>Query panels ({len(records)} random captions of {args.split})</h2>"
-                    "<p class=muted>Per-frame cosine of each branch, their fused curve and the teacher's "
-                    "(dotted, where its features exist); orange: estimated moment, hatched green: true moment.</p>"
-                    + "".join(panels))
+        compared = (names[1], int(analyses[names[1]].ranks["fused"][q])) if len(names) > 1 else None
+        panels.append(panel_html(record, image, an.run.model.branch_names, compared))
+    return (f"<h2>Query panels ({len(records)} random captions of {args.split})</h2>"
+            "<p class=muted>Per-frame cosine of each branch, their fused curve and the teacher's (dotted, where "
+            "its features exist); orange: estimated moment, hatched green: true moment.</p>" + "".join(panels))
+
+
+def write_report(run: Run, other: Run | None, args: argparse.Namespace) -> Path:
+    """Analyse the run(s) on the split, draw the figures and write DIR/index.html."""
+    out = Path(args.out)
+    img = out / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    pair = [run] if other is None else [run, other]
+    labels = [r.path.name for r in pair]
+    if len(set(labels)) < len(labels):  # two runs in folders of the same name
+        labels = [str(r.path) for r in pair]
+    runs = dict(zip(labels, pair))
+    results = {label: eval_results(r) for label, r in runs.items()}
+    analyses = {label: analyse(r, args.split, args.moments, args.moment_threshold) for label, r in runs.items()}
+    first = analyses[labels[0]]
+    if other is not None and analyses[labels[1]].enc.cap_ids != first.enc.cap_ids:
+        raise SystemExit(f"--compare {other.path}: its {args.split} split has other captions than {run.path}'s "
+                         f"(different data roots?)")
+    sections = [f"<h1>Run report: {html.escape(labels[0])}</h1>"]
+    if other is not None:
+        sections.append(f"<p>compared with <b>{html.escape(labels[1])}</b></p>")
+    sections.append("<h2>Metrics</h2>" + "".join(results_section(label, runs[label], results[label])
+                                                    for label in labels))
+    sections.append(curves_section(runs, img))
+    sections.append(ranks_section(analyses, args.split, img))
+    sections.append(f"<h2>Moments ({args.split})</h2>" + moments_section(analyses))
+    if other is not None:
+        sections.append(compare_section(first, analyses[labels[1]], tuple(labels), args.movers, img))
+    sections.append(panels_section(analyses, args, out))
     page = (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>DL-DKD report: "
-            f"{html.escape(names[0])}</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")
+            f"{html.escape(labels[0])}</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index

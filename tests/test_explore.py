@@ -7,7 +7,7 @@ import torch
 from demo_run import demo_runs
 from method import explore, metrics
 from method.moment_file import moments_path
-from method.retrieval import load_run
+from method.retrieval import load_run, pair_curves
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,6 @@ def test_curves_mask_padding(analysis):
     v = int(torch.argmin(enc.n_frames))
     n = int(enc.n_frames[v])
     assert n < enc.mask.shape[1]
-    from method.retrieval import pair_curves
     curves = pair_curves(analysis.run, enc, torch.tensor([0]), torch.tensor([v]))
     for name in ("inheritance", "exploration"):
         assert torch.allclose(curves[name][0, n:], curves[name][0, :1].expand(enc.mask.shape[1] - n))

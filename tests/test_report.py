@@ -59,6 +59,16 @@ def test_report_needs_an_evaluated_run(built, tmp_path):
         report.main([str(bare), "--out", str(tmp_path / "r"), "--device", "cpu"])
 
 
+def test_report_of_a_run_without_metrics_csv(built, tmp_path):
+    """A released checkpoint has no metrics.csv: the report says so instead of drawing curves."""
+    released = tmp_path / "released"
+    shutil.copytree(built["run"], released, ignore=shutil.ignore_patterns("metrics.csv", "*.jsonl"))
+    index = report.main([str(released), "--out", str(tmp_path / "r"), "--device", "cpu", "--panels", "1"])
+    page = index.read_text()
+    assert "No metrics.csv (a released checkpoint)" in page and "training_curves.png" not in page
+    assert len(re.findall(r'<img src="([^"]+)"', page)) == 2  # rank distribution, one panel
+
+
 def test_training_curves_take_unknown_columns(tmp_path):
     rows = [{"epoch": e, "loss": 2.0 / (e + 1), "kd_factor": 0.1 * 0.95 ** e, "lr": 1e-4, "val_sumr": 100 + e,
              "alpha": 0.8 - 0.1 * e, "beta": "", "note": "text", "epoch_seconds": 3} for e in range(4)]
