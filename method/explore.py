@@ -46,7 +46,7 @@ class Analysis:
     def iou(self) -> torch.Tensor:
         """(Q,) IoU of the estimate with the ground truth in the true video (NaN without ground truth)."""
         start, end, _ = self.moment
-        n = self.enc.n_frames[self.enc.query_video].double()
+        n = self.enc.n_frames[self.enc.query_video].cpu().double()
         gs, ge, _ = self.gt
         return interval_iou(start / n, end / n, torch.from_numpy(gs), torch.from_numpy(ge))
 
@@ -58,7 +58,7 @@ class Analysis:
         if not bool(known.any()):
             return None
         start, end, _ = self.moment
-        n = self.enc.n_frames[self.enc.query_video]
+        n = self.enc.n_frames[self.enc.query_video].cpu()
         baseline = random_span_iou((end - start)[known], n[known], torch.from_numpy(self.gt[0])[known],
                                    torch.from_numpy(self.gt[1])[known])
         return {"estimate": moment_metrics(self.iou()[known]), "random_span_miou": 100.0 * float(baseline.mean())}
@@ -125,10 +125,12 @@ def select_queries(an: Analysis, cap_ids=None, cap_file=None, sample=None, worst
     return sorted(np.random.default_rng(seed).choice(len(fused), n, replace=False).tolist())
 
 
-def _span(start: int, end: int, n: int, stored: int, fps: float | None) -> dict:
-    """A span [start, end) of n model frames in stored frames, and in seconds when fps is given."""
+def _span(start: float, end: float, n: int, stored: int, fps: float | None, peak: int | None = None) -> dict:
+    """A span [start, end) (and peak frame) of n model frames in stored frames, and in seconds when fps is given."""
     stored, scale = int(stored), float(stored) / float(n)
     out = {"start_frame": round(start * scale, 3), "end_frame": round(end * scale, 3), "n_frames": stored}
+    if peak is not None:
+        out["peak_frame"] = int(peak * scale)
     if fps:
         out["start_s"], out["end_s"] = round(out["start_frame"] / fps, 3), round(out["end_frame"] / fps, 3)
     return out
@@ -154,8 +156,7 @@ def query_records(an: Analysis, indices: list[int], top_k: int = 5, fps: float |
         record = {
             "cap_id": enc.cap_ids[q], "caption": an.split.captions.captions[enc.cap_ids[q]],
             "video_id": enc.video_ids[vid], "rank": {name: int(rk[q]) for name, rk in an.ranks.items()},
-            "moment": {**_span(own[0], own[1], n_model[vid], an.stored_frames[vid], fps),
-                       "peak_frame": own[2]},
+            "moment": _span(own[0], own[1], n_model[vid], an.stored_frames[vid], fps, own[2]),
             "gt_moment": None, "iou": None, "top": []}
         if an.gt is not None and an.gt[2][q]:
             stored = an.stored_frames[vid]
@@ -166,8 +167,7 @@ def query_records(an: Analysis, indices: list[int], top_k: int = 5, fps: float |
             record["top"].append({
                 "rank": j + 1, "video_id": enc.video_ids[v], "true": v == vid,
                 "score": {name: round(float(s[r, v]), 5) for name, s in scores.items()},
-                "moment": {**_span(int(start[p]), int(end[p]), n_model[v], an.stored_frames[v], fps),
-                           "peak_frame": int(peak[p])}})
+                "moment": _span(int(start[p]), int(end[p]), n_model[v], an.stored_frames[v], fps, int(peak[p]))})
         records.append(record)
     return records
 
@@ -235,7 +235,7 @@ def main(argv=None) -> list[dict]:
     evaluation = an.moment_evaluation()
     if evaluation:
         print(format_moment_evaluation(evaluation, an.threshold))
-    print(f"{len(records)} captions written to {out}")
+    print(f"wrote {len(records)} JSON lines to {out}")
     return records
 
 

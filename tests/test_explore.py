@@ -73,7 +73,7 @@ def test_cli_worst_queries_jsonl_and_table(runs, analysis, tmp_path, capsys):
         assert r["moment"]["start_s"] == pytest.approx(r["moment"]["start_frame"] / 2, abs=1e-3)
     text = capsys.readouterr().out
     assert all(r["cap_id"] in text for r in lines)
-    assert "random span of the same length" in text and "3 captions written" in text
+    assert "random span of the same length" in text and f"wrote 3 JSON lines to {out}" in text
 
 
 def test_cli_selection_by_ids_and_file(runs, analysis, tmp_path):
@@ -110,3 +110,10 @@ def test_curves_mask_padding(analysis):
     curves = pair_curves(analysis.run, enc, torch.tensor([0]), torch.tensor([v]))
     for name in ("inheritance", "exploration"):
         assert torch.allclose(curves[name][0, n:], curves[name][0, :1].expand(enc.mask.shape[1] - n))
+
+
+def test_spans_of_pooled_videos_are_given_in_stored_frames_and_seconds():
+    """A video of 40 stored frames pooled to 16: model frames [2, 4), peak 3 -> stored [5, 10), peak 7."""
+    assert explore._span(2, 4, 16, 40, 2.0, 3) == {"start_frame": 5.0, "end_frame": 10.0, "n_frames": 40,
+                                                   "peak_frame": 7, "start_s": 2.5, "end_s": 5.0}
+    assert explore._span(2, 4, 16, 16, None) == {"start_frame": 2.0, "end_frame": 4.0, "n_frames": 16}
