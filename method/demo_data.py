@@ -4,8 +4,10 @@
 
 writes ROOT/<collection>/{TextData,FeatureData,results} with the released file
 names (BigFile student frames, RoBERTa-like token HDF5, CLIP-like teacher
-HDF5s, three caption files). Only the sizes differ from the real packages
-(defaults: 1000 videos split 550/150/300, 12-48 frames each, student frames
+HDF5s, three caption files) and, since the generator knows where each
+caption's moment is, a ground-truth moments file
+(TextData/<collection>_moments.txt, see method.moment_file) for the moment
+evaluation of method.explore. Only the sizes differ from the real packages (defaults: 1000 videos split 550/150/300, 12-48 frames each, student frames
 128-d, text 64-d, teacher 32-d) so that a run trains in about a minute on a
 CPU; the folder names stay those of the collection (e.g.
 FeatureData/i3d_resnet for tvr). Videos stay below the 128-frame cap (the
@@ -44,6 +46,7 @@ import h5py
 import numpy as np
 
 from method.data import caption_key_candidates
+from method.moment_file import moments_path, write_moments
 
 __all__ = ["DEFAULT_VIDEOS", "DemoConfig", "VISUAL_FEATURES", "generate", "main"]
 
@@ -159,7 +162,8 @@ def _frames(latents, proj, snr, rng):
 
 
 def _make_video(world, rng):
-    """One untrimmed video: student and teacher frames, its moments' concepts."""
+    """One untrimmed video: student frames (n, Dv), teacher frames (nt, Dt), its moments' concepts (M,)
+    and their spans on the student frames, int64 (M, 2) [start, end)."""
     cfg = world.cfg
     n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
     nt = n
@@ -180,14 +184,26 @@ def _make_video(world, rng):
     stops = starts + frac
     mids = (starts + stops) / 2
 
-    def latents(table, n_frames):
-        labels = _frame_labels(n_frames, starts, stops, mids)
+    def latents(table, labels):
         own = table[concepts[np.maximum(labels, 0)]]
         return np.where((labels >= 0)[:, None], own, world.background_latent[background])
 
-    student = _frames(latents(world.concept_latent, n), world.student_proj, cfg.student_snr, rng)
-    teacher = _frames(latents(world.teacher_latent, nt), world.teacher_proj, cfg.teacher_snr, rng)
-    return student, teacher, concepts
+    labels = _frame_labels(n, starts, stops, mids)
+    student = _frames(latents(world.concept_latent, labels), world.student_proj, cfg.student_snr, rng)
+    teacher = _frames(latents(world.teacher_latent, _frame_labels(nt, starts, stops, mids)), world.teacher_proj,
+                      cfg.teacher_snr, rng)
+    return student, teacher, concepts, _moment_spans(labels, n_moments)
+
+
+def _moment_spans(labels, n_moments):
+    """Frame labels (n,) -> int64 (n_moments, 2): each moment's [start, end) in frames.
+
+    A moment's frames are contiguous (moments lie in separate time slots).
+    """
+    inside = labels[None, :] == np.arange(n_moments)[:, None]  # (M, n)
+    start = inside.argmax(1)
+    end = len(labels) - inside[:, ::-1].argmax(1)
+    return np.stack([start, end], 1)
 
 
 def _make_caption(world, concept, rng):
@@ -250,10 +266,10 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
         os.makedirs(d, exist_ok=True)
 
     video_ids = _video_ids(collection, n_videos)
-    student, teacher, caption_lines = [], {}, []
+    student, teacher, caption_lines, moments = [], {}, [], {}
     token_feats, sentence_feats = {}, {}
     for vid in video_ids:
-        frames, teacher_frames, concepts = _make_video(world, rng)
+        frames, teacher_frames, concepts, spans = _make_video(world, rng)
         student.append(frames)
         teacher[vid] = teacher_frames
         n_caps = int(rng.integers(1, min(cfg.max_captions, len(concepts)) + 1))
@@ -262,6 +278,7 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
             cap_id = _cap_id(collection, vid, j)
             text, tokens, sentence = _make_caption(world, int(concepts[moment]), rng)
             lines.append(f"{cap_id} {text}")
+            moments[cap_id] = spans[moment]
             token_feats[cap_id] = tokens
             # Every third CLIP key uses the other id form; shapes alternate (Dt,) / (1, Dt).
             clip_key = caption_key_candidates(cap_id)[1] if len(sentence_feats) % 3 == 2 else cap_id
@@ -279,6 +296,9 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
     _write_h5(os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"), token_feats)
     _write_h5(os.path.join(text_dir, f"clip_ViT_B_32_{collection}_query_feat.hdf5"), sentence_feats)
     _write_h5(os.path.join(feat_dir, f"new_clip_vit_32_{collection}_vid_features.hdf5"), teacher)
+    write_moments(moments_path(root, collection),
+                  {c: (int(a), int(b)) for c, (a, b) in moments.items()},
+                  "ground truth of the demo data: the student frames [start, end) of each caption's moment")
     return {
         "path": base, "videos": n_videos, "splits": {s: hi - lo for s, (lo, hi) in bounds.items()},
         "captions": len(token_feats), "concepts": world.n_concepts, "teacher_merged": world.n_merged,

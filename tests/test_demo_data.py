@@ -8,7 +8,8 @@ import pytest
 
 from method import demo_data
 from method.bigfile import BigFile
-from method.data import build_split, collate_train
+from method.data import build_split, collate_train, read_caption_file
+from method.moment_file import moments_path, read_moments
 
 N_VIDEOS = 60
 
@@ -129,10 +130,46 @@ def test_merged_pairs_cooccur(tmp_path):
     world = demo_data._World(cfg, rng)
     pairs = {frozenset(map(int, p)) for p in world.merged_pairs}
     for _ in range(20):
-        student, teacher, concepts = demo_data._make_video(world, rng)
+        student, teacher, concepts, spans = demo_data._make_video(world, rng)
         assert len(set(concepts.tolist())) == len(concepts) >= cfg.min_moments
         assert any(frozenset((int(a), int(b))) in pairs for a in concepts for b in concepts if a != b)
         assert cfg.min_frames <= len(student) <= cfg.max_frames and student.shape[1] == cfg.visual_dim
+
+
+def test_moments_file_gives_each_captions_moment(tmp_path):
+    """Without student noise, a caption's frames [start, end) are its concept's frames and no others."""
+    cfg = demo_data.DemoConfig()
+    demo_data.generate(str(tmp_path), "tvr", 30, seed=4, student_snr=1e6)
+    moments = read_moments(moments_path(str(tmp_path), "tvr"))
+    world = demo_data._World(cfg, np.random.default_rng(4))
+    bf = BigFile(str(tmp_path / "tvr" / "FeatureData" / "i3d_resnet"))
+    n_captions = 0
+    for split in ("train", "val", "test"):
+        captions = read_caption_file(str(tmp_path / "tvr" / "TextData" / f"tvr{split}.caption.txt"))
+        for cap_id, text in captions.captions.items():
+            m = moments[cap_id]
+            assert m.duration is None and 0 <= m.start < m.end
+            words = text.split()
+            action = next(w for w in words if w in world.actions)
+            obj = next(w for w in words if w in world.objects)
+            concept = world.actions.index(action) * cfg.n_objects + world.objects.index(obj)
+            expected = world.concept_latent[concept] @ world.student_proj
+            frames = bf.get(cap_id.split("#")[0])
+            assert m.end <= len(frames)
+            is_concept = np.isclose(frames, expected, atol=1e-3).all(1)
+            assert np.flatnonzero(is_concept).tolist() == list(range(int(m.start), int(m.end))), cap_id
+            n_captions += 1
+    assert n_captions == len(moments)
+
+
+def test_moment_spans_are_disjoint_and_cover_every_moment():
+    rng = np.random.default_rng(6)
+    world = demo_data._World(demo_data.DemoConfig(), rng)
+    for _ in range(200):
+        student, _, concepts, spans = demo_data._make_video(world, rng)
+        assert spans.shape == (len(concepts), 2)
+        assert (spans[:, 0] < spans[:, 1]).all() and (spans[1:, 0] >= spans[:-1, 1]).all()
+        assert spans[-1, 1] <= len(student)
 
 
 def test_cli_prints_summary(tmp_path, capsys):

@@ -1,0 +1,221 @@
+"""A trained model on one split: loading a run, encoding the split once, ranks, top-k and per-frame curves.
+
+The building blocks of ``method.explore`` and ``method.report``. Shapes:
+Q captions, V videos, L padded frames (<= max_ctx_l), d hidden size, P
+(query, video) pairs. Scores are those of evaluation (``method.eval``):
+per-frame cosine, video score = max over valid frames, fused = weighted sum
+of the branches' video scores.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .bigfile import BigFile
+from .checkpoint import CheckpointError, load_model
+from .config import RUNTIME_KEYS, build_train_parser, fill_collection_defaults, load_opt, resolve_device
+from .data import (DataError, H5Store, Split, build_split, dataset_paths, resolve_caption_keys, teacher_frames,
+                   teacher_sentence)
+from .eval import make_eval_loaders, resolve_model_dir
+from .model import DLDKD, cosine_video_scores, frame_dot, normalize_frames
+
+# Settings of the machine, never taken from a run's opt.json.
+MACHINE_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results_dir")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the tools that load a run and look at one split."""
+    p.add_argument("--root_path", default=None,
+                   help="data root holding <collection>/TextData and FeatureData (default: the run's opt.json)")
+    p.add_argument("--collection", default=None,
+                   help="only to find a bare run name in <root_path>/<collection>/results/")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="caption split to look at")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes for encoding the split")
+    p.add_argument("--moments", default=None,
+                   help="ground-truth moments file (see method/moment_file.py; default "
+                        "<root_path>/<collection>/TextData/<collection>_moments.txt when it exists)")
+    p.add_argument("--moment_threshold", type=float, default=0.5,
+                   help="moment rule: frames around the peak scoring at least median + THRESHOLD * (peak - median)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="feature frames per second of the student video features; moments are then also given in "
+                        "seconds (e.g. 0.667 for TVR's 1.5 s i3d_resnet clips)")
+
+
+@dataclass
+class Run:
+    """A loaded run folder (or released checkpoint): its folder, resolved settings and model."""
+
+    path: Path
+    opt: argparse.Namespace
+    model: DLDKD
+    info: dict  # checkpoint epoch, released flag, model config (see method.checkpoint.load_model)
+    device: torch.device
+
+    @property
+    def fusion(self) -> dict[str, float]:
+        return {"exploration": self.opt.exploration_weight, "inheritance": self.opt.inheritance_weight}
+
+
+def load_run(model_dir: str, root_path: str | None = None, collection: str | None = None,
+             device: str = "auto", num_workers: int = 0) -> Run:
+    """Model and settings of a run folder: the run's opt.json, with the data root and machine from the caller."""
+    path = resolve_model_dir(model_dir, root_path, collection)
+    stored = load_opt(path)
+    settings = {k: v for k, v in stored.items() if k not in MACHINE_KEYS}
+    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings,
+                                "device": device, "num_workers": num_workers})
+    if root_path:
+        opt.root_path = root_path
+    if not opt.root_path or not opt.collection:
+        raise SystemExit(f"{path}/opt.json names no data root or collection: give --root_path (and --collection)")
+    opt = fill_collection_defaults(opt)
+    try:
+        model, info = load_model(path / "model.ckpt", stored)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    dev = resolve_device(device)
+    return Run(path, opt, model.to(dev), info, dev)
+
+
+def open_split(run: Run, split_name: str) -> Split:
+    """The split's captions and feature stores, checked against the model's input sizes."""
+    opt = run.opt
+    try:
+        split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
+                            max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    cfg = run.model.cfg
+    if (cfg.visual_input_size, cfg.query_input_size) != (split.visual_dim, split.text_dim):
+        raise SystemExit(f"error: {run.path}/model.ckpt expects {cfg.visual_input_size}-d frames and "
+                         f"{cfg.query_input_size}-d text, the data has {split.visual_dim}-d frames and "
+                         f"{split.text_dim}-d text")
+    return split
+
+
+@dataclass
+class EncodedSplit:
+    """Every caption and video of a split, encoded once."""
+
+    cap_ids: list[str]
+    video_ids: list[str]
+    query_video: torch.Tensor  # (Q,) int64 index of each caption's video
+    queries: dict[str, torch.Tensor]  # branch -> (Q, d)
+    frames: dict[str, torch.Tensor]  # branch -> (V, L, d) unit frames, padded = the video's first frame
+    mask: torch.Tensor  # (V, L) 1 = valid frame
+
+    @property
+    def n_frames(self) -> torch.Tensor:
+        """(V,) valid frames of each video on the model's time axis."""
+        return self.mask.sum(1).long()
+
+
+@torch.no_grad()
+def encode_split(run: Run, split: Split) -> EncodedSplit:
+    """Encode all videos and captions of ``split`` (memory: V x L x d floats per branch)."""
+    videos, queries = make_eval_loaders(split, run.opt, run.device)
+    blocks, masks, video_ids = [], [], []
+    for batch in videos:
+        mask = batch["video_mask"].to(run.device)
+        blocks.append(run.model.encode_videos(batch["video_feat"].to(run.device), mask))
+        masks.append(mask)
+        video_ids.extend(batch["video_ids"])
+    n_pad = max(m.shape[1] for m in masks)
+    mask = torch.cat([F.pad(m, (0, n_pad - m.shape[1])) for m in masks])
+    frames = {name: normalize_frames(torch.cat([F.pad(b[name], (0, 0, 0, n_pad - b[name].shape[1]))
+                                                for b in blocks]), mask)
+              for name in run.model.branch_names}
+    encoded, cap_ids = {name: [] for name in run.model.branch_names}, []
+    for batch in queries:
+        for name, q in run.model.encode_queries(batch["query_feat"].to(run.device),
+                                                batch["query_mask"].to(run.device)).items():
+            encoded[name].append(q)
+        cap_ids.extend(batch["cap_ids"])
+    index = {v: i for i, v in enumerate(video_ids)}
+    query_video = torch.tensor([index[c.split("#")[0]] for c in cap_ids], device=run.device)
+    return EncodedSplit(cap_ids, video_ids, query_video, {k: torch.cat(v) for k, v in encoded.items()}, frames, mask)
+
+
+@torch.no_grad()
+def video_scores(run: Run, enc: EncodedSplit, rows) -> dict[str, torch.Tensor]:
+    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor), per branch and fused."""
+    out = {name: cosine_video_scores(q[rows], enc.frames[name]) for name, q in enc.queries.items()}
+    out["fused"] = run.model.fuse(out, run.fusion)
+    return out
+
+
+def all_ranks(run: Run, enc: EncodedSplit, chunk: int = 500) -> dict[str, torch.Tensor]:
+    """1-based rank (Q,) of each caption's own video, fused and per branch (pessimistic ties, as in eval)."""
+    parts: dict[str, list] = {}
+    for start in range(0, len(enc.cap_ids), chunk):
+        rows = slice(start, start + chunk)
+        for name, s in video_scores(run, enc, rows).items():
+            parts.setdefault(name, []).append(metrics.t2v_ranks(s, enc.query_video[rows]))
+    return {name: torch.cat(p) for name, p in parts.items()}
+
+
+@torch.no_grad()
+def pair_curves(run: Run, enc: EncodedSplit, q_idx: torch.Tensor, v_idx: torch.Tensor,
+                chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Per-frame cosine curves (P, L) of captions ``q_idx`` (P,) on videos ``v_idx`` (P,), per branch and fused.
+
+    The fused curve weights the branches' curves like the fused video score.
+    Frames beyond a video's length hold its first frame's score: mask them
+    with ``enc.mask[v_idx]``.
+    """
+    out: dict[str, list] = {name: [] for name in enc.queries}
+    for start in range(0, len(q_idx), chunk):
+        q, v = q_idx[start:start + chunk], v_idx[start:start + chunk]
+        for name, queries in enc.queries.items():
+            unit = F.normalize(queries[q], dim=-1, eps=1e-12)
+            out[name].append(torch.bmm(enc.frames[name][v], unit[:, :, None]).squeeze(-1))
+    curves = {name: torch.cat(c) if c else torch.zeros(0, enc.mask.shape[1], device=run.device)
+              for name, c in out.items()}
+    curves["fused"] = run.model.fuse(curves, run.fusion)
+    return curves
+
+
+def stored_frame_counts(split: Split, video_ids: list[str]) -> np.ndarray:
+    """(V,) frames of each video as stored in the feature files (before pooling to max_ctx_l)."""
+    store = split.video_store
+    if isinstance(store, BigFile):
+        return np.array([store.n_frames(v) for v in video_ids], dtype=np.int64)
+    with h5py.File(store.path, "r") as f:
+        return np.array([f[v].shape[0] for v in video_ids], dtype=np.int64)
+
+
+class TeacherCurves:
+    """The teacher's per-frame scores of a caption on a video, where the run's teacher files exist.
+
+    Cosine of the CLIP sentence vector with the CLIP frames aligned to the
+    student's frames, as in training (``method.teacher.PrecomputedTeacher``).
+    """
+
+    def __init__(self, opt: argparse.Namespace):
+        paths = dataset_paths(opt.root_path, opt.collection, opt.visual_feature,
+                              opt.teacher_video_file, opt.teacher_query_file)
+        self.available = Path(paths.teacher_text_feat).is_file() and Path(paths.teacher_video_feat).is_file()
+        self.max_ctx_l = opt.max_ctx_l
+        if self.available:
+            self.text = H5Store(paths.teacher_text_feat)
+            self.video = H5Store(paths.teacher_video_feat)
+
+    def curve(self, cap_id: str, video_id: str, n_frames: int) -> np.ndarray | None:
+        """(n_frames,) teacher cosine per student frame, or None without teacher features for this pair."""
+        if not self.available or video_id not in self.video:
+            return None
+        keys = resolve_caption_keys([cap_id], self.text)[0]
+        if cap_id not in keys:
+            return None
+        sentence = torch.from_numpy(teacher_sentence(self.text.get(keys[cap_id]), self.text.path))
+        frames = torch.from_numpy(teacher_frames(self.video.get(video_id), n_frames, self.max_ctx_l))
+        unit = F.normalize(frames, dim=-1, eps=1e-12)
+        return frame_dot(F.normalize(sentence[None], dim=-1, eps=1e-12), unit[None])[0, 0].numpy()

@@ -1,0 +1,216 @@
+"""The HTML run report (method/report.py) and its figures (method/plots.py), checked in headless Chromium too."""
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from demo_run import demo_runs
+from method import plots, report
+
+PANELS = 2
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    runs = demo_runs(tmp_path_factory)
+    out = tmp_path_factory.mktemp("report")
+    index = report.main([runs["run"], "--compare", runs["other"], "--out", str(out), "--device", "cpu",
+                         "--panels", str(PANELS), "--movers", "5", "--fps", "1.5"])
+    return {**runs, "out": out, "index": index, "html": index.read_text()}
+
+
+def test_report_has_every_section_and_its_images(built):
+    page = built["html"]
+    for heading in ("Metrics", "Training curves", "Rank distribution (test)", "Moments (test)",
+                    "run against other", f"Query panels ({PANELS} random captions of test)"):
+        assert f"<h2>{heading}</h2>" in page, heading
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 3 + PANELS  # curves, rank distribution, rank changes, one figure per panel
+    for src in images:
+        data = (built["out"] / src).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, src
+    assert page.count("<div class=panel>") == PANELS
+    assert "random span mIoU" in page and "ranks the true video higher" in page
+
+
+def test_report_tables_show_the_eval_numbers(built):
+    page = built["html"]
+    for name in ("run", "other"):
+        res = json.loads(open(f"{built[name]}/eval_test.json").read())
+        for direction in ("t2v", "v2t"):
+            fused = res[direction]["fused"]
+            row = "".join(f"<td>{fused[k]:.1f}</td>" for k in ("r1", "r5", "r10", "r100", "sumr"))
+            assert f"<tr><td class=l>fused</td>{row}" in page, (name, direction)
+    run_table = page.split("<h3>other</h3>")[0]
+    assert "<td class=l>exploration</td>" in run_table
+
+
+def test_report_needs_an_evaluated_run(built, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(built["run"], bare, ignore=shutil.ignore_patterns("eval_*.json"))
+    with pytest.raises(SystemExit, match=r"bare: no eval_<split>.json; evaluate the run first"):
+        report.main([str(bare), "--out", str(tmp_path / "r"), "--device", "cpu"])
+
+
+def test_report_of_a_run_without_metrics_csv(built, tmp_path):
+    """A released checkpoint has no metrics.csv: the report says so instead of drawing curves."""
+    released = tmp_path / "released"
+    shutil.copytree(built["run"], released, ignore=shutil.ignore_patterns("metrics.csv", "*.jsonl"))
+    index = report.main([str(released), "--out", str(tmp_path / "r"), "--device", "cpu", "--panels", "1"])
+    page = index.read_text()
+    assert "No metrics.csv (a released checkpoint)" in page and "training_curves.png" not in page
+    assert len(re.findall(r'<img src="([^"]+)"', page)) == 2  # rank distribution, one panel
+
+
+def test_training_curves_take_unknown_columns(tmp_path):
+    rows = [{"epoch": e, "loss": 2.0 / (e + 1), "kd_factor": 0.1 * 0.95 ** e, "lr": 1e-4, "val_sumr": 100 + e,
+             "alpha": 0.8 - 0.1 * e, "beta": "", "note": "text", "epoch_seconds": 3} for e in range(4)]
+    assert plots.other_columns(rows) == ["alpha"]  # numeric and unknown; empty / text columns are skipped
+    plots.training_curves({"a": rows, "b": rows[:2]}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_rank_change_bins_against_a_loop():
+    delta = np.random.default_rng(0).integers(-300, 300, 500)
+    delta[:5] = [0, -1, 1, -100, 100]
+    labels, counts = plots.rank_change_bins(delta)
+    assert counts.sum() == len(delta) and len(labels) == len(counts)
+
+    def contains(label, d):
+        if label.startswith("<="):
+            return d <= int(label[3:])
+        if label.startswith(">="):
+            return d >= int(label[3:])
+        lo, _, hi = label.partition("..")
+        return int(lo) <= d <= int(hi or lo)
+
+    assert counts.tolist() == [sum(contains(lab, int(d)) for d in delta) for lab in labels]
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+
+class DevToolsPipe:
+    """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fds 3 and 4), stdlib only."""
+
+    def __init__(self, binary, profile, log):
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+
+        def wire():  # in the child: chromium reads commands on fd 3 and writes replies on fd 4
+            os.dup2(cmd_r, 3)
+            os.dup2(out_w, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--hide-scrollbars", f"--user-data-dir={profile}", "about:blank"],
+            preexec_fn=wire, pass_fds=(3, 4), stdout=log, stderr=log)
+        os.close(cmd_r)
+        os.close(out_w)
+        self._buf, self._id, self.events = b"", 0, []
+
+    def _read(self, timeout):
+        while b"\0" not in self._buf:
+            ready, _, _ = select.select([self._out_r], [], [], timeout)
+            chunk = os.read(self._out_r, 1 << 20) if ready else b""
+            if not chunk:
+                raise TimeoutError("no reply from chromium")
+            self._buf += chunk
+        message, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method, params=None, session=None, timeout=30):
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._cmd_w, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read(timeout)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_event(self, method, timeout=30):
+        deadline = time.time() + timeout
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._read(max(0.1, deadline - time.time())))
+
+    def close(self):
+        try:
+            self.call("Browser.close", timeout=5)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._cmd_w)
+        os.close(self._out_r)
+
+
+def console_errors(events):
+    """Console errors, uncaught exceptions and failed loads reported by the page."""
+    errors = []
+    for e in events:
+        p = e.get("params", {})
+        if e.get("method") == "Runtime.exceptionThrown":
+            errors.append(p["exceptionDetails"].get("text"))
+        elif e.get("method") == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            errors.append(str(p.get("args")))
+        elif e.get("method") == "Log.entryAdded" and p["entry"].get("level") == "error":
+            errors.append(p["entry"].get("text"))
+    return errors
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_report_opens_in_headless_chromium(built, tmp_path):
+    with open(tmp_path / "chromium.log", "wb") as log:
+        browser = DevToolsPipe(CHROMIUM, tmp_path / "profile", log)
+        try:
+            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Page", "Runtime", "Log"):
+                browser.call(f"{domain}.enable", session=session)
+            browser.call("Emulation.setDeviceMetricsOverride",
+                         {"width": 1300, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session)
+            browser.call("Page.navigate", {"url": built["index"].resolve().as_uri()}, session)
+            browser.wait_event("Page.loadEventFired")
+            images = json.loads(browser.call("Runtime.evaluate", {
+                "expression": "JSON.stringify(Array.from(document.images).map("
+                              "i => [i.getAttribute('src'), i.complete, i.naturalWidth]))",
+                "returnByValue": True}, session)["result"]["value"])
+            title = browser.call("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
+                                 session)["result"]["value"]
+            size = browser.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
+            shot = browser.call("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 3000), "scale": 1}},
+                session)["data"]
+            errors = console_errors(browser.events)
+        finally:
+            browser.close()
+    png = tmp_path / "report.png"
+    png.write_bytes(base64.b64decode(shot))
+    loaded = [src for src, done, width in images if done and width > 0]
+    print(f"chromium: {title!r}, {len(images)} images, {len(loaded)} loaded, console errors: {errors}, "
+          f"page {size['width']:.0f}x{size['height']:.0f} px, screenshot {png}")
+    keep = os.environ.get("DLDKD_SCREENSHOT")
+    if keep:
+        shutil.copy(png, keep)
+    assert title.startswith("DL-DKD report")
+    assert len(images) == 3 + PANELS and len(loaded) == len(images), images
+    assert errors == []
+    assert png.stat().st_size > 20000
