@@ -60,7 +60,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(p)
     p.add_argument_group("training data").add_argument(
-        "--pool_to_teacher", action="store_true",
+        "--pool_to_teacher", action=argparse.BooleanOptionalAction, default=False,
         help="DL-DKD++ training items: a student video longer than its teacher video is first mean-pooled to the "
              "teacher's frame count (evaluation videos are not), as the authors' DL-DKD++ code does")
     g = p.add_argument_group("run")
@@ -85,7 +85,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_heads", type=int, default=4, help="attention heads")
     g.add_argument("--input_drop", type=float, default=0.1, help="dropout on the inputs and positional encodings")
     g.add_argument("--drop", type=float, default=0.1, help="dropout in the attention block")
-    g.add_argument("--separate_query_proj", action="store_true",
+    g.add_argument("--separate_query_proj", action=argparse.BooleanOptionalAction, default=False,
                    help="give the exploration branch its own query input projection "
                         "(the released model shares the inheritance branch's)")
     g.add_argument("--single_branch", action="store_true", help="ablation: inheritance branch only")

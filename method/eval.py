@@ -191,18 +191,25 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
     return result
 
 
+def run_options(model_dir: Path, overrides: dict) -> tuple[argparse.Namespace, dict]:
+    """The settings of the run in ``model_dir`` (this project's opt.json or the authors'), and the stored dict.
+
+    The model's settings come from the run's opt.json; the machine's (device,
+    workers, batch sizes) never do. ``overrides`` (the data root, the split,
+    the machine's flags) win over both.
+    """
+    stored = load_opt(model_dir)
+    settings = {k: v for k, v in stored.items() if k not in EVAL_RUNTIME_KEYS}
+    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings, **overrides})
+    if not opt.root_path:
+        raise SystemExit("--root_path is required (the run's opt.json does not name one)")
+    return fill_collection_defaults(opt), stored
+
+
 def main(argv=None) -> dict:
     args = build_eval_parser().parse_args(argv)
     model_dir = resolve_model_dir(args.model_dir, getattr(args, "root_path", None), getattr(args, "collection", None))
-    stored = load_opt(model_dir)
-    # The model's settings come from the run's opt.json (this project's or the
-    # authors'); the machine's (device, workers, batch sizes) never do.
-    settings = {k: v for k, v in stored.items() if k not in EVAL_RUNTIME_KEYS}
-    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), "eval_split": "test",
-                                "save_scores": False, **settings, **vars(args)})
-    if not opt.root_path:
-        raise SystemExit("--root_path is required (the run's opt.json does not name one)")
-    opt = fill_collection_defaults(opt)
+    opt, stored = run_options(model_dir, {"eval_split": "test", "save_scores": False, **vars(args)})
     try:
         model, info = load_model(model_dir / "model.ckpt", stored)
     except CheckpointError as e:

@@ -15,7 +15,6 @@ rows and the columns are the whole matrix and nothing is gathered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

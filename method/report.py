@@ -30,7 +30,8 @@ from .retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves
 
 METRIC_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("R@100", "r100"), ("SumR", "sumr"),
                   ("MedR", "medr"), ("MnR", "meanr"), ("mAP", "map"))
-OPT_SHOWN = ("collection", "visual_feature", "no_teacher", "single_branch", "separate_query_proj", "kd_schedule",
+OPT_SHOWN = ("recipe", "collection", "visual_feature", "label_style", "no_teacher", "single_branch",
+             "separate_query_proj", "pool_to_teacher", "kd_schedule",
              "kd_k", "loss_scale_weight", "optim", "lr", "bsz", "n_epoch", "hidden_size", "margin", "seed")
 STYLE = """body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.4em 0 1em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}

@@ -12,22 +12,17 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .bigfile import BigFile
 from .checkpoint import CheckpointError, load_model
-from .config import RUNTIME_KEYS, build_train_parser, fill_collection_defaults, load_opt, resolve_device
+from .config import resolve_device
 from .data import (DataError, H5Store, Split, build_split, dataset_paths, resolve_caption_keys, teacher_frames,
                    teacher_sentence)
-from .eval import make_eval_loaders, resolve_model_dir
+from .eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
 from .model import DLDKD, cosine_video_scores, frame_dot, normalize_frames
-
-# Settings of the machine, never taken from a run's opt.json.
-MACHINE_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results_dir")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -68,15 +63,8 @@ def load_run(model_dir: str, root_path: str | None = None, collection: str | Non
              device: str = "auto", num_workers: int = 0) -> Run:
     """Model and settings of a run folder: the run's opt.json, with the data root and machine from the caller."""
     path = resolve_model_dir(model_dir, root_path, collection)
-    stored = load_opt(path)
-    settings = {k: v for k, v in stored.items() if k not in MACHINE_KEYS}
-    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings,
-                                "device": device, "num_workers": num_workers})
-    if root_path:
-        opt.root_path = root_path
-    if not opt.root_path or not opt.collection:
-        raise SystemExit(f"{path}/opt.json names no data root or collection: give --root_path (and --collection)")
-    opt = fill_collection_defaults(opt)
+    opt, stored = run_options(path, {"device": device, "num_workers": num_workers,
+                                     **({"root_path": root_path} if root_path else {})})
     try:
         model, info = load_model(path / "model.ckpt", stored)
     except CheckpointError as e:
@@ -91,13 +79,9 @@ def open_split(run: Run, split_name: str) -> Split:
     try:
         split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
                             max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
-    except DataError as e:
+        check_feature_sizes(run.model, split, run.path / "model.ckpt")
+    except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    cfg = run.model.cfg
-    if (cfg.visual_input_size, cfg.query_input_size) != (split.visual_dim, split.text_dim):
-        raise SystemExit(f"error: {run.path}/model.ckpt expects {cfg.visual_input_size}-d frames and "
-                         f"{cfg.query_input_size}-d text, the data has {split.visual_dim}-d frames and "
-                         f"{split.text_dim}-d text")
     return split
 
 
@@ -185,11 +169,7 @@ def pair_curves(run: Run, enc: EncodedSplit, q_idx: torch.Tensor, v_idx: torch.T
 
 def stored_frame_counts(split: Split, video_ids: list[str]) -> np.ndarray:
     """(V,) frames of each video as stored in the feature files (before pooling to max_ctx_l)."""
-    store = split.video_store
-    if isinstance(store, BigFile):
-        return np.array([store.n_frames(v) for v in video_ids], dtype=np.int64)
-    with h5py.File(store.path, "r") as f:
-        return np.array([f[v].shape[0] for v in video_ids], dtype=np.int64)
+    return np.array([split.video_store.n_frames(v) for v in video_ids], dtype=np.int64)
 
 
 class TeacherCurves:

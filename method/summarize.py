@@ -22,19 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import load_opt
-from .retrieval import MACHINE_KEYS
+from .config import build_train_parser, load_opt
+from .eval import EVAL_RUNTIME_KEYS
 
 METRICS = (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("r100", "R@100"), ("sumr", "SumR"),
            ("medr", "MedR"), ("meanr", "MnR"), ("map", "mAP"), ("best_epoch", "best epoch"),
            ("wall_minutes", "time (min)"))
+DEFAULTS = vars(build_train_parser().parse_args([]))
 # Flags never used to group runs by default: they differ between seeds of one setting.
-NOT_GROUPING = {"seed", "exp_id", "results_dir", "resume", "root_path", *MACHINE_KEYS}
+NOT_GROUPING = {"seed", "exp_id", "results_dir", "resume", "root_path", *EVAL_RUNTIME_KEYS}
 
 
 def read_run(path: Path, split: str, branch: str) -> dict:
     """opt.json, the t2v metrics of ``branch`` on ``split``, best epoch and wall time of one run folder."""
-    opt = load_opt(path)
+    opt = {**DEFAULTS, **load_opt(path)}  # a run older than a flag had its default
     eval_path = path / f"eval_{split}.json"
     if not eval_path.is_file():
         raise SystemExit(f"{eval_path} not found: evaluate the run first "

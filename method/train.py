@@ -89,8 +89,8 @@ def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
 def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: dict, stop) -> None:
     """The epoch loop: train, evaluate (process 0), keep the best, stop early or on SIGTERM."""
     d = r.dist
-    for epoch in tqdm(range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"],
-                      total=opt.n_epoch, disable=not d.is_main):
+    for epoch in progress(d, range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"],
+                          total=opt.n_epoch):
         t0, lr = time.time(), r.scheduler.get_last_lr()[0]
         settings = epoch_settings(opt, epoch, r.teacher is not None)
         losses = train_one_epoch(r, epoch, settings, device, opt, stop)
@@ -101,25 +101,29 @@ def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: di
         if d.is_main:  # process 0 evaluates and writes; the others wait for its verdict
             with rng.evaluation_draws(r.sampling):
                 val = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
-            row = {"epoch": epoch, "lr": lr, **{k: int(v) if isinstance(v, bool) else v for k, v in settings.items()},
-                   **losses,
-                   **{f"val_{k}": v for k, v in val["fused"].items()},
-                   **{f"val_sumr_{name}": m["sumr"] for name, m in val.items() if name != "fused"},
-                   "epoch_seconds": time.time() - t0}
+            row = epoch_row(epoch, lr, settings, losses, val, time.time() - t0)
             improved = end_of_epoch(state, row, r, run_dir, device, writer)
             log.info("epoch %d | loss %.4f | val SumR %.2f (best %.2f)%s | %.1fs", epoch, losses["loss"],
                      row["val_sumr"], state["best_score"], " *" if improved else "", row["epoch_seconds"])
-        verdict = d.broadcast({**{k: state[k] for k in ("epoch", "best_score", "es_cnt")},
+        verdict = d.broadcast({"state": {k: state[k] for k in ("epoch", "best_score", "es_cnt")},
                                "sampling": None if r.sampling is None else r.sampling.get_state()})
+        state.update(verdict["state"])
         if r.sampling is not None:
-            r.sampling.set_state(verdict.pop("sampling"))
-        state.update(verdict)
+            r.sampling.set_state(verdict["sampling"])
         if state["es_cnt"] > opt.max_es_cnt:
             log.info("early stop: no val improvement for %d epochs", state["es_cnt"])
             break
         if stop.requested(d) and epoch + 1 < opt.n_epoch:
             log.warning("stopped by SIGTERM after epoch %d; continue with --resume %s", epoch, run_dir)
             raise SystemExit(EXIT_STOPPED)
+
+
+def epoch_row(epoch: int, lr: float, settings: dict, losses: dict, val: dict, seconds: float) -> dict:
+    """One row of metrics.csv: the epoch's settings, mean losses and val metrics (fused, SumR per branch)."""
+    return {"epoch": epoch, "lr": lr, **{k: int(v) if isinstance(v, bool) else v for k, v in settings.items()},
+            **losses, **{f"val_{k}": v for k, v in val["fused"].items()},
+            **{f"val_sumr_{name}": m["sumr"] for name, m in val.items() if name != "fused"},
+            "epoch_seconds": seconds}
 
 
 def end_of_epoch(state: dict, row: dict, r: "Run", run_dir, device, writer) -> bool:
@@ -206,7 +210,7 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     sums: dict[str, torch.Tensor] = {}
     data_seconds, t_ready = 0.0, time.perf_counter()
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
-        for batch in tqdm(r.loader, desc="train", leave=False, disable=not r.dist.is_main):
+        for batch in progress(r.dist, r.loader, desc="train", leave=False):
             data_seconds += time.perf_counter() - t_ready
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             terms = train_step(r, b, settings, opt.amp)
@@ -242,6 +246,11 @@ def train_step(r: Run, b: dict, settings: dict, amp: str) -> dict:
     r.optimizer.step()
     r.scheduler.step()
     return {**terms, "loss": loss}
+
+
+def progress(d: distributed.Dist, iterable, **kwargs):
+    """A tqdm bar on process 0 (``TQDM_DISABLE=1`` turns it off), none on the others."""
+    return tqdm(iterable, **kwargs) if d.is_main else iterable
 
 
 def split_args(opt, split: str) -> dict:

@@ -163,10 +163,17 @@ def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data
     assert a["epoch"] == b["epoch"] == 3
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
-    # Without a restart, the group goes down with the dead process named, instead of hanging.
+    # Without a restart, the group goes down with the dead process named, instead of hanging ...
     down = torchrun(*args, run_dir=tmp_path / "down", kill="1:1", restarts=0)
     assert down.returncode != 0
     assert "ChildFailedError" in down.stderr and "Signal 9 (SIGKILL)" in down.stderr, down.stderr[-3000:]
+    # ... and one process resumes it: the same recipe, so the 2-process weights up to float rounding.
+    assert torch.load(tmp_path / "down" / "latest.ckpt", weights_only=True)["epoch"] == 1
+    train.main(["--resume", str(tmp_path / "down"), "--device", "cpu", "--num_workers", "0"])
+    c = torch.load(tmp_path / "down" / "latest.ckpt", weights_only=True)
+    for name, value in a["model"].items():
+        if NOISE_ONLY not in name:
+            assert relative(c["model"][name], value) <= 1e-5, (name, relative(c["model"][name], value))
 
 
 def test_sigterm_stops_after_the_step_and_the_run_resumes_exactly(data, tmp_path, monkeypatch):

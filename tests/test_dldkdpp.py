@@ -168,9 +168,10 @@ def test_recipe_defaults_per_collection_and_explicit_flags_win():
     cha = parse_train_args(["--root_path", "r", "--collection", "charades", "--recipe", "dldkdpp"])
     assert (cha.lr, cha.drop, cha.input_drop, cha.visual_feature) == (2.4e-4, 0.15, 0.15, "i3d_rgb_lgi")
     explicit = parse_train_args(["--root_path", "r", "--collection", "tvr", "--recipe", "dldkdpp", "--lr", "1e-4",
-                                 "--label_style", "hard", "--belta", "0.6", "--n_epoch", "3"])
+                                 "--label_style", "hard", "--belta", "0.6", "--n_epoch", "3", "--no-pool_to_teacher"])
     assert (explicit.lr, explicit.label_style, explicit.beta, explicit.n_epoch, explicit.seed) == (
         1e-4, "hard", 0.6, 3, 9527)
+    assert not explicit.pool_to_teacher and explicit.separate_query_proj
     iccv = parse_train_args(["--root_path", "r", "--collection", "tvr"])
     assert (iccv.recipe, iccv.n_epoch, iccv.seed, iccv.lr, iccv.label_style, iccv.kd_schedule) == (
         "iccv", 100, 2018, 2.5e-4, "hard", "fixed")

@@ -65,6 +65,7 @@ def test_pyproject_has_the_requirements_ranges():
     assert set(project["dependencies"]) == requirement_lines("requirements.txt")
     extras = project["optional-dependencies"]
     assert set(extras["extract"]) == requirement_lines("requirements-extract.txt")
+    assert set(extras["report"]) == requirement_lines("requirements-report.txt")
     assert set(extras["test"]) - {"dldkd[extract,report]"} == requirement_lines("requirements-test.txt")
     assert {"dldkd-train", "dldkd-eval"} <= set(project["scripts"])
     assert sys.version_info >= (3, 10)
