@@ -70,7 +70,17 @@ def test_bad_inputs_name_the_file_or_flag(runs, tmp_path):
     (runs[0] / "eval_test.json").unlink()
     with pytest.raises(SystemExit, match=r"run0/eval_test.json not found: evaluate the run first"):
         summarize.main([str(runs[0])])
-    with pytest.raises(SystemExit, match=r"--group_by kd_k: not a flag of .*run1/opt.json"):
-        summarize.main([str(runs[1]), "--group_by", "kd_k", "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match=r"--group_by no_such_flag: not a flag of .*run1/opt.json"):
+        summarize.main([str(runs[1]), "--group_by", "no_such_flag", "--out", str(tmp_path / "t")])
     with pytest.raises(SystemExit, match="opt.json not found"):
         summarize.main([str(tmp_path / "nowhere")])
+
+
+def test_runs_older_than_a_flag_have_its_default(runs, tmp_path):
+    """A run folder written before --recipe existed groups with the explicit ICCV runs."""
+    opt = json.loads((runs[2] / "opt.json").read_text())
+    (runs[2] / "opt.json").write_text(json.dumps({**opt, "recipe": "iccv"}))
+    newer = make_run(tmp_path / "pp", 4, False, 40.0, 7, [30])
+    (newer / "opt.json").write_text(json.dumps({**json.loads((newer / "opt.json").read_text()), "recipe": "dldkdpp"}))
+    rows = summarize.main([*map(str, runs[:3]), str(newer), "--group_by", "recipe", "--out", str(tmp_path / "t")])
+    assert [(r["group"], r["n_runs"]) for r in rows] == [("recipe=iccv", 3), ("recipe=dldkdpp", 1)]
