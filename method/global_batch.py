@@ -5,12 +5,14 @@ global batch, R / C the queries / videos of this process's share, d hidden size,
 Dt teacher dim.
 
 Every process encodes only its share. ``GlobalBatch.build`` gathers the
-shares' embeddings (with gradient) and masks, padded to the global L, so every
-process sees the one-process batch. It then owns the rows of its queries
-(against all V videos: the text-to-video and distillation terms) and the
-columns of its videos (against all Q queries: the video-to-text terms);
-together the processes score the (Q, V) matrix once. With one process the
-rows and the columns are the whole matrix and nothing is gathered.
+shares' frame embeddings (with gradient) and masks, padded to the global L,
+so every process sees every video of the one-process batch. A process scores
+the rows of its own queries against all V videos (per frame: the
+text-to-video and distillation terms); the video-level scores of all rows are
+gathered (with gradient) for the columns of its own videos (the
+video-to-text terms). Together the processes score the (Q, V, L) tensor once.
+With one process the rows and the columns are the whole matrix and nothing
+is gathered.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ from .teacher import PrecomputedTeacher
 
 @dataclass
 class ScorePair:
-    """Scores of one branch a process owns: ``rows`` (R queries x V videos), ``cols`` (Q queries x C videos)."""
+    """Scores of one branch a process owns: ``rows`` (R queries x V videos), ``cols`` (Q queries x C videos).
+
+    ``cols`` has video-level scores only (its ``frame_scores`` is None).
+    """
 
     rows: ScoreOutput
     cols: ScoreOutput
@@ -50,8 +55,8 @@ class GlobalBatch:
     """Gathered embeddings of the global batch and the part of it this process owns."""
 
     layout: BatchLayout
-    queries: dict  # {branch: (Q, d)}
-    frames: dict  # {branch: (V, L, d)}
+    queries: dict  # {branch: (R, d)} this process's queries
+    frames: dict  # {branch: (V, L, d)} every video
     dist: Dist
     query_sizes: list
     video_sizes: list
@@ -72,9 +77,8 @@ class GlobalBatch:
             video_mask=gather(d, _pad_frames(mask, length), video_sizes),
             rows=slice(query_start, query_start + len(labels)),
             cols=slice(video_start, video_start + mask.shape[0]))
-        queries = {k: gather(d, q, query_sizes) for k, q in embeddings["queries"].items()}
         frames = {k: gather(d, _pad_frames(f, length), video_sizes) for k, f in embeddings["frames"].items()}
-        return cls(layout, queries, frames, d, query_sizes, video_sizes)
+        return cls(layout, embeddings["queries"], frames, d, query_sizes, video_sizes)
 
     @property
     def whole(self) -> bool:
@@ -84,9 +88,12 @@ class GlobalBatch:
         """{branch: ScorePair} of the owned rows and columns (one matrix when this is the only process)."""
         lay, out = self.layout, {}
         for name, queries in self.queries.items():
-            frames = self.frames[name]
-            rows = score_branch(queries[lay.rows], frames, lay.video_mask)
-            cols = rows if self.whole else score_branch(queries, frames[lay.cols], lay.video_mask[lay.cols])
+            rows = score_branch(queries, self.frames[name], lay.video_mask)
+            if self.whole:
+                out[name] = ScorePair(rows, rows)
+                continue
+            cols = ScoreOutput(gather(self.dist, rows.video_scores, self.query_sizes)[:, lay.cols],
+                               gather(self.dist, rows.video_scores_raw, self.query_sizes)[:, lay.cols], None)
             out[name] = ScorePair(rows, cols)
         return out
 

@@ -160,11 +160,12 @@ class ScoreOutput:
 
     video_scores: torch.Tensor  # (Q, V) max over valid frames of the cosine
     video_scores_raw: torch.Tensor  # (Q, V) max over valid frames of the dot product
-    frame_scores: torch.Tensor  # (Q, V, L) cosine, padded frames = MASK_VALUE
+    frame_scores: torch.Tensor | None  # (Q, V, L) cosine, padded frames = MASK_VALUE (None: video level only)
 
     def float(self) -> "ScoreOutput":
         """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
-        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), self.frame_scores.float())
+        frames = None if self.frame_scores is None else self.frame_scores.float()
+        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), frames)
 
 
 def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -100,10 +100,11 @@ def test_video2frames_fallback_and_safety():
 # Transforms
 # ----------------------------------------------------------------------------
 
-def slow_uniform_pool(x, n_out):
-    """Reference: the released loop over segments."""
+def slow_uniform_pool(x, n_out, linspace=True):
+    """Reference: the released loop over segments; boundaries from linspace, or as (i / n_out) * n."""
     n = len(x)
-    b = np.round(np.linspace(0, n, n_out + 1)).astype(np.int64)
+    points = np.linspace(0, n, n_out + 1) if linspace else [i / n_out * n for i in range(n_out + 1)]
+    b = np.round(points).astype(np.int64)
     b = np.minimum(b, n - 1)
     out = []
     for i in range(n_out):
@@ -117,6 +118,19 @@ def test_uniform_pool_matches_reference_loop(n):
     np.testing.assert_allclose(uniform_pool(x, 128), slow_uniform_pool(x, 128), rtol=0, atol=1e-12)
     x32 = x.astype(np.float32)
     assert uniform_pool(x32, 128).dtype == np.float32
+
+
+def test_uniform_pool_ties_fall_as_in_the_authors_code_except_in_the_alignment():
+    """300 -> 200 frames: segment 7 starts at 10.5, which the authors' (7 / 200) * 300 = 10.500000000000002
+    rounds to 11; the exact linspace rounds it to 10 (half to even). The teacher alignment keeps linspace."""
+    x = np.random.default_rng(0).standard_normal((300, 3))
+    np.testing.assert_allclose(uniform_pool(x, 200), slow_uniform_pool(x, 200, linspace=False), atol=1e-12)
+    np.testing.assert_allclose(uniform_pool(x, 200, exact_ties=True), slow_uniform_pool(x, 200), atol=1e-12)
+    assert not np.allclose(uniform_pool(x, 200), uniform_pool(x, 200, exact_ties=True))
+    np.testing.assert_allclose(uniform_pool(x, 200)[6], x[9:11].mean(0), atol=1e-12)
+    np.testing.assert_allclose(align_frames(x, 200), slow_uniform_pool(x, 200), atol=1e-12)
+    for n in range(129, 1200):  # to 128 the two rules agree
+        assert (np.round(np.linspace(0, n, 129)) == np.round(np.arange(129) / 128 * n)).all(), n
 
 
 def test_uniform_pool_never_uses_last_frame():

@@ -4,7 +4,7 @@ import numpy as np
 from method.bigfile import DataError
 
 
-def uniform_pool(x, n_out):
+def uniform_pool(x, n_out, exact_ties=False):
     """Uniform segment mean pooling, (n, D) -> (n_out, D).
 
     Boundaries b[i] = round(i / n_out * n) (round half to even), each clipped
@@ -17,13 +17,15 @@ def uniform_pool(x, n_out):
     statement round(linspace(0, n, 129)) for every n; for other n_out, exact
     .5 ties may land on either side (300 -> 200: 10.5 -> 11 but 61.5 -> 61),
     which is what DL-DKD++'s pooling to the teacher's frame count does
-    (golden ``data_v1_train_student``).
+    (golden ``data_v1_train_student``). ``exact_ties`` computes the exact
+    round(linspace(0, n, n_out + 1)) instead (``align_frames``).
     """
     x = np.asarray(x)
     n = x.shape[0]
     if n == 0:
         raise ValueError("uniform_pool needs at least one frame")
-    bounds = np.minimum(np.round(np.arange(n_out + 1) / n_out * n).astype(np.int64), n - 1)
+    points = np.linspace(0, n, n_out + 1) if exact_ties else np.arange(n_out + 1) / n_out * n
+    bounds = np.minimum(np.round(points).astype(np.int64), n - 1)
     start, stop = bounds[:-1], bounds[1:]
     counts = stop - start
     x64 = x.astype(np.float64, copy=False)
@@ -52,12 +54,14 @@ def align_frames(teacher, n):
 
     Identity when nt == n, uniform_pool when nt > n, else frame
     floor((i + 0.5) * nt / n) for output i (nearest centre, repeats frames).
+    The released code has no such step; this one keeps the exact linspace
+    boundaries it has always used (``exact_ties``), so ICCV runs are unchanged.
     """
     nt = len(teacher)
     if nt == n:
         return teacher
     if nt > n:
-        return uniform_pool(teacher, n)
+        return uniform_pool(teacher, n, exact_ties=True)
     idx = ((2 * np.arange(n) + 1) * nt) // (2 * n)
     return teacher[idx]
 
