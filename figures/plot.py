@@ -118,7 +118,7 @@ def plot_architecture(out: Path) -> None:
     branch = ("query: Linear -> pos. emb. -> self-attention\n-> attention pooling: one vector (d)\n"
               "frames: Linear -> pos. emb. -> self-attention\n-> Linear: one vector per frame (L x d)")
     box(0.21, 0.56, 0.50, 0.94, "inheritance branch\n" + branch, "#dbe9f6")
-    box(0.21, 0.06, 0.50, 0.44, "exploration branch\n" + branch.replace("query: Linear", "query: Linear (shared)"),
+    box(0.21, 0.06, 0.50, 0.44, "exploration branch\n" + "query projection: ICCV shared, DL-DKD++ own\n" + branch,
         "#fde6cf")
     box(0.57, 0.64, 0.76, 0.90, "scores\ncosine per frame s(t)\nvideo score = max over t\n"
         "triplet + 0.04 InfoNCE", "#dbe9f6")
