@@ -29,17 +29,19 @@ EVAL_RUNTIME_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results
 def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device):
     """Encode all videos (unit frames, kept per loader batch) and all queries of a split.
 
-    Returns (video_blocks, video_ids, queries, cap_ids) where video_blocks is a
-    list of {branch: (Vb, Lb, d)} and queries {branch: (Q, d)}; padded frames
-    hold a copy of their video's first frame (see ``normalize_frames``), so no
-    mask is kept.
+    Returns (video_blocks, masks, video_ids, queries, cap_ids) where
+    video_blocks is a list of {branch: (Vb, Lb, d)}, masks the list of their
+    (Vb, Lb) frame masks and queries {branch: (Q, d)}; padded frames hold a
+    copy of their video's first frame (see ``normalize_frames``), so scoring
+    needs no mask.
     """
     model.eval()
-    video_blocks, video_ids = [], []
+    video_blocks, masks, video_ids = [], [], []
     for batch in tqdm(video_loader, desc="encode videos", leave=False):
         feat, mask = batch["video_feat"].to(device), batch["video_mask"].to(device)
         frames = model.encode_videos(feat, mask)
         video_blocks.append({k: normalize_frames(v, mask) for k, v in frames.items()})
+        masks.append(mask)
         video_ids.extend(batch["video_ids"])
     queries, cap_ids = {name: [] for name in model.branch_names}, []
     for batch in tqdm(query_loader, desc="encode queries", leave=False):
@@ -47,7 +49,7 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
         for name, q in enc.items():
             queries[name].append(q)
         cap_ids.extend(batch["cap_ids"])
-    return video_blocks, video_ids, {k: torch.cat(v) for k, v in queries.items()}, cap_ids
+    return video_blocks, masks, video_ids, {k: torch.cat(v) for k, v in queries.items()}, cap_ids
 
 
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
@@ -85,7 +87,7 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
     With ``scores_path`` the fused score matrix is streamed to a ``.npy`` file.
     """
     t_start = time.perf_counter()
-    video_blocks, video_ids, queries, cap_ids = encode_split(model, video_loader, query_loader, device)
+    video_blocks, _, video_ids, queries, cap_ids = encode_split(model, video_loader, query_loader, device)
     t_encoded = time.perf_counter()
     vid_index = {v: i for i, v in enumerate(video_ids)}
     missing = [c for c in cap_ids if c.split("#")[0] not in vid_index]

@@ -22,7 +22,8 @@ from .config import resolve_device
 from .data import (DataError, H5Store, Split, build_split, dataset_paths, resolve_caption_keys, teacher_frames,
                    teacher_sentence)
 from .eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
-from .model import DLDKD, cosine_video_scores, frame_dot, normalize_frames
+from .eval import encode_split as eval_encode_split
+from .model import DLDKD, cosine_video_scores, frame_dot
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -102,30 +103,23 @@ class EncodedSplit:
         return self.mask.sum(1).long()
 
 
-@torch.no_grad()
 def encode_split(run: Run, split: Split) -> EncodedSplit:
-    """Encode all videos and captions of ``split`` (memory: V x L x d floats per branch)."""
+    """Encode all videos and captions of ``split`` (memory: V x L x d floats per branch).
+
+    ``method.eval.encode_split`` encodes them in loader blocks; here the
+    blocks are laid into one (V, L, d) tensor per branch, each block's extra
+    frames holding its videos' first frame, as within a block.
+    """
     videos, queries = make_eval_loaders(split, run.opt, run.device)
-    blocks, masks, video_ids = [], [], []
-    for batch in videos:
-        mask = batch["video_mask"].to(run.device)
-        blocks.append(run.model.encode_videos(batch["video_feat"].to(run.device), mask))
-        masks.append(mask)
-        video_ids.extend(batch["video_ids"])
+    blocks, masks, video_ids, encoded, cap_ids = eval_encode_split(run.model, videos, queries, run.device)
     n_pad = max(m.shape[1] for m in masks)
     mask = torch.cat([F.pad(m, (0, n_pad - m.shape[1])) for m in masks])
-    frames = {name: normalize_frames(torch.cat([F.pad(b[name], (0, 0, 0, n_pad - b[name].shape[1]))
-                                                for b in blocks]), mask)
+    frames = {name: torch.cat([torch.cat([b[name], b[name][:, :1].expand(-1, n_pad - b[name].shape[1], -1)], 1)
+                               for b in blocks])
               for name in run.model.branch_names}
-    encoded, cap_ids = {name: [] for name in run.model.branch_names}, []
-    for batch in queries:
-        for name, q in run.model.encode_queries(batch["query_feat"].to(run.device),
-                                                batch["query_mask"].to(run.device)).items():
-            encoded[name].append(q)
-        cap_ids.extend(batch["cap_ids"])
     index = {v: i for i, v in enumerate(video_ids)}
     query_video = torch.tensor([index[c.split("#")[0]] for c in cap_ids], device=run.device)
-    return EncodedSplit(cap_ids, video_ids, query_video, {k: torch.cat(v) for k, v in encoded.items()}, frames, mask)
+    return EncodedSplit(cap_ids, video_ids, query_video, encoded, frames, mask)
 
 
 @torch.no_grad()
