@@ -1,8 +1,8 @@
 """Training steps of one process or of several (gloo on the CPU), for tests/test_distributed.py.
 
 ``run_steps`` trains a tiny model on fixed global batches through the training
-loop's own ``train_step``; each process takes its share of every batch the way
-``GlobalBatchSampler`` cuts it. ``spawn_worker`` is the entry point of a
+loop's own ``train_step``; each process takes its share of every batch with
+``GlobalBatchSampler``'s own ``share``. ``spawn_worker`` is the entry point of a
 spawned process.
 """
 import os
@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from method import distributed, rng, train
 from method.data import collate_train
+from method.data.sampler import share
 from method.losses import DLDKDLoss, SoftNCEOptions
 from method.model import DLDKD, ModelConfig
 from method.optim import build_optimizer
@@ -34,13 +35,6 @@ def global_batch_items(n_videos: int, seed: int) -> list:
                       "teacher_video_feat": g.standard_normal((n, DT)).astype(np.float32),
                       "teacher_query_feat": g.standard_normal((caps, DT)).astype(np.float32)})
     return sorted(items, key=lambda it: -len(it["cap_ids"]))
-
-
-def share(items: list, rank: int, world: int) -> list:
-    """Process ``rank``'s contiguous share, as GlobalBatchSampler cuts a batch."""
-    base, extra = divmod(len(items), world)
-    start = rank * base + min(rank, extra)
-    return items[start:start + base + (rank < extra)]
 
 
 def run_steps(d: distributed.Dist, soft: bool, batch_sizes) -> dict:

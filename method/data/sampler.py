@@ -50,12 +50,17 @@ class GlobalBatchSampler(Sampler):
 
     def __iter__(self):
         for batch in self.global_batches():
-            base, extra = divmod(len(batch), self.world)
-            start = self.rank * base + min(self.rank, extra)
-            yield batch[start:start + base + (self.rank < extra)]
+            yield share(batch, self.rank, self.world)
 
     def __len__(self):
         return -(-len(self.caption_counts) // self.batch_size)
+
+
+def share(batch, rank, world):
+    """Process ``rank``'s contiguous share of a global batch; shares differ in size by at most one."""
+    base, extra = divmod(len(batch), world)
+    start = rank * base + min(rank, extra)
+    return batch[start:start + base + (rank < extra)]
 
 
 def seed_worker(worker_id):
