@@ -51,8 +51,8 @@ def main(argv=None) -> Optional[dict]:
     d, device = distributed.setup(resolve_device(opt.device), opt.dist_timeout)
     try:
         return train(opt, d, device)
-    except (torch.distributed.DistError, RuntimeError) as e:
-        if not d.enabled or not isinstance(e, torch.distributed.DistError) and "gloo" not in str(e):
+    except RuntimeError as e:  # NCCL reports a lost peer as a DistError (a RuntimeError), gloo as a plain one
+        if not (d.enabled and (isinstance(e, torch.distributed.DistError) or "gloo" in str(e))):
             raise
         raise SystemExit(f"rank {d.rank}: a collective failed, most likely because another process died "
                          f"(torchrun names it below): {e}") from None
