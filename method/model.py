@@ -1,166 +1,40 @@
-"""The DL-DKD student: two branches of the same shape (inheritance, exploration).
+"""The model: DL-DKD's two branches (inheritance, exploration) around any student, and its scores.
 
-Shapes: V videos, Q queries, L padded frames, N padded tokens, d hidden size.
-Parameter names below a branch equal the released ones without their
-``B_`` (inheritance) / ``A_`` (exploration) prefix, so released checkpoints map
-by prefix (see ``method.checkpoint``).
+Each branch is a student network (``method.students``, ``cfg.student``); with
+``single_branch`` the model is one student (the ablation, and the GMMFormer
+recipes). The model returns embeddings; scores are computed outside it
+(``score_level``, ``method.global_batch``) so that the processes of a
+distributed run can score every query against every video of the global
+batch. Shapes: V videos, Q queries, L padded frames, P positions of a level
+(frames, clips), N padded tokens, d hidden size. Parameter names below a
+branch are the student's (for the DL-DKD student: the released names without
+the ``B_`` / ``A_`` prefix).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MASK_VALUE = -1e10  # masked frames / tokens before max and softmax, as released
+from .students import ModelConfig, student_class, build_student
+from .students.blocks import MASK_VALUE
+
 BRANCHES = ("inheritance", "exploration")
 
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the model; stored in every checkpoint."""
-
-    visual_input_size: int
-    query_input_size: int
-    hidden_size: int = 384
-    n_heads: int = 4
-    max_ctx_l: int = 128
-    max_desc_l: int = 30
-    input_drop: float = 0.1
-    drop: float = 0.1
-    share_query_proj: bool = True  # released quirk: exploration uses the inheritance query projection
-    single_branch: bool = False  # ablation: inheritance branch only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class LinearLayer(nn.Module):
-    """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``net.1``)."""
-
-    def __init__(self, in_dim: int, out_dim: int, dropout: float):
-        super().__init__()
-        self.LayerNorm = nn.LayerNorm(in_dim, eps=1e-5)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.net(self.LayerNorm(x)))
-
-
-class PositionalEncoding(nn.Module):
-    """x + trainable position embedding -> LayerNorm -> Dropout."""
-
-    def __init__(self, max_len: int, dim: int, dropout: float):
-        super().__init__()
-        self.position_embeddings = nn.Embedding(max_len, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=1e-5)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, d) with T <= max_len."""
-        x = x + self.position_embeddings.weight[: x.shape[1]]
-        return self.dropout(self.LayerNorm(x))
-
-
-class SelfAttentionCore(nn.Module):
-    """Multi-head self-attention; -10000 added on padded keys; dropout on the probabilities."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float):
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"hidden size {dim} is not a multiple of n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.dropout_p = dropout
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, d), mask: (B, T) 1 = valid -> (B, T, d)."""
-        b, t, d = x.shape
-
-        def heads(h: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, d/H)
-            return h.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-
-        bias = ((1.0 - mask) * -10000.0).to(x.dtype)[:, None, None, :]  # (B, 1, 1, T)
-        out = F.scaled_dot_product_attention(
-            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
-            attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0)
-        return out.transpose(1, 2).reshape(b, t, d)
-
-
-class AttentionOutput(nn.Module):
-    """Linear -> Dropout -> residual add -> LayerNorm."""
-
-    def __init__(self, dim: int, dropout: float):
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-        self.LayerNorm = nn.LayerNorm(dim, eps=1e-5)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
-
-
-class AttentionBlock(nn.Module):
-    """One self-attention block, no feed-forward sub-layer (``self`` / ``output`` as released)."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.self = SelfAttentionCore(dim, n_heads, dropout)
-        self.output = AttentionOutput(dim, dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x, mask), x)
-
-
-class Branch(nn.Module):
-    """One student branch: a query encoder and a frame encoder in a shared space."""
-
-    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
-        super().__init__()
-        d = cfg.hidden_size
-        if with_query_proj:
-            self.query_input_proj = LinearLayer(cfg.query_input_size, d, cfg.input_drop)
-        self.query_pos_embed = PositionalEncoding(cfg.max_desc_l, d, cfg.input_drop)
-        self.query_encoder = AttentionBlock(d, cfg.n_heads, cfg.drop)
-        self.modular_vector_mapping = nn.Linear(d, 1, bias=False)
-        self.frame_input_proj = LinearLayer(cfg.visual_input_size, d, cfg.input_drop)
-        self.frame_pos_embed = PositionalEncoding(cfg.max_ctx_l, d, cfg.input_drop)
-        self.frame_encoder = AttentionBlock(d, cfg.n_heads, cfg.drop)
-        self.mapping_linear = nn.Linear(d, d)
-
-    def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
-                     input_proj: nn.Module | None = None) -> torch.Tensor:
-        """feat: (Q, N, Dq), mask: (Q, N) -> one vector per query (Q, d).
-
-        ``input_proj`` replaces this branch's own query projection (released sharing).
-        """
-        x = (input_proj or self.query_input_proj)(feat)
-        x = self.query_encoder(self.query_pos_embed(x), mask)
-        logits = self.modular_vector_mapping(x).squeeze(-1).masked_fill(mask == 0, MASK_VALUE)
-        weights = torch.softmax(logits, dim=-1)  # (Q, N)
-        return torch.einsum("qn,qnd->qd", weights, x)
-
-    def encode_video(self, feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """feat: (V, L, Dv), mask: (V, L) -> per-frame features (V, L, d)."""
-        x = self.frame_encoder(self.frame_pos_embed(self.frame_input_proj(feat)), mask)
-        return self.mapping_linear(x)
+__all__ = ["BRANCHES", "MASK_VALUE", "ModelConfig", "DLDKD", "ScoreOutput", "frame_dot", "score_level",
+           "normalize_frames", "cosine_video_scores"]
 
 
 @dataclass
 class ScoreOutput:
-    """Scores of one branch for Q queries against V videos of L frames."""
+    """Scores of one level of one branch for Q queries against V videos of P positions."""
 
-    video_scores: torch.Tensor  # (Q, V) max over valid frames of the cosine
-    video_scores_raw: torch.Tensor  # (Q, V) max over valid frames of the dot product
-    frame_scores: torch.Tensor | None  # (Q, V, L) cosine, padded frames = MASK_VALUE (None: video level only)
+    video_scores: torch.Tensor  # (Q, V) max over counted positions of the cosine
+    video_scores_raw: torch.Tensor  # (Q, V) max over counted positions of the dot product
+    frame_scores: torch.Tensor | None  # (Q, V, P) cosine, uncounted positions = MASK_VALUE (None: video level only)
 
     def float(self) -> "ScoreOutput":
         """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
@@ -169,18 +43,18 @@ class ScoreOutput:
 
 
 def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """query: (Q, d), frames: (V, L, d) -> dot products (Q, V, L), one matmul."""
-    v, l, d = frames.shape
-    return (query @ frames.reshape(v * l, d).t()).view(query.shape[0], v, l)
+    """query: (Q, d), frames: (V, P, d) -> dot products (Q, V, P), one matmul."""
+    v, p, d = frames.shape
+    return (query @ frames.reshape(v * p, d).t()).view(query.shape[0], v, p)
 
 
-def score_branch(query: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor) -> ScoreOutput:
-    """Cosine and dot-product scores of queries (Q, d) against frames (V, L, d), frame_mask (V, L).
+def score_level(query: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> ScoreOutput:
+    """Cosine and dot-product scores of queries (Q, d) against positions (V, P, d) counted by ``mask`` (V, P).
 
     Two matmuls, as released: unit vectors for the cosine, raw vectors for the
-    NCE scores; padded frames are masked in place on the fresh matmul outputs.
+    NCE scores; uncounted positions are masked in place on the fresh matmul outputs.
     """
-    pad = (frame_mask == 0)[None]  # (1, V, L)
+    pad = (mask == 0)[None]  # (1, V, P)
     cos = frame_dot(F.normalize(query, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12))
     raw = frame_dot(query, frames)
     cos = cos.masked_fill_(pad, MASK_VALUE)
@@ -188,34 +62,43 @@ def score_branch(query: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Te
     return ScoreOutput(cos.amax(dim=-1), raw.amax(dim=-1), cos)
 
 
-def normalize_frames(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Unit-length frames (V, L, d) for inference, padded frames replaced by the video's first frame.
+def normalize_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length positions (V, P, d) for inference, uncounted ones replaced by the video's first position.
 
-    A repeated valid frame never changes a max over frames, so scoring needs no mask.
+    A repeated counted position never changes a max, so scoring needs no mask.
     """
     unit = F.normalize(frames, dim=-1, eps=1e-12)
-    return torch.where(frame_mask[..., None] > 0, unit, unit[:, :1])
+    return torch.where(mask[..., None] > 0, unit, unit[:, :1])
 
 
 def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch.Tensor:
-    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, L, d) -> max cosine over frames (Q, V)."""
+    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, P, d) -> max cosine over positions (Q, V)."""
     return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
 
 
 class DLDKD(nn.Module):
-    """Two-branch student. Returns embeddings; scores are ``score_branch``, losses live in ``method.losses``."""
+    """Two branches of one student architecture (or one, ``single_branch``). Returns embeddings."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.inheritance = Branch(cfg)
+        self.inheritance = build_student(cfg)
         if not cfg.single_branch:
-            self.exploration = Branch(cfg, with_query_proj=not cfg.share_query_proj)
+            self.exploration = build_student(cfg, with_query_proj=not cfg.share_query_proj)
         self.apply(self._init_weights)
 
     @property
     def branch_names(self) -> tuple[str, ...]:
         return BRANCHES[:1] if self.cfg.single_branch else BRANCHES
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The student's score levels, e.g. ("frame",) or ("clip", "frame")."""
+        return student_class(self.cfg.student).levels
+
+    @property
+    def needs_clips(self) -> bool:
+        return student_class(self.cfg.student).needs_clips
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -235,29 +118,76 @@ class DLDKD(nn.Module):
             out["exploration"] = self.exploration.encode_query(feat, mask, shared)
         return out
 
-    def encode_videos(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """feat: (V, L, Dv), mask: (V, L) -> {branch: (V, L, d)}."""
-        return {name: getattr(self, name).encode_video(feat, mask) for name in self.branch_names}
+    def encode_videos(self, feat: torch.Tensor, mask: torch.Tensor,
+                      clips: Optional[torch.Tensor] = None) -> dict[str, dict[str, torch.Tensor]]:
+        """feat: (V, L, Dv), mask: (V, L), clips: (V, K, Dv) or None -> {branch: {level: (V, P, d)}}."""
+        return {name: getattr(self, name).encode_video(feat, mask, clips) for name in self.branch_names}
 
-    def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor,
-                query_feat: torch.Tensor, query_mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-        """Training embeddings of a batch: {"queries": {branch: (Q, d)}, "frames": {branch: (V, L, d)}}.
+    def score_masks(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{level: (V, P)} positions counted by the video-level max, from the frame mask (V, L)."""
+        return self.inheritance.score_masks(mask)
 
-        Scoring happens outside the module (``method.global_batch``), so that the
-        processes of a distributed run can score every query against every video
-        of the global batch.
+    def eval_video_group(self) -> Optional[int]:
+        """Videos that must be encoded together at evaluation (GMMFormer's quirk Q1), or None."""
+        return self.inheritance.eval_video_group()
+
+    def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
+                query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None,
+                second_queries: bool = False) -> dict:
+        """Training embeddings of a batch.
+
+        Returns {"queries": {branch: (Q, d)}, "videos": {branch: {level: (V, P, d)}},
+        "masks": {level: (V, P)}} and, with ``second_queries``, "queries2": a
+        second encoding of the queries (another dropout sample; the GMMFormer
+        family's query-diversity and matching losses read it).
         """
-        return {"queries": self.encode_queries(query_feat, query_mask),
-                "frames": self.encode_videos(video_feat, video_mask)}
+        out = {"queries": self.encode_queries(query_feat, query_mask),
+               "videos": self.encode_videos(video_feat, video_mask, clip_feat),
+               "masks": self.score_masks(video_mask)}
+        if second_queries:
+            out["queries2"] = self.encode_queries(query_feat, query_mask)
+        return out
 
-    def score(self, video_feat: torch.Tensor, video_mask: torch.Tensor,
-              query_feat: torch.Tensor, query_mask: torch.Tensor) -> dict[str, ScoreOutput]:
-        """Scores of every query against every video of one batch, per branch (one process)."""
-        emb = self(video_feat, video_mask, query_feat, query_mask)
-        return {name: score_branch(emb["queries"][name], emb["frames"][name], video_mask) for name in self.branch_names}
+    def score(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
+              query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None) -> dict[str, dict[str, ScoreOutput]]:
+        """Scores of every query against every video of one batch, per branch and level (one process)."""
+        emb = self(video_feat, video_mask, query_feat, query_mask, clip_feat)
+        return {name: {level: score_level(emb["queries"][name], feats, emb["masks"][level])
+                       for level, feats in emb["videos"][name].items()} for name in self.branch_names}
+
+    def branch_score(self, levels: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+        """A branch's inference score from its level scores: e.g. 0.7 clip + 0.3 frame (one level: itself)."""
+        if len(self.levels) == 1:
+            return levels[self.levels[0]]
+        return sum(weights[level] * levels[level] for level in self.levels)
 
     def fuse(self, scores: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-        """Fused inference score, e.g. 0.3 * exploration + 0.7 * inheritance (single branch: inheritance)."""
+        """Fused inference score of the branches, e.g. 0.3 exploration + 0.7 inheritance (one branch: itself)."""
         if self.cfg.single_branch:
             return scores["inheritance"]
         return weights["exploration"] * scores["exploration"] + weights["inheritance"] * scores["inheritance"]
+
+    def named_scores(self, level_scores: dict[str, dict[str, torch.Tensor]],
+                     weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Every reported score from {branch: {level: scores}}: "fused" first, then branches, then levels.
+
+        One-level students report the branches (DL-DKD: fused, inheritance,
+        exploration). Several levels add ``<level>`` (one branch) or
+        ``<branch>_<level>`` (two branches); a single branch is then not
+        repeated beside "fused".
+        """
+        branches = {name: self.branch_score(levels, weights) for name, levels in level_scores.items()}
+        out = {"fused": self.fuse(branches, weights)}
+        if len(self.levels) == 1 or not self.cfg.single_branch:
+            out.update(branches)
+        if len(self.levels) > 1:
+            for name, levels in level_scores.items():
+                for level, s in levels.items():
+                    out[level if self.cfg.single_branch else f"{name}_{level}"] = s
+        return out
+
+    def score_names(self) -> list[str]:
+        """The keys of ``named_scores``, in its order."""
+        dummy = {name: {level: torch.zeros(()) for level in self.levels} for name in self.branch_names}
+        weights = {"exploration": 0.0, "inheritance": 0.0, **{level: 0.0 for level in self.levels}}
+        return list(self.named_scores(dummy, weights))

@@ -35,14 +35,14 @@ from method.data.sampler import GlobalBatchSampler, seed_worker
 from method.data.split import Split, build_split, check_split
 from method.data.stores import H5Store, caption_key_candidates, open_video_store, resolve_caption_keys
 from method.data.transforms import (
-    align_frames, l2_normalize, reduce_frames, student_frames, student_tokens, teacher_frames, teacher_sentence,
+    align_frames, clip_features, l2_normalize, reduce_frames, student_frames, student_tokens, teacher_frames, teacher_sentence,
     uniform_pool,
 )
 
 __all__ = [
     "DataError", "Captions", "read_caption_file", "SPLITS", "DatasetPaths", "dataset_paths", "require_file",
     "H5Store", "open_video_store", "caption_key_candidates", "resolve_caption_keys",
-    "uniform_pool", "reduce_frames", "l2_normalize", "align_frames",
+    "uniform_pool", "clip_features", "reduce_frames", "l2_normalize", "align_frames",
     "student_frames", "teacher_frames", "student_tokens", "teacher_sentence",
     "TrainDataset", "VideoDataset", "QueryDataset",
     "pad_sequences", "collate_train", "collate_videos", "collate_queries",

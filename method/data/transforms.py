@@ -79,6 +79,21 @@ def student_frames(x, max_ctx_l, n_teacher=None):
     return l2_normalize(reduce_frames(x, max_ctx_l)).astype(np.float32)
 
 
+def clip_features(x, n_clips=32, normalize=True):
+    """GMMFormer's clip-level input: the raw frames (n, D) mean-pooled to exactly ``n_clips`` clips -> float32.
+
+    For any n, also n < n_clips (GMMFORMER.md 1.2, ``average_to_fixed_length``):
+    boundaries round(k n / n_clips) (half to even; exact in float64 for
+    n_clips = 32), each clipped to n - 1; clip i is the mean of its frames, or
+    frame b_i alone when the segment is empty. This is ``uniform_pool``'s rule
+    applied without the n > n_clips condition. Each clip is then L2-normalised
+    (+1e-5 on the norm), all in float64. ``normalize=False`` keeps the means
+    (the teacher's frames, which are not normalised at load time).
+    """
+    clips = uniform_pool(np.asarray(x, dtype=np.float64), n_clips)
+    return (l2_normalize(clips) if normalize else clips).astype(np.float32)
+
+
 def teacher_frames(x, n_student, max_ctx_l):
     """Teacher frames (nt, Dt) -> (n_student, Dt) float32: reduced to max_ctx_l,
     not normalised, then aligned to the student's final frame count."""

@@ -1,0 +1,21 @@
+"""Training losses as pure functions of score tensors, and the objective that names and weights them.
+
+Modules: ``ranking`` (triplet, InfoNCE, DL-DKD++ soft-target InfoNCE as per-row
+/ per-column terms), ``distill`` (the teacher's frame-level KL), ``query``
+(the GMMFormer family's query-diversity and matching losses), ``objective``
+(``DLDKDLoss``: every term of a training step, weighted and named).
+"""
+from .distill import kl_distill_loss
+from .objective import BatchLayout, DLDKDLoss, SoftNCEOptions, TeacherScores
+from .ranking import (
+    draw_t2v, draw_v2t, hard_count, nce_loss, nce_t2v_terms, nce_v2t_terms, positive_mask, sample_t2v_negatives,
+    sample_v2t_negatives, soft_nce_loss, soft_nce_reduce, soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives,
+    triplet_loss, triplet_t2v_terms, triplet_v2t_terms, v2t_negatives,
+)
+
+__all__ = [
+    "kl_distill_loss", "BatchLayout", "DLDKDLoss", "SoftNCEOptions", "TeacherScores",
+    "draw_t2v", "draw_v2t", "hard_count", "nce_loss", "nce_t2v_terms", "nce_v2t_terms", "positive_mask",
+    "sample_t2v_negatives", "sample_v2t_negatives", "soft_nce_loss", "soft_nce_reduce", "soft_nce_t2v_terms",
+    "soft_nce_v2t_terms", "t2v_negatives", "triplet_loss", "triplet_t2v_terms", "triplet_v2t_terms", "v2t_negatives",
+]
