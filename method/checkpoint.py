@@ -16,6 +16,16 @@ differently:
 - DL-DKD++ (branch master): inheritance unprefixed, exploration ``exp_``, and
   ``visual_*`` / ``out_mapping_linear``; the exploration branch has its own
   query projection.
+
+The authors' GMMFormer / GMMFormerV2 run folders hold ``best.ckpt``:
+``{"config": plain dict, "epoch": int, "model_val": [R1, R5, R10, R100, SumR],
+"state_dict": their names, "optimizer": ...}``, whose optimiser state pickles
+an object of their class ``Opts.optimization.WarmupLinearSchedule``. That
+class is allow-listed as an inert stand-in (it only receives the attributes),
+so again no code from the file runs. Their state-dict names are this
+model's names below its single branch (``inheritance.``), since the students
+keep the authors' module names; the folder has no ``opt.json``, so the
+evaluation settings come from ``config`` (``authors_gmm_options``).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .model import DLDKD, ModelConfig
@@ -68,13 +79,29 @@ class _EasyDictStandIn:
         return OrderedDict()
 
 
+class _ScheduleStandIn:
+    """Allow-listed under the name of the GMMFormer codes' LR schedule class; holds its attributes, runs nothing."""
+
+
+def _numpy_scalar_globals() -> list:
+    """What a pickled numpy scalar (e.g. a float64 metric) needs: numpy's scalar constructor and dtypes (data only)."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    return [core.multiarray.scalar, np.dtype,
+            *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}]
+
+
+# Globals the authors' checkpoints need beyond tensors: inert stand-ins, and numpy scalars.
+_SAFE_GLOBALS = [(_EasyDictStandIn, "easydict.EasyDict"),
+                 (_ScheduleStandIn, "Opts.optimization.WarmupLinearSchedule"), *_numpy_scalar_globals()]
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load either format with the restricted (weights-only) unpickler."""
+    """Load any of the formats with the restricted (weights-only) unpickler."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([(_EasyDictStandIn, "easydict.EasyDict")]):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
@@ -83,18 +110,27 @@ def read_checkpoint(path: str | Path) -> dict:
             f"(neither this project's format nor the authors' model.ckpt). Unpickler said: {first}") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict, got {type(ckpt).__name__}")
+    if not isinstance(ckpt, dict) or not ("model" in ckpt or "state_dict" in ckpt):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' (or, the GMMFormer codes', 'state_dict') "
+                              f"state dict, got {type(ckpt).__name__}")
     return ckpt
 
 
 def checkpoint_format(ckpt: dict) -> str:
-    """'own' (this project), 'iccv' (the authors' A_/B_ names) or 'dldkdpp' (their master names); else 'unknown'.
+    """'own' (this project), 'iccv' (the authors' A_/B_ names), 'dldkdpp' (their master names), 'gmmformer' or
+    'gmmformer_v2' (the GMMFormer codes' best.ckpt); else 'unknown'.
 
     The authors' keys may carry a ``module.`` prefix (a multi-GPU run).
     """
     if ckpt.get("format") == FORMAT:
         return "own"
+    if "state_dict" in ckpt and "model" not in ckpt:
+        keys = {_strip_module(k) for k in ckpt["state_dict"]}
+        if "weight_token" in keys:
+            return "gmmformer_v2"
+        if any(k.startswith("clip_encoder_2.") for k in keys):
+            return "gmmformer"
+        return "unknown"
     modules = {_strip_module(k).split(".", 1)[0] for k in ckpt["model"]}
     if any(m.startswith("B_") for m in modules):
         return "iccv"
@@ -191,6 +227,54 @@ def released_model_config(model_cfg: dict, opt: dict, state: dict) -> ModelConfi
         raise CheckpointError(f"the authors' model_cfg lacks {e.args[0]!r}") from None
 
 
+def gmm_model_config(student: str, config: dict, state: dict) -> ModelConfig:
+    """ModelConfig of a GMMFormer / GMMFormerV2 checkpoint: sizes from the tensors, the rest from its config."""
+    try:
+        query_pos = state["query_pos_embed.position_embeddings.weight"]
+        return ModelConfig(
+            visual_input_size=int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+            query_input_size=int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+            hidden_size=int(query_pos.shape[1]),
+            n_heads=int(config.get("n_heads", 4)),
+            max_ctx_l=int(state["frame_pos_embed.position_embeddings.weight"].shape[0]),
+            max_desc_l=int(query_pos.shape[0]),
+            input_drop=float(config.get("input_drop", 0.2)),
+            drop=float(config.get("drop", 0.2)),
+            share_query_proj=False,
+            single_branch=True,
+            student=student,
+            map_size=int(config.get("map_size", 32)),
+            sft_factor=float(config.get("sft_factor", 0.09)),
+            eval_context_bsz=int(config.get("eval_context_bsz", 100)),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"the {student} state dict lacks {e.args[0]!r}") from None
+
+
+def authors_gmm_options(ckpt: dict) -> dict:
+    """Evaluation settings (this project's flag names) of a GMMFormer-family best.ckpt, from its ``config``."""
+    cfg = dict(ckpt.get("config") or {})
+    student = checkpoint_format(ckpt)
+    out = {"recipe": student, "student": student, "single_branch": True, "no_teacher": True}
+    for ours, theirs in (("collection", "dataset_name"), ("collection", "collection"),
+                         ("visual_feature", "visual_feature"), ("max_ctx_l", "max_ctx_l"),
+                         ("max_desc_l", "max_desc_l"), ("clip_scale_w", "clip_scale_w"),
+                         ("frame_scale_w", "frame_scale_w"), ("map_size", "map_size"), ("q_feat_size", "q_feat_size")):
+        if theirs in cfg:
+            out[ours] = cfg[theirs]
+    return out
+
+
+def model_file(run_dir: str | Path) -> Path:
+    """The model of a run folder: ``model.ckpt`` (this project's, the authors' DL-DKD) or ``best.ckpt`` (GMMFormer)."""
+    run_dir = Path(run_dir)
+    for name in ("model.ckpt", "best.ckpt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"{run_dir}: no model.ckpt (this project's runs, the authors' DL-DKD checkpoints) and no "
+                          f"best.ckpt (the authors' GMMFormer / GMMFormerV2 runs)")
+
+
 def load_model(path: str | Path, opt: dict | None = None) -> tuple[DLDKD, dict]:
     """Rebuild the model stored in ``path`` (either format).
 
@@ -205,14 +289,22 @@ def load_model(path: str | Path, opt: dict | None = None) -> tuple[DLDKD, dict]:
     elif fmt == "dldkdpp":
         cfg = dldkdpp_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"])
         state = dldkdpp_to_own(ckpt["model"])
+    elif fmt in ("gmmformer", "gmmformer_v2"):
+        state = OrderedDict((_strip_module(k), v) for k, v in ckpt["state_dict"].items())
+        cfg = gmm_model_config(fmt, dict(ckpt.get("config") or {}), state)
+        state = OrderedDict((f"inheritance.{k}", v) for k, v in state.items())
     elif fmt == "own":
         cfg = ModelConfig.from_dict(ckpt["model_config"])
         state = ckpt["model"]
     else:
+        keys = list(ckpt.get("model", ckpt.get("state_dict", {})))[:3]
         raise CheckpointError(
             f"{path}: neither this project's checkpoint (format {FORMAT!r}) nor the authors' (ICCV keys "
-            f"A_*/B_*, or DL-DKD++ keys query_*/visual_*/exp_*); first keys: {list(ckpt['model'])[:3]}")
-    model = DLDKD(cfg)
+            f"A_*/B_*, DL-DKD++ keys query_*/visual_*/exp_*, or a GMMFormer best.ckpt); first keys: {keys}")
+    try:
+        model = DLDKD(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .recipes import RECIPES, recipe_defaults
+from .recipes import RECIPES, recipe_defaults, recipe_student, student_defaults
 from .schedules import SOFT_SCHEDULES
+from .students import STUDENTS, student_class
 
 # Per-collection defaults of the released feature packages.
 COLLECTIONS = {
@@ -23,6 +24,21 @@ COLLECTIONS = {
 # Flags that describe the machine, not the experiment: on --resume they come
 # from the command line, everything else from the run's opt.json.
 RUNTIME_KEYS = ("device", "num_workers", "resume", "resume_if_exists", "debug", "preload", "dist_timeout")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help unless the help states its default or there is none to state."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def fusion_weights(opt) -> dict[str, float]:
+    """Inference weights: of the branches (0.3 exploration + 0.7 inheritance) and of a student's levels."""
+    return {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight,
+            "clip": opt.clip_scale_w, "frame": opt.frame_scale_w}
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -51,22 +67,31 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="queries per chunk when scoring (bounds evaluation memory: chunk x n_videos)")
     g.add_argument("--exploration_weight", type=float, default=0.3, help="weight of the exploration branch in the fused score")
     g.add_argument("--inheritance_weight", type=float, default=0.7, help="weight of the inheritance branch in the fused score")
+    g.add_argument("--clip_scale_w", type=float, default=0.7,
+                   help="GMMFormer family: weight of the clip-level score in a branch's score")
+    g.add_argument("--frame_scale_w", type=float, default=0.3,
+                   help="GMMFormer family: weight of the frame-level score in a branch's score")
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m method.train",
         description="Train DL-DKD (dual learning with dynamic knowledge distillation) for PRVR.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_data_args(p)
-    p.add_argument_group("training data").add_argument(
+    g = p.add_argument_group("training data")
+    g.add_argument(
         "--pool_to_teacher", action=argparse.BooleanOptionalAction, default=False,
         help="DL-DKD++ training items: a student video longer than its teacher video is first mean-pooled to the "
              "teacher's frame count (evaluation videos are not), as the authors' DL-DKD++ code does")
+    g.add_argument("--batch_sort", choices=("captions", "frames"), default="captions",
+                   help="order of the videos inside a training batch, descending: caption count (the DL-DKD "
+                        "loader) or frame count (the GMMFormer loader); it decides labels and negative draws")
     g = p.add_argument_group("run")
     g.add_argument("--recipe", choices=sorted(RECIPES), default="iccv",
-                   help="flag defaults of a recipe: iccv (ICCV 2023) or dldkdpp (DL-DKD++, soft alignment, with its "
-                        "per-collection settings); flags given explicitly still win")
+                   help="flag defaults of a recipe: iccv (ICCV 2023), dldkdpp (DL-DKD++, soft alignment), gmmformer or "
+                        "gmmformer_v2 (the GMMFormer / GMMFormerV2 codes: one network, no teacher), each with its "
+                        "per-collection settings; flags given explicitly still win")
     g.add_argument("--exp_id", default="run", help="name of the experiment, part of the run folder name")
     g.add_argument("--results_dir", default=None,
                    help="run folder (default <root_path>/<collection>/results/<collection>-<exp_id>-<timestamp>)")
@@ -81,20 +106,61 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="several processes: minutes a process waits for the others in a collective before the run "
                         "fails (rank 0 evaluates while the others wait)")
     g = p.add_argument_group("model")
+    g.add_argument("--student", choices=sorted(STUDENTS), default=None,
+                   help="the network of a branch (method/students): dldkd (ICCV 2023), gmmformer, gmmformer_v2 "
+                        "(default: the recipe's, dldkd for iccv and dldkdpp); it brings the loss factors of its own "
+                        "objective for the collection (method/recipes.py STUDENT_DEFAULTS)")
     g.add_argument("--hidden_size", type=int, default=384, help="hidden size d of both branches")
     g.add_argument("--n_heads", type=int, default=4, help="attention heads")
     g.add_argument("--input_drop", type=float, default=0.1, help="dropout on the inputs and positional encodings")
     g.add_argument("--drop", type=float, default=0.1, help="dropout in the attention block")
-    g.add_argument("--separate_query_proj", action=argparse.BooleanOptionalAction, default=False,
-                   help="give the exploration branch its own query input projection "
-                        "(the released model shares the inheritance branch's)")
-    g.add_argument("--single_branch", action="store_true", help="ablation: inheritance branch only")
+    g.add_argument("--separate_query_proj", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the exploration branch its own query input projection (default: shared for the dldkd "
+                        "student, as the released ICCV model; separate for the other students)")
+    g.add_argument("--single_branch", action="store_true",
+                   help="one branch only (the ablation; the GMMFormer recipes train one network)")
+    g.add_argument("--map_size", type=int, default=32, help="GMMFormer family: clips per video (mean-pooled frames)")
+    g.add_argument("--sft_factor", type=float, default=0.09,
+                   help="GMMFormerV2: temperature of the softmax that fuses the Gaussian branches per position")
+    g.add_argument("--eval_context_bsz", type=int, default=100,
+                   help="GMMFormer: videos encoded together at evaluation; their frame Gaussians are sized by the "
+                        "group's longest video (quirk Q1), so this changes its numbers")
+    g.add_argument("--gauss_own_length", action="store_true",
+                   help="GMMFormer, fixes quirk Q1: size each video's frame Gaussians by its own length, not the "
+                        "padded batch length (changes results)")
+    g.add_argument("--gauss_centred", action="store_true",
+                   help="GMMFormer family, fixes quirk Q2: centre each Gaussian on its own key position (i / (L - 1)) "
+                        "instead of i / L (changes results)")
+    g.add_argument("--mask_padded_frames", action="store_true",
+                   help="GMMFormerV2, fixes quirk Q3: padded frames take no part in the frame-level max (the authors' "
+                        "zeroed padded frames floor every shorter video's frame score at 0)")
     g = p.add_argument_group("losses")
     g.add_argument("--margin", type=float, default=0.2, help="triplet margin (the TVR script uses 0.1)")
     g.add_argument("--hard_pool_size", type=int, default=20, help="hard negatives are drawn from this many top videos")
     g.add_argument("--hard_negative_start_epoch", type=int, default=0,
                    help="first epoch (0-based) of hard-negative sampling; before it negatives are uniform")
-    g.add_argument("--nce_weight", type=float, default=0.04, help="weight of the InfoNCE term of each branch")
+    g.add_argument("--nce_weight", type=float, default=0.04,
+                   help="weight of the InfoNCE term of each branch (the frame level of a GMMFormer-family student)")
+    g.add_argument("--clip_nce_weight", type=float, default=0.05,
+                   help="GMMFormer family: weight of the clip-level InfoNCE term (the student's default for the "
+                        "collection)")
+    g.add_argument("--qdl_weight", type=float, default=0.0,
+                   help="GMMFormer family: weight of the query-diversity loss (default: the student's for the "
+                        "collection; 0 for dldkd)")
+    g.add_argument("--qdl_margin", type=float, default=0.15, help="query-diversity loss: margin (neg_factor[0])")
+    g.add_argument("--qdl_scale", type=float, default=32.0, help="query-diversity loss: scale (neg_factor[1])")
+    g.add_argument("--qdl_focal", type=float, default=1.0,
+                   help="GMMFormerV2's query-diversity loss: exponent of its focal factor (1 + cos)^x (neg_factor[2])")
+    g.add_argument("--ot_weight", type=float, default=0.0,
+                   help="GMMFormerV2: weight of the caption-to-clip matching (Hungarian / OT) loss (default: the "
+                        "student's for the collection; 0 for the others)")
+    g.add_argument("--reuse_query_encoding", action="store_true",
+                   help="GMMFormer family, fixes quirk Q5: the query-diversity and OT losses reuse the query "
+                        "encoding of the scores instead of encoding the queries a second time (another dropout "
+                        "sample)")
+    g.add_argument("--exclude_all_norms_from_decay", action="store_true",
+                   help="no weight decay on any LayerNorm (fixes GMMFormerV2's quirk Q7: its norm1 / norm2 are decayed "
+                        "because the released rule looks for 'LayerNorm' in the name)")
     g.add_argument("--label_style", choices=("hard", "soft"), default="hard",
                    help="InfoNCE targets: hard (one-hot, ICCV) or soft (DL-DKD++ soft alignment: part of the batch "
                         "mixes in the teacher's score distribution (inheritance) or the branch's own (exploration))")
@@ -129,6 +195,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="k of the schedule (default: exp 0.95, linear -0.01, sigmoid 800)")
     g.add_argument("--kd_b", type=float, default=None, help="intercept b of the linear schedules (default 1)")
     g.add_argument("--kd_temperature", type=float, default=0.2, help="softmax temperature of the KL term")
+    g.add_argument("--kd_level", choices=("frame", "clip"), default=None,
+                   help="positions the teacher is distilled over (default: frame; clip for gmmformer, whose frame "
+                        "branch pools each video to one vector): the teacher's frames aligned to the student's frames, "
+                        "or pooled to its clips like the student's")
     g = p.add_argument_group("optimisation")
     g.add_argument("--n_epoch", type=int, default=100, help="maximum number of epochs")
     g.add_argument("--max_es_cnt", type=int, default=10,
@@ -173,8 +243,11 @@ def parse_train_args(argv=None) -> argparse.Namespace:
         return resume_options(Path(first.resume), first)
     if not first.root_path or not first.collection:
         parser.error("--root_path and --collection are required (or --resume RUN_DIR)")
-    parser.set_defaults(**recipe_defaults(first.recipe, first.collection))
+    student = first.student or recipe_student(first.recipe) or "dldkd"
+    parser.set_defaults(**student_defaults(student, first.collection), **recipe_defaults(first.recipe, first.collection))
     opt = parser.parse_args(argv)
+    opt.student = student
+    resolve_student_flags(opt)
     if opt.label_style == "soft" and opt.no_teacher:
         parser.error("--label_style soft needs the teacher (the inheritance branch's soft targets are the teacher's "
                      "scores): drop --no_teacher or add --label_style hard")
@@ -183,12 +256,34 @@ def parse_train_args(argv=None) -> argparse.Namespace:
     return fill_collection_defaults(opt)
 
 
+def resolve_student_flags(opt: argparse.Namespace) -> argparse.Namespace:
+    """Fill the student-dependent defaults (query projection, distillation level) and check the combination.
+
+    Also completes the settings of runs older than these flags (the dldkd student).
+    """
+    if opt.student is None:
+        opt.student = "dldkd"
+    cls = student_class(opt.student)
+    if opt.separate_query_proj is None:
+        opt.separate_query_proj = opt.student != "dldkd"
+    if opt.kd_level is None:
+        opt.kd_level = cls.kd_levels[0]
+    if opt.kd_level not in cls.kd_levels:
+        raise SystemExit(f"--kd_level {opt.kd_level}: the {opt.student} student distils over "
+                         f"{' or '.join(cls.kd_levels)}"
+                         + (" (its frame branch pools each video to one vector)" if opt.student == "gmmformer" else ""))
+    if opt.ot_weight > 0 and "clip" not in cls.levels:
+        raise SystemExit(f"--ot_weight needs a student with clips; {opt.student} has none")
+    return opt
+
+
 def resume_options(run_dir: Path, cli: argparse.Namespace) -> argparse.Namespace:
     """The settings of the run in ``run_dir`` (its opt.json), with the machine's flags from ``cli``."""
     stored = load_opt(run_dir)
     runtime = {k: getattr(cli, k) for k in RUNTIME_KEYS}
     defaults = vars(build_train_parser().parse_args([]))  # flags newer than the run's opt.json
-    return fill_collection_defaults(argparse.Namespace(**{**defaults, **stored, **runtime, "resume": str(run_dir)}))
+    opt = argparse.Namespace(**{**defaults, **stored, **runtime, "resume": str(run_dir)})
+    return resolve_student_flags(fill_collection_defaults(opt))
 
 
 def save_opt(opt: argparse.Namespace, run_dir: Path) -> None:

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import metrics
-from .checkpoint import CheckpointError, load_model
-from .config import RUNTIME_KEYS, add_data_args, build_train_parser, fill_collection_defaults, load_opt, resolve_device
+from .checkpoint import CheckpointError, authors_gmm_options, load_model, model_file, read_checkpoint
+from .config import (RUNTIME_KEYS, HelpFormatter, add_data_args, build_train_parser, fill_collection_defaults,
+                     fusion_weights, load_opt, resolve_device, resolve_student_flags)
 from .data import DataError, build_split, collate_queries, collate_videos
 from .model import DLDKD, cosine_video_scores, normalize_frames
 
@@ -27,20 +28,22 @@ EVAL_RUNTIME_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results
 
 @torch.no_grad()
 def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device):
-    """Encode all videos (unit frames, kept per loader batch) and all queries of a split.
+    """Encode all videos (unit positions, kept per loader batch) and all queries of a split.
 
     Returns (video_blocks, masks, video_ids, queries, cap_ids) where
-    video_blocks is a list of {branch: (Vb, Lb, d)}, masks the list of their
-    (Vb, Lb) frame masks and queries {branch: (Q, d)}; padded frames hold a
-    copy of their video's first frame (see ``normalize_frames``), so scoring
-    needs no mask.
+    video_blocks is a list of {branch: {level: (Vb, Pb, d)}}, masks the list of
+    their (Vb, Lb) frame masks and queries {branch: (Q, d)}; positions a level
+    does not count hold a copy of their video's first position (see
+    ``normalize_frames``), so scoring needs no mask.
     """
     model.eval()
     video_blocks, masks, video_ids = [], [], []
     for batch in tqdm(video_loader, desc="encode videos", leave=False):
         feat, mask = batch["video_feat"].to(device), batch["video_mask"].to(device)
-        frames = model.encode_videos(feat, mask)
-        video_blocks.append({k: normalize_frames(v, mask) for k, v in frames.items()})
+        clips = batch["clip_feat"].to(device) if "clip_feat" in batch else None
+        levels = model.score_masks(mask)
+        videos = model.encode_videos(feat, mask, clips)
+        video_blocks.append({b: {lv: normalize_frames(f, levels[lv]) for lv, f in v.items()} for b, v in videos.items()})
         masks.append(mask)
         video_ids.extend(batch["video_ids"])
     queries, cap_ids = {name: [] for name in model.branch_names}, []
@@ -54,28 +57,29 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
 
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
                 model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Scores (C, n_videos) of the queries in ``rows``, per branch and fused."""
-    out = {name: torch.cat([cosine_video_scores(q[rows], frames[name]) for frames in video_blocks], dim=1)
-           for name, q in queries.items()}
-    out["fused"] = model.fuse(out, fusion)
-    return out
+    """Scores (C, n_videos) of the queries in ``rows``: fused, per branch and per level (``named_scores``)."""
+    levels = {name: {lv: torch.cat([cosine_video_scores(q[rows], block[name][lv]) for block in video_blocks], dim=1)
+                     for lv in model.levels}
+              for name, q in queries.items()}
+    return model.named_scores(levels, fusion)
 
 
 def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLDKD, fusion) -> dict:
-    """Each query's score with its own video (Q,), per branch and fused, block by block."""
-    pos = {name: torch.empty(len(query_video), device=query_video.device) for name in queries}
+    """Each query's score with its own video (Q,), every named score, block by block."""
+    pos = {name: {lv: torch.empty(len(query_video), device=query_video.device) for lv in model.levels}
+           for name in queries}
     start = 0
-    for frames in video_blocks:
-        n = next(iter(frames.values())).shape[0]
+    for block in video_blocks:
+        n = next(iter(next(iter(block.values())).values())).shape[0]
         sel = ((query_video >= start) & (query_video < start + n)).nonzero().squeeze(1)
         local = query_video[sel] - start
         for name, q in queries.items():
             q_unit = torch.nn.functional.normalize(q[sel], dim=-1, eps=1e-12)
-            own = frames[name].index_select(0, local)  # (q, Lb, d)
-            pos[name][sel] = torch.bmm(own, q_unit[:, :, None]).squeeze(-1).amax(dim=-1)
+            for lv in model.levels:
+                own = block[name][lv].index_select(0, local)  # (q, Pb, d)
+                pos[name][lv][sel] = torch.bmm(own, q_unit[:, :, None]).squeeze(-1).amax(dim=-1)
         start += n
-    pos["fused"] = model.fuse(pos, fusion)
-    return pos
+    return model.named_scores(pos, fusion)
 
 
 @torch.no_grad()
@@ -95,7 +99,7 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
         raise DataError(f"{len(missing)} captions have no video in the split, first {missing[0]!r}")
     query_video = torch.tensor([vid_index[c.split("#")[0]] for c in cap_ids], device=device)
     n_q, n_v = len(cap_ids), len(video_ids)
-    names = ["fused", *model.branch_names]
+    names = model.score_names()
     pos = positive_scores(queries, video_blocks, query_video, model, fusion)
     t2v_ranks = {name: [] for name in names}
     v2t_counts = {name: torch.zeros(n_q, dtype=torch.long, device=device) for name in names}
@@ -122,11 +126,17 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
     }
 
 
-def make_eval_loaders(split, opt, device: torch.device):
-    """DataLoaders over a split's videos and queries, in split order."""
+def make_eval_loaders(split, opt, device: torch.device, model: DLDKD):
+    """DataLoaders over a split's videos and queries, in split order.
+
+    Videos carry the student's clips when it reads them, and come in the
+    student's evaluation groups when their encodings depend on each other
+    (GMMFormer's quirk Q1: ``--eval_context_bsz`` videos), else ``--eval_video_bsz``.
+    """
     common = {"num_workers": opt.num_workers, "pin_memory": device.type == "cuda"}
-    videos = DataLoader(split.video_dataset(), batch_size=opt.eval_video_bsz, shuffle=False,
-                        collate_fn=collate_videos, **common)
+    n_clips = model.cfg.map_size if model.needs_clips else None
+    videos = DataLoader(split.video_dataset(n_clips), batch_size=model.eval_video_group() or opt.eval_video_bsz,
+                        shuffle=False, collate_fn=collate_videos, **common)
     queries = DataLoader(split.query_dataset(), batch_size=opt.eval_query_bsz, shuffle=False,
                          collate_fn=collate_queries, **common)
     return videos, queries
@@ -136,10 +146,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m method.eval",
         description="Evaluate a DL-DKD run folder (this project's or the authors' released checkpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--model_dir", required=True,
-                   help="run folder with model.ckpt and opt.json; a bare name is looked up in "
-                        "<root_path>/<collection>/results/")
+                   help="run folder with model.ckpt and opt.json (or an authors' GMMFormer run folder with best.ckpt); "
+                        "a bare name is looked up in <root_path>/<collection>/results/")
     p.add_argument("--eval_split", help="caption split to evaluate: train, val or test (default test)")
     p.add_argument("--save_scores", action="store_true",
                    help="also write the fused score matrix (scores_<split>.npy) and its query / video ids")
@@ -169,11 +179,11 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
     try:
         split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
                             max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
-        check_feature_sizes(model, split, model_dir / "model.ckpt")
+        check_feature_sizes(model, split, model_file(model_dir))
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    fusion = {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight}
-    videos, queries = make_eval_loaders(split, opt, device)
+    fusion = fusion_weights(opt)
+    videos, queries = make_eval_loaders(split, opt, device, model)
     t0 = time.time()
     scores_path = model_dir / f"scores_{split_name}.npy" if save_scores else None
     res = evaluate(model, videos, queries, device, fusion, opt.eval_query_bsz, scores_path)
@@ -193,6 +203,16 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
     return result
 
 
+def stored_options(model_dir: Path) -> dict:
+    """The run's stored settings: its opt.json, or (an authors' GMMFormer run folder) its best.ckpt's config."""
+    if not (model_dir / "opt.json").is_file() and (model_dir / "best.ckpt").is_file():
+        try:
+            return authors_gmm_options(read_checkpoint(model_dir / "best.ckpt"))
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
+    return load_opt(model_dir)
+
+
 def run_options(model_dir: Path, overrides: dict) -> tuple[argparse.Namespace, dict]:
     """The settings of the run in ``model_dir`` (this project's opt.json or the authors'), and the stored dict.
 
@@ -200,12 +220,12 @@ def run_options(model_dir: Path, overrides: dict) -> tuple[argparse.Namespace, d
     workers, batch sizes) never do. ``overrides`` (the data root, the split,
     the machine's flags) win over both.
     """
-    stored = load_opt(model_dir)
+    stored = stored_options(model_dir)
     settings = {k: v for k, v in stored.items() if k not in EVAL_RUNTIME_KEYS}
     opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings, **overrides})
     if not opt.root_path:
         raise SystemExit("--root_path is required (the run's opt.json does not name one)")
-    return fill_collection_defaults(opt), stored
+    return resolve_student_flags(fill_collection_defaults(opt)), stored
 
 
 def main(argv=None) -> dict:
@@ -213,7 +233,7 @@ def main(argv=None) -> dict:
     model_dir = resolve_model_dir(args.model_dir, getattr(args, "root_path", None), getattr(args, "collection", None))
     opt, stored = run_options(model_dir, {"eval_split": "test", "save_scores": False, **vars(args)})
     try:
-        model, info = load_model(model_dir / "model.ckpt", stored)
+        model, info = load_model(model_file(model_dir), stored)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     device = resolve_device(opt.device)

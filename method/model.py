@@ -100,6 +100,11 @@ class DLDKD(nn.Module):
     def needs_clips(self) -> bool:
         return student_class(self.cfg.student).needs_clips
 
+    @property
+    def position_level(self) -> str:
+        """The level whose positions follow the video's time (frames; GMMFormer: its clips), for curves and moments."""
+        return student_class(self.cfg.student).kd_levels[0]
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -74,18 +74,25 @@ class BertAdam(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude_all_norms: bool = False) -> List[Dict]:
     """Split the trainable parameters into a decayed and a non-decayed group.
 
     A parameter is not decayed when its name contains any of ``NO_DECAY``
     ("bias", "LayerNorm.bias", "LayerNorm.weight"); everything else, positional
-    embeddings and the pooling vector included, gets ``weight_decay``. Parameters
-    with ``requires_grad=False`` are left out.
+    embeddings and the pooling vector included, gets ``weight_decay``. So a
+    LayerNorm under another name (GMMFormerV2's ``norm1`` / ``norm2``) is
+    decayed, as released; ``exclude_all_norms`` exempts every LayerNorm
+    module's parameters. Parameters with ``requires_grad=False`` are left out.
     """
+    norms = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+
+    def no_decay(name: str, p: nn.Parameter) -> bool:
+        return any(nd in name for nd in NO_DECAY) or (exclude_all_norms and id(p) in norms)
+
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
-        {"params": [p for n, p in named if not any(nd in n for nd in NO_DECAY)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
     ]
 
 
@@ -95,7 +102,7 @@ def _lr_lambda(step: int, total_steps: int, warmup: float) -> float:
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, total_steps: int,
-                    warmup: float = 0.01) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+                    warmup: float = 0.01, exclude_all_norms: bool = False) -> Tuple[torch.optim.Optimizer, LambdaLR]:
     """Optimiser and LR scheduler of a training run.
 
     Args:
@@ -105,6 +112,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         weight_decay: decay of the decayed group.
         total_steps: T = steps per epoch * number of epochs.
         warmup: warm-up fraction of T.
+        exclude_all_norms: no decay on any LayerNorm (see ``param_groups``).
 
     Returns:
         (optimizer, scheduler); call ``scheduler.step()`` after every ``optimizer.step()``
@@ -112,7 +120,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, exclude_all_norms)
     if name == "bertadam":
         optimizer = BertAdam(groups, lr=lr, weight_decay=weight_decay)
     elif name == "adamw":

@@ -3,8 +3,11 @@
 The building blocks of ``method.explore`` and ``method.report``. Shapes:
 Q captions, V videos, L padded frames (<= max_ctx_l), d hidden size, P
 (query, video) pairs. Scores are those of evaluation (``method.eval``):
-per-frame cosine, video score = max over valid frames, fused = weighted sum
-of the branches' video scores.
+per-position cosine, video score = max over a level's positions, a branch's
+score = the weighted sum of its levels' (GMMFormer family: 0.7 clip + 0.3
+frame), fused = weighted sum of the branches'. The per-position curves of
+explore and report are those of the student's positional level
+(``DLDKD.position_level``: frames, or GMMFormer's 32 clips).
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .checkpoint import CheckpointError, load_model
-from .config import resolve_device
+from .checkpoint import CheckpointError, load_model, model_file
+from .config import fusion_weights, resolve_device
 from .data import (DataError, H5Store, Split, build_split, dataset_paths, resolve_caption_keys, teacher_frames,
                    teacher_sentence)
 from .eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
@@ -57,7 +60,7 @@ class Run:
 
     @property
     def fusion(self) -> dict[str, float]:
-        return {"exploration": self.opt.exploration_weight, "inheritance": self.opt.inheritance_weight}
+        return fusion_weights(self.opt)
 
 
 def load_run(model_dir: str, root_path: str | None = None, collection: str | None = None,
@@ -67,7 +70,7 @@ def load_run(model_dir: str, root_path: str | None = None, collection: str | Non
     opt, stored = run_options(path, {"device": device, "num_workers": num_workers,
                                      **({"root_path": root_path} if root_path else {})})
     try:
-        model, info = load_model(path / "model.ckpt", stored)
+        model, info = load_model(model_file(path), stored)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     dev = resolve_device(device)
@@ -80,7 +83,7 @@ def open_split(run: Run, split_name: str) -> Split:
     try:
         split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
                             max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
-        check_feature_sizes(run.model, split, run.path / "model.ckpt")
+        check_feature_sizes(run.model, split, model_file(run.path))
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
     return split
@@ -88,50 +91,68 @@ def open_split(run: Run, split_name: str) -> Split:
 
 @dataclass
 class EncodedSplit:
-    """Every caption and video of a split, encoded once."""
+    """Every caption and video of a split, encoded once.
+
+    ``mask`` and ``n_frames`` describe the positions of the curves
+    (``curve_level``): a video's frames, or its clips (all valid).
+    """
 
     cap_ids: list[str]
     video_ids: list[str]
     query_video: torch.Tensor  # (Q,) int64 index of each caption's video
     queries: dict[str, torch.Tensor]  # branch -> (Q, d)
-    frames: dict[str, torch.Tensor]  # branch -> (V, L, d) unit frames, padded = the video's first frame
-    mask: torch.Tensor  # (V, L) 1 = valid frame
+    positions: dict[str, dict[str, torch.Tensor]]  # branch -> level -> (V, P, d) unit, uncounted = first position
+    mask: torch.Tensor  # (V, P) 1 = a valid position of the curve level
+    curve_level: str
+
+    @property
+    def frames(self) -> dict[str, torch.Tensor]:
+        """branch -> (V, P, d) unit positions of the curve level."""
+        return {name: levels[self.curve_level] for name, levels in self.positions.items()}
 
     @property
     def n_frames(self) -> torch.Tensor:
-        """(V,) valid frames of each video on the model's time axis."""
+        """(V,) valid positions of each video on the curve level's time axis."""
         return self.mask.sum(1).long()
 
 
+def _lay_blocks(blocks: list, n_pad: int) -> torch.Tensor:
+    """Blocks (Vb, Pb, d) into one (V, n_pad, d) tensor; extra positions repeat each video's first position."""
+    return torch.cat([torch.cat([b, b[:, :1].expand(-1, n_pad - b.shape[1], -1)], 1) for b in blocks])
+
+
 def encode_split(run: Run, split: Split) -> EncodedSplit:
-    """Encode all videos and captions of ``split`` (memory: V x L x d floats per branch).
+    """Encode all videos and captions of ``split`` (memory: V x P x d floats per branch and level).
 
     ``method.eval.encode_split`` encodes them in loader blocks; here the
-    blocks are laid into one (V, L, d) tensor per branch, each block's extra
-    frames holding its videos' first frame, as within a block.
+    blocks are laid into one (V, P, d) tensor per branch and level, each
+    block's extra positions holding its videos' first position, as within a block.
     """
-    videos, queries = make_eval_loaders(split, run.opt, run.device)
-    blocks, masks, video_ids, encoded, cap_ids = eval_encode_split(run.model, videos, queries, run.device)
-    n_pad = max(m.shape[1] for m in masks)
-    mask = torch.cat([F.pad(m, (0, n_pad - m.shape[1])) for m in masks])
-    frames = {name: torch.cat([torch.cat([b[name], b[name][:, :1].expand(-1, n_pad - b[name].shape[1], -1)], 1)
-                               for b in blocks])
-              for name in run.model.branch_names}
+    model = run.model
+    videos, queries = make_eval_loaders(split, run.opt, run.device, model)
+    blocks, masks, video_ids, encoded, cap_ids = eval_encode_split(model, videos, queries, run.device)
+    level = model.position_level
+    curve_masks = [model.score_masks(m)[level] if level == "clip" else m for m in masks]
+    n_pad = {lv: max(b[model.branch_names[0]][lv].shape[1] for b in blocks) for lv in model.levels}
+    positions = {name: {lv: _lay_blocks([b[name][lv] for b in blocks], n_pad[lv]) for lv in model.levels}
+                 for name in model.branch_names}
+    width = n_pad[level]
+    mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in curve_masks])
     index = {v: i for i, v in enumerate(video_ids)}
     query_video = torch.tensor([index[c.split("#")[0]] for c in cap_ids], device=run.device)
-    return EncodedSplit(cap_ids, video_ids, query_video, encoded, frames, mask)
+    return EncodedSplit(cap_ids, video_ids, query_video, encoded, positions, mask, level)
 
 
 @torch.no_grad()
 def video_scores(run: Run, enc: EncodedSplit, rows) -> dict[str, torch.Tensor]:
-    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor), per branch and fused."""
-    out = {name: cosine_video_scores(q[rows], enc.frames[name]) for name, q in enc.queries.items()}
-    out["fused"] = run.model.fuse(out, run.fusion)
-    return out
+    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score."""
+    levels = {name: {lv: cosine_video_scores(q[rows], enc.positions[name][lv]) for lv in run.model.levels}
+              for name, q in enc.queries.items()}
+    return run.model.named_scores(levels, run.fusion)
 
 
 def all_ranks(run: Run, enc: EncodedSplit, chunk: int = 500) -> dict[str, torch.Tensor]:
-    """1-based rank (Q,) of each caption's own video, fused and per branch (pessimistic ties, as in eval)."""
+    """1-based rank (Q,) of each caption's own video, every named score (pessimistic ties, as in eval)."""
     parts: dict[str, list] = {}
     for start in range(0, len(enc.cap_ids), chunk):
         rows = slice(start, start + chunk)
@@ -143,18 +164,20 @@ def all_ranks(run: Run, enc: EncodedSplit, chunk: int = 500) -> dict[str, torch.
 @torch.no_grad()
 def pair_curves(run: Run, enc: EncodedSplit, q_idx: torch.Tensor, v_idx: torch.Tensor,
                 chunk: int = 256) -> dict[str, torch.Tensor]:
-    """Per-frame cosine curves (P, L) of captions ``q_idx`` (P,) on videos ``v_idx`` (P,), per branch and fused.
+    """Per-position cosine curves (P, L) of captions ``q_idx`` (P,) on videos ``v_idx`` (P,), per branch and fused.
 
-    The fused curve weights the branches' curves like the fused video score.
-    Frames beyond a video's length hold its first frame's score: mask them
-    with ``enc.mask[v_idx]``.
+    The curves are those of the curve level (frames, or GMMFormer's clips);
+    the fused curve weights the branches' curves like the fused video score.
+    Positions beyond a video's length hold its first position's score: mask
+    them with ``enc.mask[v_idx]``.
     """
     out: dict[str, list] = {name: [] for name in enc.queries}
+    frames = enc.frames
     for start in range(0, len(q_idx), chunk):
         q, v = q_idx[start:start + chunk], v_idx[start:start + chunk]
         for name, queries in enc.queries.items():
             unit = F.normalize(queries[q], dim=-1, eps=1e-12)
-            out[name].append(torch.bmm(enc.frames[name][v], unit[:, :, None]).squeeze(-1))
+            out[name].append(torch.bmm(frames[name][v], unit[:, :, None]).squeeze(-1))
     curves = {name: torch.cat(c) if c else torch.zeros(0, enc.mask.shape[1], device=run.device)
               for name, c in out.items()}
     curves["fused"] = run.model.fuse(curves, run.fusion)

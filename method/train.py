@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from . import distributed, rng
 from .checkpoint import atomic_save, load_model, model_payload, read_checkpoint
-from .config import parse_train_args, resolve_device, save_opt
+from .config import fusion_weights, parse_train_args, resolve_device, save_opt
 from .data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
 from .eval import evaluate, evaluate_split, make_eval_loaders
-from .global_batch import GlobalBatch
-from .losses import DLDKDLoss, SoftNCEOptions
+from .global_batch import GlobalBatch, pad_share, share_sizes
+from .losses import DLDKDLoss, Objective, QueryDiversity, SoftNCEOptions
 from .model import DLDKD, ModelConfig
 from .optim import build_optimizer
 from .run_files import prepare_run_dir, setup_logging, write_metrics
@@ -74,7 +74,7 @@ def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
     log.info("recipe %s | train %d videos, %d steps/epoch, %d processes, %d parameters, device %s", opt.recipe,
              len(r.loader.dataset), len(r.loader), d.world, sum(p.numel() for p in r.model.parameters()), device)
     writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"]) if d.is_main else None
-    fusion = {"exploration": opt.exploration_weight, "inheritance": opt.inheritance_weight}
+    fusion = fusion_weights(opt)
     with distributed.StopSignal() as stop:
         train_epochs(opt, r, state, run_dir, device, writer, fusion, stop)
     if not d.is_main:
@@ -156,8 +156,36 @@ class Run:
     teacher: Optional[PrecomputedTeacher]
     dist: distributed.Dist
     sampling: Optional[torch.Generator] = None  # negatives' stream of several processes (see method.rng)
+    second_queries: bool = False  # encode the queries twice (query diversity and OT read the second, quirk Q5)
     val_videos: Optional[DataLoader] = None
     val_queries: Optional[DataLoader] = None
+
+
+def model_config(opt, visual_dim: int, text_dim: int) -> ModelConfig:
+    """The model's settings from the run's flags and the data's feature sizes."""
+    return ModelConfig(visual_input_size=visual_dim, query_input_size=text_dim, hidden_size=opt.hidden_size,
+                       n_heads=opt.n_heads, max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l,
+                       input_drop=opt.input_drop, drop=opt.drop, share_query_proj=not opt.separate_query_proj,
+                       single_branch=opt.single_branch, student=opt.student, map_size=opt.map_size,
+                       sft_factor=opt.sft_factor, gauss_own_length=opt.gauss_own_length,
+                       gauss_centred=opt.gauss_centred, mask_padded_frames=opt.mask_padded_frames,
+                       eval_context_bsz=opt.eval_context_bsz)
+
+
+def make_objective(opt, levels: tuple) -> Objective:
+    """Each branch's retrieval terms: InfoNCE weights per level, query diversity and OT (the student's factors)."""
+    qdl = None
+    if opt.qdl_weight > 0:  # GMMFormerV2's form has a focal factor; GMMFormer's is the log of a sum
+        focal = opt.qdl_focal if opt.student == "gmmformer_v2" else None
+        qdl = QueryDiversity(opt.qdl_weight, opt.qdl_margin, opt.qdl_scale, focal)
+    return Objective(nce_weights={lv: opt.clip_nce_weight if lv == "clip" else opt.nce_weight for lv in levels},
+                     qdl=qdl, ot_weight=opt.ot_weight, kd_level=opt.kd_level)
+
+
+def make_loss(opt, levels: tuple) -> DLDKDLoss:
+    soft = SoftNCEOptions(opt.soft_nce_leak, opt.soft_detach_self_targets, opt.soft_keep_parts)
+    return DLDKDLoss(opt.margin, opt.hard_pool_size, kd_temperature=opt.kd_temperature,
+                     soft=soft if opt.label_style == "soft" else None, objective=make_objective(opt, levels))
 
 
 def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
@@ -173,26 +201,24 @@ def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
     elif train_split.text_dim != opt.q_feat_size:
         raise SystemExit(f"--q_feat_size {opt.q_feat_size} disagrees with the text features "
                          f"({train_split.text_dim}-d) of {opt.root_path}/{opt.collection}")
-    cfg = ModelConfig(visual_input_size=train_split.visual_dim, query_input_size=train_split.text_dim,
-                      hidden_size=opt.hidden_size, n_heads=opt.n_heads, max_ctx_l=opt.max_ctx_l,
-                      max_desc_l=opt.max_desc_l, input_drop=opt.input_drop, drop=opt.drop,
-                      share_query_proj=not opt.separate_query_proj, single_branch=opt.single_branch)
-    model = DLDKD(cfg).to(device)
+    try:
+        model = DLDKD(model_config(opt, train_split.visual_dim, train_split.text_dim)).to(device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     forward = model
     if d.enabled:
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loader = make_train_loader(train_split, opt, device, d)
+    loss_fn = make_loss(opt, model.levels)
+    loader = make_train_loader(train_split, opt, device, d, model.needs_clips)
     optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, len(loader) * opt.n_epoch,
-                                           opt.lr_warmup_proportion)
-    soft = SoftNCEOptions(opt.soft_nce_leak, opt.soft_detach_self_targets, opt.soft_keep_parts)
+                                           opt.lr_warmup_proportion, opt.exclude_all_norms_from_decay)
     run = Run(model=model, forward=torch.compile(forward) if opt.compile else forward, loader=loader,
-              optimizer=optimizer, scheduler=scheduler,
-              loss_fn=DLDKDLoss(opt.margin, opt.hard_pool_size, opt.nce_weight, opt.kd_temperature,
-                                soft if opt.label_style == "soft" else None),
+              optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
               teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=d,
-              sampling=rng.sampling_generator(device) if d.enabled else None)
+              sampling=rng.sampling_generator(device) if d.enabled else None,
+              second_queries=loss_fn.objective.needs_second_queries and not opt.reuse_query_encoding)
     if val_split is not None:
-        run.val_videos, run.val_queries = make_eval_loaders(val_split, opt, device)
+        run.val_videos, run.val_queries = make_eval_loaders(val_split, opt, device, model)
     return run
 
 
@@ -212,8 +238,9 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
         for batch in progress(r.dist, r.loader, desc="train", leave=False):
             data_seconds += time.perf_counter() - t_ready
+            sizes = share_sizes(r.dist, batch, r.model.cfg.map_size)  # from the CPU batch: no device sync
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            terms = train_step(r, b, settings, opt.amp)
+            terms = train_step(r, b, settings, opt.amp, sizes)
             for name, value in terms.items():  # summed on device: no sync per step
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if stop.requested(r.dist):
@@ -223,22 +250,31 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     return {**dict(zip(sums, totals.tolist())), "data_seconds": data_seconds}
 
 
-def train_step(r: Run, b: dict, settings: dict, amp: str) -> dict:
+def train_step(r: Run, b: dict, settings: dict, amp: str, sizes=None) -> dict:
     """Forward, losses, backward, one optimiser and LR step on this process's share ``b`` (on the device).
 
     ``settings``: ``epoch_settings`` of the epoch. ``amp="bf16"`` runs the
-    forward pass and the scoring under bfloat16 autocast; the losses always run
-    in float32. Returns this process's part of the loss terms and of their sum
-    (``loss``) as device tensors; summed over the processes they are the global
-    batch's.
+    encoders under bfloat16 autocast; the embeddings are cast to float32, so
+    the scores, the gathers and the losses run in float32. ``sizes``: the
+    shares' ``share_sizes`` (computed here when not given). Returns this
+    process's part of the loss terms and of their sum (``loss``) as device
+    tensors; summed over the processes they are the global batch's.
     """
+    if sizes is None:
+        sizes = share_sizes(r.dist, b, r.model.cfg.map_size)
+    if r.dist.enabled:  # every video is encoded padded to the global batch's longest, as in one process
+        b = pad_share(b, sizes.length)
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-        view = GlobalBatch.build(r.dist, r.forward(b["video_feat"], b["video_mask"], b["query_feat"],
-                                                   b["query_mask"]), b)
-        scores = view.branch_scores()
-    scores = {name: pair.float() for name, pair in scores.items()}
-    teacher = None if r.teacher is None else view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None)
-    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, **settings)
+        emb = r.forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"], b.get("clip_feat"),
+                        r.second_queries)
+    if amp == "bf16":
+        emb = float_embeddings(emb)
+    view = GlobalBatch.build(r.dist, emb, b, sizes)
+    scores = view.branch_scores()
+    teacher = None
+    if r.teacher is not None:
+        teacher = view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None, r.loss_fn.objective.kd_level)
+    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local, **settings)
     loss = sum(terms.values())
     r.optimizer.zero_grad(set_to_none=True)
     # DDP averages the processes' gradients, and each loss is one process's part of the global sum.
@@ -246,6 +282,13 @@ def train_step(r: Run, b: dict, settings: dict, amp: str) -> dict:
     r.optimizer.step()
     r.scheduler.step()
     return {**terms, "loss": loss}
+
+
+def float_embeddings(tree):
+    """float32 copies of every floating tensor in the nested dict of embeddings (after a bf16 forward)."""
+    if isinstance(tree, dict):
+        return {k: float_embeddings(v) for k, v in tree.items()}
+    return tree.float() if tree.is_floating_point() else tree
 
 
 def progress(d: distributed.Dist, iterable, **kwargs):
@@ -259,12 +302,20 @@ def split_args(opt, split: str) -> dict:
             "teacher_video_file": opt.teacher_video_file, "teacher_query_file": opt.teacher_query_file}
 
 
-def make_train_loader(split, opt, device: torch.device, d: distributed.Dist) -> DataLoader:
-    """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``)."""
-    dataset = split.train_dataset()
-    sampler = GlobalBatchSampler(dataset.caption_counts, opt.bsz, opt.seed, d.rank, d.world)
-    dims = (split.visual_dim, split.text_dim, split.teacher_dim)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=functools.partial(collate_train, dims=dims),
+def make_train_loader(split, opt, device: torch.device, d: distributed.Dist, clips: bool = False) -> DataLoader:
+    """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``).
+
+    ``clips``: the items carry the student's ``map_size`` clips (and, when the
+    teacher is distilled over clips, the teacher's).
+    """
+    n_clips = opt.map_size if clips else None
+    teacher_clips = clips and not opt.no_teacher and opt.kd_level == "clip"
+    dataset = split.train_dataset(n_clips, teacher_clips)
+    counts = dataset.caption_counts if opt.batch_sort == "captions" else dataset.frame_counts
+    sampler = GlobalBatchSampler(counts, opt.bsz, opt.seed, d.rank, d.world)
+    dims = (split.visual_dim, split.text_dim, split.teacher_dim, n_clips, teacher_clips)
+    collate = functools.partial(collate_train, dims=dims, sort_by=opt.batch_sort)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                       num_workers=opt.num_workers, worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(opt.seed), pin_memory=device.type == "cuda",
                       persistent_workers=opt.num_workers > 0)

@@ -15,7 +15,7 @@ from method.checkpoint import dldkdpp_to_own, load_model
 from method.config import parse_train_args
 from method.data import build_split, collate_queries, collate_train, collate_videos
 from method.distributed import Dist
-from method.global_batch import GlobalBatch
+from method.global_batch import GlobalBatch, share_sizes
 from method.losses import DLDKDLoss, SoftNCEOptions
 from method.model import DLDKD, ModelConfig
 from method.schedules import alpha_schedule, beta_schedule, kd_factor
@@ -55,7 +55,7 @@ def tiny_terms(model, batch, epoch, soft=True) -> dict:
     """The training loop's own forward and losses (one process), at TVR's margin 0.1 and a hard pool of 1."""
     model.train()
     view = GlobalBatch.build(Dist(), model(batch["video_feat"], batch["video_mask"], batch["query_feat"],
-                                           batch["query_mask"]), batch)
+                                           batch["query_mask"]), batch, share_sizes(Dist(), batch, 32))
     loss_fn = DLDKDLoss(margin=0.1, hard_pool_size=1, soft=SoftNCEOptions() if soft else None)
     return loss_fn(view.branch_scores(), view.layout, view.teacher_scores(PrecomputedTeacher(), batch, soft),
                    kd_factor=kd_factor(epoch, "exp_decay", 0.1), hard_negative=True,
@@ -99,10 +99,10 @@ def test_tiny_model_scores_match_authors(dldkdpp_golden):
     close = dict(rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(teacher.numpy(), g["tiny_teacher_dot_max"], **close)
     for name, key in (("inheritance", "inher"), ("exploration", "explore")):
-        np.testing.assert_allclose(scores[name].video_scores_raw.numpy(), g[f"tiny_{key}_dot_max"], **close)
-        np.testing.assert_allclose(scores[name].video_scores.numpy(), g[f"tiny_{key}_cos_max"], **close)
-        np.testing.assert_allclose(scores[name].video_scores.numpy(), g[f"tiny_scores_{key}"], **close)
-    fused = model.fuse({k: v.video_scores for k, v in scores.items()}, {"exploration": 0.3, "inheritance": 0.7})
+        np.testing.assert_allclose(scores[name]["frame"].video_scores_raw.numpy(), g[f"tiny_{key}_dot_max"], **close)
+        np.testing.assert_allclose(scores[name]["frame"].video_scores.numpy(), g[f"tiny_{key}_cos_max"], **close)
+        np.testing.assert_allclose(scores[name]["frame"].video_scores.numpy(), g[f"tiny_scores_{key}"], **close)
+    fused = model.fuse({k: v["frame"].video_scores for k, v in scores.items()}, {"exploration": 0.3, "inheritance": 0.7})
     np.testing.assert_allclose(fused.numpy(), g["tiny_scores_fused"], **close)
 
 
@@ -238,7 +238,7 @@ def test_authors_dldkdpp_checkpoint_through_do_test(dldkdpp_golden, tmp_path):
     queries = collate_queries([split.query_dataset()[i] for i in range(len(split.query_dataset()))])
     with torch.no_grad():
         scores = model.score(videos["video_feat"], videos["video_mask"], queries["query_feat"], queries["query_mask"])
-    fused = 0.3 * scores["exploration"].video_scores + 0.7 * scores["inheritance"].video_scores
+    fused = 0.3 * scores["exploration"]["frame"].video_scores + 0.7 * scores["inheritance"]["frame"].video_scores
     np.testing.assert_allclose(np.load(run_dir / "scores_test.npy"), fused.numpy(), rtol=1e-5, atol=1e-6)
 
 

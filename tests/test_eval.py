@@ -58,7 +58,7 @@ def direct_scores(state, root):
     queries = collate_queries([split.query_dataset()[i] for i in range(len(split.query_dataset()))])
     with torch.no_grad():
         out = model.score(videos["video_feat"], videos["video_mask"], queries["query_feat"], queries["query_mask"])
-    scores = {k: o.video_scores for k, o in out.items()}
+    scores = {k: o["frame"].video_scores for k, o in out.items()}
     scores["fused"] = 0.3 * scores["exploration"] + 0.7 * scores["inheritance"]
     vid_index = {v: i for i, v in enumerate(videos["video_ids"])}
     return scores, torch.tensor([vid_index[c.split("#")[0]] for c in queries["cap_ids"]])

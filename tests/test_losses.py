@@ -353,9 +353,9 @@ def dldkd_batch(seed=0, single_branch=False):
 
 
 def run_loss(loss_fn, outputs, labels, frame_mask, teacher=None, **kwargs):
-    scores = {k: whole(o) for k, o in outputs.items()}
+    scores = {k: {"frame": whole(o)} for k, o in outputs.items()}
     return loss_fn(scores, BatchLayout.whole(labels, frame_mask),
-                   None if teacher is None else TeacherScores(teacher), **kwargs)
+                   None if teacher is None else TeacherScores(teacher, frame_mask[labels]), **kwargs)
 
 
 def test_dldkd_terms_and_weights():
@@ -522,13 +522,13 @@ def test_sharded_terms_add_up_to_the_whole_batch(soft, hard_negative):
     settings = {"kd_factor": 0.1, "hard_negative": hard_negative, "alpha": 0.5, "beta": 0.7}
 
     def terms_of(rows, cols):
-        scores = {k: SimpleNamespace(rows=SimpleNamespace(video_scores=o.video_scores[rows],
-                                                          video_scores_raw=o.video_scores_raw[rows],
-                                                          frame_scores=o.frame_scores[rows]),
-                                     cols=SimpleNamespace(video_scores=o.video_scores[:, cols],
-                                                          video_scores_raw=o.video_scores_raw[:, cols]))
+        scores = {k: {"frame": SimpleNamespace(rows=SimpleNamespace(video_scores=o.video_scores[rows],
+                                                                    video_scores_raw=o.video_scores_raw[rows],
+                                                                    frame_scores=o.frame_scores[rows]),
+                                               cols=SimpleNamespace(video_scores=o.video_scores[:, cols],
+                                                                    video_scores_raw=o.video_scores_raw[:, cols]))}
                   for k, o in outputs.items()}
-        teacher = TeacherScores(teacher_frames[rows], teacher_raw[rows], teacher_raw[:, cols])
+        teacher = TeacherScores(teacher_frames[rows], frame_mask[labels[rows]], teacher_raw[rows], teacher_raw[:, cols])
         return loss_fn(scores, BatchLayout(labels, frame_mask, rows, cols), teacher,
                        generator=torch.Generator().manual_seed(5), **settings)
 

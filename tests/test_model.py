@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from method.checkpoint import released_to_own
-from method.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_branch
+from method.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_level
 
 
 def tiny_released_model(golden) -> DLDKD:
@@ -24,9 +24,9 @@ def test_scores_match_released_code(golden):
     with torch.no_grad():
         train_scores = model.score(vf, vm, qf, qm)
         queries, frames = model.encode_queries(qf, qm), model.encode_videos(vf, vm)
-        infer = {k: cosine_video_scores(queries[k], normalize_frames(frames[k], vm)) for k in queries}
+        infer = {k: cosine_video_scores(queries[k], normalize_frames(frames[k]["frame"], vm)) for k in queries}
     for name, key in (("exploration", "tiny_scores_exploration_A"), ("inheritance", "tiny_scores_inheritance_B")):
-        np.testing.assert_allclose(train_scores[name].video_scores.numpy(), golden[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(train_scores[name]["frame"].video_scores.numpy(), golden[key], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(infer[name].numpy(), golden[key], rtol=1e-5, atol=1e-6)
     fused = model.fuse(infer, {"exploration": 0.3, "inheritance": 0.7})
     np.testing.assert_allclose(fused.numpy(), golden["tiny_scores_fused"], rtol=1e-5, atol=1e-6)
@@ -38,9 +38,9 @@ def test_exploration_uses_inheritance_query_projection(golden):
     assert not hasattr(model.exploration, "query_input_proj")
     vf, vm, qf, qm = tiny_inputs(golden)
     with torch.no_grad():
-        before = model.score(vf, vm, qf, qm)["exploration"].video_scores
+        before = model.score(vf, vm, qf, qm)["exploration"]["frame"].video_scores
         model.inheritance.query_input_proj.net[1].weight.mul_(-1.0)
-        after = model.score(vf, vm, qf, qm)["exploration"].video_scores
+        after = model.score(vf, vm, qf, qm)["exploration"]["frame"].video_scores
     assert not torch.allclose(before, after)
 
 
@@ -73,13 +73,13 @@ def score_loop(query, frames, mask):
     return cos, raw
 
 
-def test_score_branch_against_loop():
+def test_score_level_against_loop():
     g = torch.Generator().manual_seed(0)
     query, frames = torch.randn(7, 8, generator=g), torch.randn(4, 5, 8, generator=g)
     mask = torch.ones(4, 5)
     mask[1, 3:] = 0
     mask[3, 1:] = 0
-    out = score_branch(query, frames, mask)
+    out = score_level(query, frames, mask)
     cos, raw = score_loop(query, frames, mask)
     torch.testing.assert_close(out.video_scores, cos)
     torch.testing.assert_close(out.video_scores_raw, raw)
@@ -100,4 +100,4 @@ def test_padding_does_not_change_scores():
     with torch.no_grad():
         a, b = model.score(vf, vm, qf, qm), model.score(pad_v, pad_vm, pad_q, pad_qm)
     for name in a:
-        torch.testing.assert_close(a[name].video_scores, b[name].video_scores, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[name]["frame"].video_scores, b[name]["frame"].video_scores, rtol=1e-5, atol=1e-5)

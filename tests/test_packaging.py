@@ -35,9 +35,20 @@ def test_scripts_pass_their_recipe_settings(collection, recipe):
         skip |= {"kd_schedule", "margin"}
         assert (from_script["kd_schedule"], from_script["loss_scale_weight"]) == ("exp_decay", 0.1)
         assert from_script["margin"] == (0.1 if collection == "tvr" else 0.2)
+    if from_recipe["no_teacher"]:  # the distillation schedule the scripts always pass is unused
+        skip |= {"kd_schedule"}
     for key, value in from_recipe.items():
         if key not in skip:
             assert from_script[key] == value, key
+
+
+@pytest.mark.parametrize("collection", sorted(SCRIPTS))
+def test_student_variable_puts_a_student_under_the_recipe(collection):
+    cmd = script_command(SCRIPTS[collection], {"STUDENT": "gmmformer_v2"})
+    opt = parse_train_args(cmd[2:])
+    assert (opt.recipe, opt.student, opt.exp_id, opt.single_branch, opt.no_teacher) == \
+        ("iccv", "gmmformer_v2", "dldkd_gmmformer_v2", False, False)
+    assert opt.ot_weight > 0 and opt.separate_query_proj  # the student's own objective; its own query projections
 
 
 def test_nproc_starts_torchrun_and_nodes_need_an_address():

@@ -4,7 +4,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from method.data.stores import resolve_or_raise
-from method.data.transforms import student_frames, student_tokens, teacher_frames, teacher_sentence
+from method.data.transforms import clip_features, student_frames, student_tokens, teacher_frames, teacher_sentence
 
 
 class _Items(Dataset):
@@ -29,7 +29,11 @@ class TrainDataset(_Items):
         query_feats: list of k float32 (n_j, Dq), n_j <= max_desc_l, per-token normalised
         teacher_video_feat: float32 (L_i, Dt)   (teacher on)
         teacher_query_feat: float32 (k, Dt)     (teacher on)
-    The teacher is on when both teacher stores are given.
+        clip_feat: float32 (K, Dv)              (``n_clips`` = K given: the GMMFormer family's clips)
+        teacher_clip_feat: float32 (K, Dt)      (teacher on and ``teacher_clips``: distillation over clips)
+    The teacher is on when both teacher stores are given. Clips are pooled
+    from the video's stored frames (``clip_features``), not from the
+    ``max_ctx_l`` frames, and the teacher's clips from the teacher's stored frames.
 
     ``frame_count_store`` (DL-DKD++'s ``--pool_to_teacher``): a store of the
     teacher's frames; a student video longer than its teacher video is first
@@ -38,10 +42,14 @@ class TrainDataset(_Items):
     """
 
     def __init__(self, captions, video_store, text_store, teacher_text_store=None, teacher_video_store=None,
-                 max_ctx_l=128, max_desc_l=30, preload=False, frame_count_store=None):
+                 max_ctx_l=128, max_desc_l=30, preload=False, frame_count_store=None, n_clips=None,
+                 teacher_clips=False):
         if (teacher_text_store is None) != (teacher_video_store is None):
             raise ValueError("give both teacher stores (text and video) or neither")
+        if teacher_clips and n_clips is None:
+            raise ValueError("teacher clips need n_clips")
         self.frame_count_store = frame_count_store
+        self.n_clips, self.teacher_clips = n_clips, teacher_clips
         self._keys = list(captions.video_ids)
         self.video2caps = captions.video2caps
         self.video_store, self.text_store = video_store, text_store
@@ -58,11 +66,26 @@ class TrainDataset(_Items):
         """Number of captions of each video, in dataset order."""
         return [len(self.video2caps[vid]) for vid in self._keys]
 
+    @property
+    def frame_counts(self):
+        """Number of frames of each video after pooling (what ``video_feat`` holds), in dataset order.
+
+        Read from the stores' frame counts, without the features.
+        """
+        counts = []
+        for vid in self._keys:
+            n = self.video_store.n_frames(vid)
+            if self.frame_count_store is not None:
+                n = min(n, self.frame_count_store.n_frames(vid))
+            counts.append(min(n, self.max_ctx_l))
+        return counts
+
     def _load(self, index):
         vid = self._keys[index]
         cap_ids = self.video2caps[vid]
         n_teacher = None if self.frame_count_store is None else self.frame_count_store.n_frames(vid)
-        video = student_frames(self.video_store.get(vid), self.max_ctx_l, n_teacher)
+        raw = self.video_store.get(vid)
+        video = student_frames(raw, self.max_ctx_l, n_teacher)
         item = {
             "video_id": vid,
             "cap_ids": list(cap_ids),
@@ -70,9 +93,13 @@ class TrainDataset(_Items):
             "query_feats": [student_tokens(self.text_store.get(self.text_keys[c]), self.max_desc_l)
                             for c in cap_ids],
         }
+        if self.n_clips is not None:
+            item["clip_feat"] = clip_features(raw, self.n_clips)
         if self.use_teacher:
-            item["teacher_video_feat"] = teacher_frames(self.teacher_video_store.get(vid), len(video),
-                                                        self.max_ctx_l)
+            teacher_raw = self.teacher_video_store.get(vid)
+            item["teacher_video_feat"] = teacher_frames(teacher_raw, len(video), self.max_ctx_l)
+            if self.teacher_clips:
+                item["teacher_clip_feat"] = clip_features(teacher_raw, self.n_clips, normalize=False)
             item["teacher_query_feat"] = np.stack(
                 [teacher_sentence(self.teacher_text_store.get(self.teacher_text_keys[c]),
                                   self.teacher_text_store.path) for c in cap_ids])
@@ -80,16 +107,20 @@ class TrainDataset(_Items):
 
 
 class VideoDataset(_Items):
-    """Evaluation videos, one a item: dict(video_id, video_feat float32 (L_i, Dv))."""
+    """Evaluation videos, one a item: dict(video_id, video_feat float32 (L_i, Dv)[, clip_feat float32 (K, Dv)])."""
 
-    def __init__(self, captions, video_store, max_ctx_l=128, preload=False):
+    def __init__(self, captions, video_store, max_ctx_l=128, preload=False, n_clips=None):
         self._keys = list(captions.video_ids)
-        self.video_store, self.max_ctx_l = video_store, max_ctx_l
+        self.video_store, self.max_ctx_l, self.n_clips = video_store, max_ctx_l, n_clips
         self._preload(preload, "preload videos")
 
     def _load(self, index):
         vid = self._keys[index]
-        return {"video_id": vid, "video_feat": student_frames(self.video_store.get(vid), self.max_ctx_l)}
+        raw = self.video_store.get(vid)
+        item = {"video_id": vid, "video_feat": student_frames(raw, self.max_ctx_l)}
+        if self.n_clips is not None:
+            item["clip_feat"] = clip_features(raw, self.n_clips)
+        return item
 
 
 class QueryDataset(_Items):

@@ -21,18 +21,19 @@ class GlobalBatchSampler(Sampler):
     empty when a batch has fewer videos than there are processes.
 
     Args:
-        caption_counts: number of captions of each video, in dataset order.
+        sort_counts: the sort key of each video in dataset order (its caption count,
+            or its frame count after pooling; ``collate_train``'s ``sort_by``).
         batch_size: videos per global batch.
         seed: base seed of the per-epoch order.
         rank, world: this process and the number of processes.
     """
 
-    def __init__(self, caption_counts, batch_size, seed, rank=0, world=1):
+    def __init__(self, sort_counts, batch_size, seed, rank=0, world=1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, {world})")
-        self.caption_counts = [int(c) for c in caption_counts]
+        self.sort_counts = [int(c) for c in sort_counts]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.epoch = 0
 
@@ -41,10 +42,10 @@ class GlobalBatchSampler(Sampler):
         self.epoch = epoch
 
     def global_batches(self):
-        """The epoch's global batches: lists of dataset indices, each sorted by caption count (descending)."""
-        n = len(self.caption_counts)
+        """The epoch's global batches: lists of dataset indices, each sorted by ``sort_counts`` (descending)."""
+        n = len(self.sort_counts)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        counts = self.caption_counts
+        counts = self.sort_counts
         return [sorted(order[s:s + self.batch_size], key=lambda i: -counts[i])  # sorted() is stable
                 for s in range(0, n, self.batch_size)]
 
@@ -53,7 +54,7 @@ class GlobalBatchSampler(Sampler):
             yield share(batch, self.rank, self.world)
 
     def __len__(self):
-        return -(-len(self.caption_counts) // self.batch_size)
+        return -(-len(self.sort_counts) // self.batch_size)
 
 
 def share(batch, rank, world):

@@ -85,15 +85,15 @@ class Split:
         """Teacher dim Dt, or None when the teacher is off."""
         return None if self.teacher_video_store is None else self.teacher_video_store.dim
 
-    def train_dataset(self):
-        """TrainDataset over this split (with the teacher when it is on)."""
+    def train_dataset(self, n_clips=None, teacher_clips=False):
+        """TrainDataset over this split (with the teacher when it is on; ``n_clips`` clips per video when given)."""
         return TrainDataset(self.captions, self.video_store, self.text_store, self.teacher_text_store,
                             self.teacher_video_store, self.max_ctx_l, self.max_desc_l, self.preload,
-                            self.frame_count_store)
+                            self.frame_count_store, n_clips, teacher_clips)
 
-    def video_dataset(self):
-        """VideoDataset over this split's videos."""
-        return VideoDataset(self.captions, self.video_store, self.max_ctx_l, self.preload)
+    def video_dataset(self, n_clips=None):
+        """VideoDataset over this split's videos (with ``n_clips`` clips per video when given)."""
+        return VideoDataset(self.captions, self.video_store, self.max_ctx_l, self.preload, n_clips)
 
     def query_dataset(self):
         """QueryDataset over this split's captions."""

@@ -6,7 +6,7 @@ Modules: ``ranking`` (triplet, InfoNCE, DL-DKD++ soft-target InfoNCE as per-row
 (``DLDKDLoss``: every term of a training step, weighted and named).
 """
 from .distill import kl_distill_loss
-from .objective import BatchLayout, DLDKDLoss, SoftNCEOptions, TeacherScores
+from .objective import BatchLayout, DLDKDLoss, LocalBatch, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
 from .ranking import (
     draw_t2v, draw_v2t, hard_count, nce_loss, nce_t2v_terms, nce_v2t_terms, positive_mask, sample_t2v_negatives,
     sample_v2t_negatives, soft_nce_loss, soft_nce_reduce, soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives,
@@ -14,7 +14,8 @@ from .ranking import (
 )
 
 __all__ = [
-    "kl_distill_loss", "BatchLayout", "DLDKDLoss", "SoftNCEOptions", "TeacherScores",
+    "kl_distill_loss", "BatchLayout", "DLDKDLoss", "LocalBatch", "Objective", "QueryDiversity", "SoftNCEOptions",
+    "TeacherScores",
     "draw_t2v", "draw_v2t", "hard_count", "nce_loss", "nce_t2v_terms", "nce_v2t_terms", "positive_mask",
     "sample_t2v_negatives", "sample_v2t_negatives", "soft_nce_loss", "soft_nce_reduce", "soft_nce_t2v_terms",
     "soft_nce_v2t_terms", "t2v_negatives", "triplet_loss", "triplet_t2v_terms", "triplet_v2t_terms", "v2t_negatives",
