@@ -1,4 +1,9 @@
-"""Shared helpers of the benchmark scripts: dataset presets, synthetic batches, timing, peak FLOP/s."""
+"""Shared helpers of the benchmark scripts: dataset presets, synthetic batches, timing, peak FLOP/s.
+
+Timings use ``method.runtime.device_timer`` (synchronised on CUDA). On CUDA every
+JSON line carries ``peak_cuda_mb``, ``torch.cuda.max_memory_allocated`` in MiB
+(since the last ``median_seconds`` or reset).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +11,12 @@ import json
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from anywhere
+from method.runtime import device_timer  # noqa: E402  (after the path insert)
 
 # Sizes of one training batch: videos, frames, frame dim, captions per video, tokens, text dim.
 PRESETS = {
@@ -29,7 +34,9 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def emit(**record) -> None:
-    """One JSON line per measurement."""
+    """One JSON line per measurement; with CUDA in use, plus its peak allocated memory (``peak_cuda_mb``)."""
+    if torch.cuda.is_initialized():
+        record.setdefault("peak_cuda_mb", round(torch.cuda.max_memory_allocated() / 2 ** 20, 1))
     print(json.dumps(record), flush=True)
 
 
@@ -51,21 +58,20 @@ def synthetic_batch(preset: dict, device: torch.device, seed: int = 0) -> dict:
     return {k: t.to(device) for k, t in batch.items()}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones (synchronised on CUDA).
+
+    On CUDA the peak-memory counter is reset first, so the next ``emit`` reports this measurement's peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         fn()
-    sync(device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        with device_timer(device) as t:
+            fn()
+        times.append(t.seconds)
     return statistics.median(times)
 
 

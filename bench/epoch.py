@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import bench_parser, emit, machine, peak_rss_mb
+from common import bench_parser, device_timer, emit, machine, peak_rss_mb
 from method import demo_data, rng
 from method.config import parse_train_args, resolve_device
 from method.distributed import Dist, StopSignal
@@ -49,13 +49,11 @@ def main(argv=None) -> None:
                                 "--kd_schedule", "exp_decay", "--recipe", args.recipe,
                                 *(["--preload"] if args.preload else [])])
         rng.set_seed(opt.seed)
-        t0 = time.perf_counter()
-        r = build_run(opt, device, Dist())
-        setup_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with StopSignal() as stop:
+        with device_timer(device) as setup:
+            r = build_run(opt, device, Dist())
+        with StopSignal() as stop, device_timer(device) as epoch:
             losses = train_one_epoch(r, 0, epoch_settings(opt, 0, r.teacher is not None), device, opt, stop)
-        epoch_seconds = time.perf_counter() - t0
+        setup_seconds, epoch_seconds = setup.seconds, epoch.seconds
         data = losses["data_seconds"]
         emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=len(r.loader.dataset),
              steps=len(r.loader),
@@ -65,10 +63,10 @@ def main(argv=None) -> None:
              data_seconds=round(data, 2), compute_seconds=round(epoch_seconds - data, 2),
              data_fraction=round(data / epoch_seconds, 3), peak_rss_mb=round(peak_rss_mb()))
         fusion = {"exploration": 0.3, "inheritance": 0.7}
-        t0 = time.perf_counter()
-        res = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)
+        with device_timer(device) as t:
+            res = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)
         emit(bench="eval_val", device=machine(device), n_videos=res["n_videos"], n_queries=res["n_queries"],
-             seconds=round(time.perf_counter() - t0, 2), peak_rss_mb=round(peak_rss_mb()))
+             seconds=round(t.seconds, 2), peak_rss_mb=round(peak_rss_mb()))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ the same scoring matmuls (chunk x d @ d x frames) alone, for the ratio.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import bench_parser, emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
+from common import bench_parser, device_timer, emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
 from method.config import resolve_device
 from method.data import collate_queries, collate_videos
 from method.eval import evaluate
@@ -104,9 +102,9 @@ def main(argv=None) -> None:
                          collate_fn=collate_queries, **common)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    res = evaluate(model, videos, queries, device, {"exploration": 0.3, "inheritance": 0.7}, args.chunk)
-    seconds = time.perf_counter() - t0
+    with device_timer(device) as t:
+        res = evaluate(model, videos, queries, device, {"exploration": 0.3, "inheritance": 0.7}, args.chunk)
+    seconds = t.seconds
     d, frames = model.cfg.hidden_size, s["frames"]
     record = {"bench": "eval_scale", "device": machine(device), "scale": args.scale, "n_videos": n_videos,
               "n_queries": n_queries, "frames": frames, "chunk": args.chunk, "seconds": round(seconds, 1),

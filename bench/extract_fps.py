@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import bench_parser, emit, machine  # noqa: E402
+from common import bench_parser, device_timer, emit, machine  # noqa: E402
 from method import extract_teacher  # noqa: E402
 from method.config import resolve_device  # noqa: E402
 from test_extract_teacher import VIDEO_FPS, make_tiny_clip, write_captions, write_video  # noqa: E402
@@ -37,11 +36,12 @@ def main(argv=None) -> None:
         for i in range(args.videos):
             write_video(os.path.join(tmp, "videos", f"v{i}.mp4"), args.frames, size=args.size, seed=i)
         write_captions(os.path.join(tmp, "data"), "bench", {"train": [(f"v{i}#0", "a caption") for i in range(args.videos)]})
-        t0 = time.perf_counter()
-        extract_teacher.main(["--root_path", os.path.join(tmp, "data"), "--collection", "bench",
-                              "--videos", os.path.join(tmp, "videos"), "--fps", str(VIDEO_FPS), "--clip_model", clip,
-                              "--device", str(device), "--skip_text", "--batch_size", str(args.batch_size)])
-        seconds = time.perf_counter() - t0
+        with device_timer(device) as t:
+            extract_teacher.main(["--root_path", os.path.join(tmp, "data"), "--collection", "bench",
+                                  "--videos", os.path.join(tmp, "videos"), "--fps", str(VIDEO_FPS),
+                                  "--clip_model", clip, "--device", str(device), "--skip_text",
+                                  "--batch_size", str(args.batch_size)])
+        seconds = t.seconds
     frames = args.videos * args.frames
     emit(bench="extract_fps", device=machine(device), model="tiny random CLIP", videos=args.videos, frames=frames,
          seconds=round(seconds, 2), frames_per_second=round(frames / seconds, 1))

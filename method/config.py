@@ -102,6 +102,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "else start it there (for torchrun --max-restarts and requeued cluster jobs)")
     g.add_argument("--seed", type=int, default=2018, help="seed of Python, NumPy, torch and the DataLoader")
     g.add_argument("--debug", action="store_true", help="enable torch.autograd.detect_anomaly (slow)")
+    g.add_argument("--tf32", action="store_true",
+                   help="CUDA: let float32 matmuls and cuDNN round their inputs to TF32 (faster on Ampere and newer, "
+                        "changes the numbers); without it they are exact float32. No effect on the CPU")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, "
+                        "CUBLAS_WORKSPACE_CONFIG=:4096:8): needed for a bit-exact --resume on CUDA; slower on CUDA, "
+                        "the same numbers on the CPU (docs/performance.md)")
     g.add_argument("--dist_timeout", type=float, default=60.0,
                    help="several processes: minutes a process waits for the others in a collective before the run "
                         "fails (rank 0 evaluates while the others wait)")

@@ -37,41 +37,63 @@ class BertAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Perform one update; ``closure`` (optional) re-evaluates the loss and returns it."""
+        """Perform one update; ``closure`` (optional) re-evaluates the loss and returns it.
+
+        Each parameter group is updated by a fixed number of ``torch._foreach_*``
+        calls, however many tensors it holds; the only per-tensor Python work is
+        building the lists (and the state of a parameter's first update).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("BertAdam does not support sparse gradients")
-                if not self.state[p]:
-                    self.state[p]["exp_avg"] = torch.zeros_like(p)
-                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
-            grads = [p.grad for p in params]
-            if group["max_grad_norm"] > 0:
-                # Per-tensor clipping, the same factor as torch.nn.utils.clip_grad_norm_ on one tensor.
-                norms = torch._foreach_norm(grads)
-                factors = [(group["max_grad_norm"] / (n + 1e-6)).clamp(max=1.0) for n in norms]
-                grads = torch._foreach_mul(grads, factors)
-            exp_avgs = [self.state[p]["exp_avg"] for p in params]
-            exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
-            beta1, beta2 = group["betas"]
-            torch._foreach_mul_(exp_avgs, beta1)
-            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denom, group["eps"])
-            updates = torch._foreach_div(exp_avgs, denom)
-            if group["weight_decay"] > 0.0:
-                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
-            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            if params:
+                self._update_group(group, params)
         return loss
+
+    def _update_group(self, group: dict, params: List[torch.Tensor]) -> None:
+        """The released update of ``params`` (the tensors of ``group`` that have a gradient)."""
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError("BertAdam does not support sparse gradients")
+        for p in [p for p in params if not self.state[p]]:  # a parameter's first update
+            self.state[p]["exp_avg"] = torch.zeros_like(p)
+            self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+        if group["max_grad_norm"] > 0:
+            grads = _clipped_per_tensor(grads, group["max_grad_norm"])
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        beta1, beta2 = group["betas"]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        del grads  # the clipped copies are no longer needed: a smaller peak below
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denom)
+        del denom
+        if group["weight_decay"] > 0.0:
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
+
+
+def _clipped_per_tensor(grads: List[torch.Tensor], max_norm: float) -> List[torch.Tensor]:
+    """New tensors ``g * min(1, max_norm / (||g|| + 1e-6))``, each gradient clipped on its own.
+
+    The factor of ``torch.nn.utils.clip_grad_norm_`` applied to one tensor. The
+    norms and factors are 0-d device tensors (no host sync). ``max_norm / x``
+    of a Python float and a tensor is ``x.reciprocal() * max_norm`` in torch,
+    so the factors are computed in that order (bit-identical to the per-tensor
+    expression). The caller's gradients are left unchanged.
+    """
+    factors = torch._foreach_add(torch._foreach_norm(grads), 1e-6)
+    torch._foreach_reciprocal_(factors)
+    torch._foreach_mul_(factors, max_norm)
+    torch._foreach_clamp_max_(factors, 1.0)
+    return torch._foreach_mul(grads, factors)
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_all_norms: bool = False) -> List[Dict]:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import distributed, rng
+from . import distributed, rng, runtime
 from .checkpoint import atomic_save, load_model, model_payload, read_checkpoint
 from .config import fusion_weights, parse_train_args, resolve_device, save_opt
 from .data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
@@ -44,6 +44,7 @@ EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable
 def main(argv=None) -> Optional[dict]:
     """Train, then evaluate the best checkpoint on the test split; returns that result (process 0)."""
     opt = parse_train_args(argv)
+    runtime.apply_policy(opt.tf32, opt.deterministic)  # before the first CUDA call (CUBLAS_WORKSPACE_CONFIG)
     world = distributed.world_size_from_env()
     if opt.bsz % world:
         raise SystemExit(f"--bsz {opt.bsz} is the global batch of all processes: it must be a multiple of "
@@ -63,6 +64,7 @@ def main(argv=None) -> Optional[dict]:
 def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
     opt, run_dir, resuming = prepare_run_dir(opt, d)
     setup_logging(run_dir, d)
+    log.info(runtime.policy_summary(device))
     rng.set_seed(opt.seed)
     r = build_run(opt, device, d)
     state = {"epoch": 0, "best_score": 0.0, "es_cnt": 0, "history": []}
@@ -236,12 +238,13 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     sums: dict[str, torch.Tensor] = {}
     data_seconds, t_ready = 0.0, time.perf_counter()
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
-        for batch in progress(r.dist, r.loader, desc="train", leave=False):
+        for step, batch in enumerate(progress(r.dist, r.loader, desc="train", leave=False)):
             data_seconds += time.perf_counter() - t_ready
             sizes = share_sizes(r.dist, batch, r.model.cfg.map_size)  # from the CPU batch: no device sync
             b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             terms = train_step(r, b, settings, opt.amp, sizes)
-            for name, value in terms.items():  # summed on device: no sync per step
+            runtime.check_finite(terms, epoch, step, r.dist)  # one bool read per step; stops at a NaN / Inf
+            for name, value in terms.items():  # summed on device
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if stop.requested(r.dist):
                 return None

@@ -10,6 +10,7 @@ import pytest
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 GOLDEN = Path(os.environ.get("DLDKD_GOLDEN", SPEC / "golden" / "released_code_golden.npz"))
 DLDKDPP_GOLDEN = GOLDEN.parent / "dldkdpp_golden.npz"
+GMMFORMER_GOLDEN = GOLDEN.parent / "gmmformer_golden.npz"
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,11 @@ def dldkdpp_golden():
     if not DLDKDPP_GOLDEN.is_file():
         pytest.skip(f"DL-DKD++ golden file not found at {DLDKDPP_GOLDEN} (set DLDKD_GOLDEN to the ICCV file beside it)")
     return np.load(DLDKDPP_GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def gmmformer_golden():
+    """Outputs of the authors' GMMFormer / GMMFormerV2 code (gmmformer_golden.md beside the file)."""
+    if not GMMFORMER_GOLDEN.is_file():
+        pytest.skip(f"GMMFormer golden file not found at {GMMFORMER_GOLDEN} (set DLDKD_GOLDEN to the ICCV file beside it)")
+    return np.load(GMMFORMER_GOLDEN)

@@ -1,4 +1,4 @@
-"""Tests of method/optim.py: golden BertAdam steps, a numpy hand computation, groups, state round trip."""
+"""Tests of method/optim.py: golden BertAdam steps, a per-tensor oracle, a numpy hand computation, groups, state."""
 import io
 
 import numpy as np
@@ -6,23 +6,183 @@ import pytest
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from method.optim import BertAdam, build_optimizer, param_groups
 from method.schedules import warmup_linear
 
 
+class LoopBertAdam:
+    """The released rule one tensor at a time: the oracle of the vectorised ``BertAdam.step``.
+
+    For each parameter p with gradient g (skipped when g is None), in float32:
+      g <- g * min(1, max_norm / (||g|| + 1e-6))
+      m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+      p <- p - lr (m / (sqrt(v) + eps) + wd p)
+    written with the same elementwise torch primitives (``add_(x, alpha=a)`` is
+    one fused multiply-add, ``float / tensor`` is ``reciprocal() * float``), so
+    that the two can be compared bit for bit. ``groups`` are dicts with
+    'params', 'lr' and 'weight_decay', read at every step.
+    """
+
+    def __init__(self, groups, betas=(0.9, 0.999), eps=1e-6, max_norm=1.0):
+        self.groups, self.betas, self.eps, self.max_norm = groups, betas, eps, max_norm
+        self.state = {}  # p -> (m, v)
+
+    @torch.no_grad()
+    def step(self):
+        b1, b2 = self.betas
+        for group in self.groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if self.max_norm > 0:
+                    g = g * (self.max_norm / (torch.linalg.vector_norm(g) + 1e-6)).clamp(max=1.0)
+                if p not in self.state:
+                    self.state[p] = (torch.zeros_like(p), torch.zeros_like(p))
+                m, v = self.state[p]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                update = m / (v.sqrt() + self.eps)
+                if group["weight_decay"] > 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                p.add_(update, alpha=-group["lr"])
+
+
+def assert_same_as_oracle(opt, oracle, params, oracle_params):
+    """Parameters and moments of the two optimisers are bit-identical (torch.equal)."""
+    for i, (p, q) in enumerate(zip(params, oracle_params)):
+        assert torch.equal(p, q), f"parameter {i}"
+        if q in oracle.state:
+            m, v = oracle.state[q]
+            assert torch.equal(opt.state[p]["exp_avg"], m) and torch.equal(opt.state[p]["exp_avg_sq"], v), i
+        else:
+            assert len(opt.state[p]) == 0, f"parameter {i} has state but never had a gradient"
+
+
 def test_bertadam_golden_three_steps(golden):
-    p1 = nn.Parameter(torch.from_numpy(golden["adam_p1_init"]).clone())
-    p2 = nn.Parameter(torch.from_numpy(golden["adam_p2_init"]).clone())
-    opt = BertAdam([{"params": [p1], "weight_decay": 0.01}, {"params": [p2], "weight_decay": 0.0}], lr=1e-3)
+    init = [golden["adam_p1_init"], golden["adam_p2_init"]]
+    ps = [nn.Parameter(torch.from_numpy(x).clone()) for x in init]
+    qs = [nn.Parameter(torch.from_numpy(x).clone()) for x in init]
+    opt = BertAdam([{"params": [ps[0]], "weight_decay": 0.01}, {"params": [ps[1]], "weight_decay": 0.0}], lr=1e-3)
     sched = LambdaLR(opt, lambda s: warmup_linear(s / 100, 0.01))
+    oracle = LoopBertAdam([{"params": [qs[0]], "weight_decay": 0.01}, {"params": [qs[1]], "weight_decay": 0.0}])
     for s in range(3):
-        p1.grad = torch.from_numpy(golden[f"adam_g1_step{s}"]).clone()
-        p2.grad = torch.from_numpy(golden[f"adam_g2_step{s}"]).clone()
+        for group, oracle_group in zip(opt.param_groups, oracle.groups):
+            oracle_group["lr"] = group["lr"]
+        for i, (p, q) in enumerate(zip(ps, qs)):
+            p.grad = torch.from_numpy(golden[f"adam_g{i + 1}_step{s}"]).clone()
+            q.grad = p.grad.clone()
+        opt.step()
+        oracle.step()
+        sched.step()
+        assert_same_as_oracle(opt, oracle, ps, qs)
+    np.testing.assert_allclose(ps[0].detach().numpy(), golden["adam_p1_after3"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ps[1].detach().numpy(), golden["adam_p2_after3"], rtol=1e-6, atol=1e-7)
+
+
+SHAPES = [(7, 5), (13,), (3, 4, 2), (1,), (64, 33), (), (200,), (9, 9)]
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 0.7, 0.0])
+def test_vectorised_step_is_bit_identical_to_the_per_tensor_loop(max_norm):
+    """50 steps: mixed shapes, missing and zero gradients, clipped and unclipped tensors, two groups, LambdaLR."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(shape, generator=g) for shape in SHAPES]
+    ps = [nn.Parameter(x.clone()) for x in init]
+    qs = [nn.Parameter(x.clone()) for x in init]
+    decayed = [0, 2, 4, 6]  # the others, and parameter 7 which never gets a gradient, are not decayed
+
+    def groups(xs):
+        return [{"params": [xs[i] for i in decayed], "weight_decay": 0.01},
+                {"params": [x for i, x in enumerate(xs) if i not in decayed], "weight_decay": 0.0}]
+
+    opt = BertAdam(groups(ps), lr=1e-2, max_grad_norm=max_norm)
+    sched = LambdaLR(opt, lambda s: warmup_linear(s / 50, 0.1))
+    oracle = LoopBertAdam(groups(qs), max_norm=max_norm)
+    seen = {"clipped": 0, "unclipped": 0, "none": 0, "zero": 0}
+    lrs = set()
+    for step in range(50):
+        for group, oracle_group in zip(opt.param_groups, oracle.groups):
+            oracle_group["lr"] = group["lr"]
+        lrs.add(opt.param_groups[0]["lr"])
+        for i, (p, q) in enumerate(zip(ps, qs)):
+            kind = torch.randint(0, 10, (), generator=g).item() if i != 7 else 0
+            if kind == 0:  # no gradient this step (parameter 7: never)
+                p.grad = q.grad = None
+                seen["none"] += 1
+                continue
+            if kind == 1:
+                grad = torch.zeros_like(p)
+                seen["zero"] += 1
+            else:  # large gradients are clipped (norm above max_norm), small ones are not
+                grad = torch.randn(p.shape, generator=g) * (30.0 if kind < 5 else 0.01)
+                seen["clipped" if grad.norm() > max_norm > 0 else "unclipped"] += 1
+            p.grad, q.grad = grad, grad.clone()
+        opt.step()
+        oracle.step()
+        sched.step()
+        assert_same_as_oracle(opt, oracle, ps, qs)
+    assert all(n > 0 for kind, n in seen.items() if not (kind == "clipped" and max_norm == 0)), seen
+    assert len(lrs) > 10 and 0.0 in lrs  # the warm-up starts at 0, then the LR changes at every step
+    assert not opt.state[ps[7]] and not torch.equal(ps[0], init[0])
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_bertadam_gmmformer_golden_two_steps(gmmformer_golden, version):
+    """The authors' GMMFormer BertAdam: 2 steps with the golden gradient, lr 1e-2, T = 100, warm-up 0.01."""
+    z = gmmformer_golden
+    prefix = f"{version}_model/"
+    names = [k[len(prefix):] for k in z.files if k.startswith(prefix)]
+    no_decay = set(z[f"{version}_tiny_no_decay_names"].tolist())
+    assert no_decay < set(names)
+    params = {n: nn.Parameter(torch.from_numpy(z[prefix + n]).clone()) for n in names}
+    opt = BertAdam([{"params": [params[n] for n in names if n not in no_decay], "weight_decay": 0.01},
+                    {"params": [params[n] for n in names if n in no_decay], "weight_decay": 0.0}], lr=1e-2)
+    sched = LambdaLR(opt, lambda s: warmup_linear(s / 100, 0.01))
+    assert opt.param_groups[0]["lr"] == 0.0  # the first step only fills the moments
+    for _ in range(2):
+        for n, p in params.items():
+            p.grad = torch.from_numpy(z[f"{version}_tiny_grad/{n}"]).clone()
         opt.step()
         sched.step()
-    np.testing.assert_allclose(p1.detach().numpy(), golden["adam_p1_after3"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(p2.detach().numpy(), golden["adam_p2_after3"], rtol=1e-6, atol=1e-7)
+    worst = 0.0
+    for n, p in params.items():
+        ref = z[f"{version}_tiny_after2/{n}"]
+        np.testing.assert_allclose(p.detach().numpy(), ref, rtol=1e-6, atol=1e-6, err_msg=n)
+        worst = max(worst, float(np.abs(p.detach().numpy() - ref).max()))
+    moved = max(float(np.abs(z[f"{version}_tiny_after2/{n}"] - z[prefix + n]).max()) for n in names)
+    assert moved > 100 * max(worst, 1e-7)  # the check sees the update, not just the initial values
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten calls made from Python (a foreach call counts once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_of_second_step(n_tensors: int) -> int:
+    ps = [nn.Parameter(torch.randn(3, 2)) for _ in range(n_tensors)]
+    opt = BertAdam([{"params": ps[::2], "weight_decay": 0.01}, {"params": ps[1::2], "weight_decay": 0.0}], lr=1e-3)
+    for _ in range(2):  # the first step also creates the state
+        for p in ps:
+            p.grad = torch.randn(3, 2) * 10
+        counter = _CountOps()
+        with counter:
+            opt.step()
+    return counter.calls
+
+
+def test_step_makes_a_fixed_number_of_calls_per_group():
+    """No per-tensor work: 4 or 40 tensors per group, the same number of (foreach) calls."""
+    assert _ops_of_second_step(8) == _ops_of_second_step(80) <= 2 * 16
 
 
 def numpy_bertadam(params, grads_per_step, lrs, wds, b1=0.9, b2=0.999, eps=1e-6, max_norm=1.0):

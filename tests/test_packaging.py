@@ -1,5 +1,6 @@
 """The launch scripts and the package metadata agree with the code they wrap."""
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -80,3 +81,22 @@ def test_pyproject_has_the_requirements_ranges():
     assert set(extras["test"]) - {"dldkd[extract,report]"} == requirement_lines("requirements-test.txt")
     assert {"dldkd-train", "dldkd-eval"} <= set(project["scripts"])
     assert sys.version_info >= (3, 10)
+
+
+# torch APIs of the code with the first release that has them (requirements.txt explains the floor).
+TORCH_API_RELEASES = {
+    r"safe_globals\(\[\(": (2, 6),  # an (object, "module.Name") tuple in the allow-list
+    r"torch\.serialization\.safe_globals": (2, 5),
+    r"FlopCounterMode": (2, 1),
+    r"scaled_dot_product_attention": (2, 0),
+    r"torch\.compile\(": (2, 0),
+}
+
+
+def test_torch_floor_is_the_newest_listed_api_the_code_uses():
+    """The floor equals the newest of the APIs above that the code still uses (not a search for new APIs)."""
+    code = "\n".join(path.read_text() for folder in ("method", "bench") for path in (REPO / folder).rglob("*.py"))
+    used = {pattern: release for pattern, release in TORCH_API_RELEASES.items() if re.search(pattern, code)}
+    assert used == TORCH_API_RELEASES  # an API no longer used: drop it here and revisit the floor
+    floor = re.search(r"^torch>=(\d+)\.(\d+),", (REPO / "requirements.txt").read_text(), re.M)
+    assert max(used.values()) == (int(floor[1]), int(floor[2]))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from method import train
+from method import runtime, train
 from synthetic import write_collection
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
@@ -117,3 +117,48 @@ def test_existing_run_folder_is_not_overwritten(data, tmp_path):
     run(data, tmp_path / "run", "--n_epoch", "1")
     with pytest.raises(SystemExit, match="--resume"):
         run(data, tmp_path / "run", "--n_epoch", "1")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_epoch(data, tmp_path, monkeypatch):
+    real_epoch, real_loss = train.train_one_epoch, train.DLDKDLoss.forward
+    now = {"epoch": None, "step": 0}
+
+    def tracked_epoch(r, epoch, *args, **kwargs):
+        now.update(epoch=epoch, step=0)
+        return real_epoch(r, epoch, *args, **kwargs)
+
+    def kd_nan_at_epoch_1_step_0(self, *args, **kwargs):
+        terms = real_loss(self, *args, **kwargs)
+        if (now["epoch"], now["step"]) == (1, 0):
+            terms["kd"] = terms["kd"] * float("nan")  # in the graph: the backward and the update see it too
+        now["step"] += 1
+        return terms
+
+    monkeypatch.setattr(train, "train_one_epoch", tracked_epoch)
+    monkeypatch.setattr(train.DLDKDLoss, "forward", kd_nan_at_epoch_1_step_0)
+    with pytest.raises(SystemExit, match=r"non-finite loss at epoch 1, step 0 \(0-based, within the epoch\): "
+                                         r"kd=nan, loss=nan;"):
+        run(data, tmp_path / "run", "--n_epoch", "3")
+    assert now == {"epoch": 1, "step": 1}  # stopped at the first step of epoch 1
+    latest = torch.load(tmp_path / "run" / "latest.ckpt", weights_only=True)
+    assert latest["epoch"] == 1 and len(latest["history"]) == 1  # epoch 0 done, epoch 1 to start
+    assert all(torch.isfinite(v).all() for v in latest["model"].values())
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "run")] == [0]
+
+
+def test_deterministic_and_tf32_are_recorded_and_change_nothing_on_the_cpu(data, tmp_path):
+    run(data, tmp_path / "plain", "--n_epoch", "1")
+    try:
+        run(data, tmp_path / "policy", "--n_epoch", "1", "--deterministic", "--tf32")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        runtime.apply_policy(tf32=False, deterministic=False)
+    opt = json.loads((tmp_path / "policy" / "opt.json").read_text())
+    assert opt["deterministic"] is True and opt["tf32"] is True
+    assert json.loads((tmp_path / "plain" / "opt.json").read_text())["deterministic"] is False
+    assert "(--tf32 has no effect on the CPU); deterministic algorithms: on" in (
+        tmp_path / "policy" / "train.log.txt").read_text()
+    assert "matmuls: exact float32; deterministic algorithms: off" in (tmp_path / "plain" / "train.log.txt").read_text()
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "policy")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
