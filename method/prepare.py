@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -54,8 +55,10 @@ def build_parser():
         description="Write every feature DL-DKD training reads (student frames and tokens, teacher frames and "
                     "captions, caption files) for a collection of raw videos and captions.",
         formatter_class=HelpFormatter)
-    p.add_argument("root_path", help="data root; the collection is written to ROOT/COLLECTION/{TextData,FeatureData}")
-    p.add_argument("collection", help="name of the collection (its folder and the prefix of its files)")
+    p.add_argument("root_path", metavar="ROOT",
+                   help="data root; the collection is written to ROOT/COLLECTION/{TextData,FeatureData}")
+    p.add_argument("collection", metavar="COLLECTION",
+                   help="name of the collection (its folder and the prefix of its files)")
     g = p.add_argument_group("inputs")
     g.add_argument("--videos", required=True, nargs="+", action="extend", metavar="DIR",
                    help="folder(s) of video files (any container FFmpeg reads; video_id = file stem) or of frame "
@@ -145,7 +148,9 @@ def parse_args(argv=None):
                          f"{opt.video_model}'s clip length {opt.video_group}")
     if opt.visual_feature == "auto":
         opt.visual_feature = "_".join(short_name(m) for m in (opt.video_model, opt.image_model) if m)
-    if opt.teacher_model is not None and opt.teacher_name == "auto":
+    if opt.teacher_model is None:
+        opt.teacher_name = None
+    elif opt.teacher_name == "auto":
         is_clip = model_config(opt.teacher_model).model_type == "clip"
         opt.teacher_name = None if is_clip else short_name(opt.teacher_model)
     for name in (opt.visual_feature, opt.teacher_name or ""):
@@ -175,8 +180,8 @@ def check_captions(splits):
         for cap_id, text in caps:
             if cap_id in where:
                 raise SystemExit(f"caption id {cap_id!r} is in both the {where[cap_id]} and the {split} split")
-            if "/" in cap_id or cap_id.startswith("."):
-                raise SystemExit(f"caption id {cap_id!r}: ids with '/' or a leading '.' cannot be HDF5 keys")
+            if "/" in cap_id:
+                raise SystemExit(f"caption id {cap_id!r}: an id with '/' cannot be an HDF5 key")
             where[cap_id] = split
             captions[cap_id] = text
     return captions
@@ -286,14 +291,15 @@ def write_failures(opt, failures, captions):
 
 
 def train_command(opt, teacher_video_path, teacher_text_path):
-    cmd = (f"python -m method.train --root_path {opt.root_path} --collection {opt.collection} "
-           f"--visual_feature {opt.visual_feature}")
+    """The training command for the written collection, shell-quoted (do_custom.sh runs it)."""
+    cmd = ["python", "-m", "method.train", "--root_path", opt.root_path, "--collection", opt.collection,
+           "--visual_feature", opt.visual_feature]
     if opt.teacher_model is None:
-        return cmd + " --no_teacher"
-    if opt.teacher_name is not None:
-        cmd += (f" --teacher_video_file {os.path.basename(teacher_video_path)}"
-                f" --teacher_query_file {os.path.basename(teacher_text_path)}")
-    return cmd
+        cmd.append("--no_teacher")
+    elif opt.teacher_name is not None:
+        cmd += ["--teacher_video_file", os.path.basename(teacher_video_path),
+                "--teacher_query_file", os.path.basename(teacher_text_path)]
+    return shlex.join(cmd)
 
 
 def main(argv=None):

@@ -5,8 +5,10 @@ models saved to a temporary folder and loaded with ``from_pretrained``. The raw
 data: eight short mpeg4 / h264 videos and one PNG frame folder of moving
 patterns, one corrupt "video", and one caption file split by ratio.
 """
+import json
 import os
 import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -28,6 +30,7 @@ from synthetic import read_tree, write_bigfile  # noqa: E402
 from tiny_models import (IMAGE_DIM, SIGLIP_DIM, TEXT_DIM, VIDEO_DIM, make_tiny_models,  # noqa: E402
                          write_pattern_frames, write_pattern_video)
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTION = "toy"
 FEATURE = "tiny_videomae_tiny_resnet"  # the auto name of the tiny student models
 TEACHER_DIM = 24                       # the tiny CLIP's projection
@@ -254,10 +257,40 @@ def test_trains_one_epoch_and_evaluates(prepared, tmp_path):
     train.main(["--root_path", prepared, "--collection", COLLECTION, "--visual_feature", FEATURE,
                 "--results_dir", str(run_dir), "--n_epoch", "1", "--bsz", "2", "--hidden_size", "16",
                 "--n_heads", "2", "--device", "cpu", "--num_workers", "0", "--kd_schedule", "exp_decay"])
-    result = evaluate.main(["--root_path", prepared, "--collection", COLLECTION, "--visual_feature", FEATURE,
+    # what ./do_test.sh COLLECTION FEATURE ROOT RUN_DIR runs
+    result = evaluate.main(["--collection", COLLECTION, "--visual_feature", FEATURE, "--root_path", prepared,
                             "--model_dir", str(run_dir), "--device", "cpu", "--num_workers", "0"])
-    assert result["n_queries"] == len(caption_ids(prepared, "test"))
-    assert (run_dir / "eval_test.json").is_file() and np.isfinite(result["t2v"]["fused"]["sumr"])
+    assert result["n_queries"] == len(caption_ids(prepared, "test")) and np.isfinite(result["t2v"]["fused"]["sumr"])
+    assert json.loads((run_dir / "eval_test.json").read_text())["t2v"] == result["t2v"]
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: method.prepare prints its last line, method.train its arguments one a line.
+if [ "$2" = method.prepare ]; then echo "prepare $*"; echo "train with: $TRAIN_LINE"; exit 0; fi
+shift 2; printf '%s\\n' "$@"
+"""
+
+
+def test_do_custom_runs_prepare_then_the_printed_training_command(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    root = str(tmp_path / "my data")  # a path with a space survives the quoting
+    opt = prepare.parse_args([root, "mine", "--videos", "v", "--video_model", "none", "--visual_feature", "feat",
+                              "--teacher_model", "none"])
+    line = prepare.train_command(opt, "", "")
+    env = {**os.environ, "PYTHON": str(fake), "TRAIN_LINE": line, "TRAIN_FLAGS": "--n_epoch 3 --bsz 8"}
+    proc = subprocess.run([os.path.join(REPO, "do_custom.sh"), root, "mine", "/videos", "--captions", "c.txt"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"prepare -m method.prepare {root} mine --videos /videos --captions c.txt"
+    assert lines[2:] == ["--root_path", root, "--collection", "mine", "--visual_feature", "feat",
+                         "--no_teacher", "--kd_schedule", "exp_decay", "--n_epoch", "3", "--bsz", "8"]
+    env["TRAIN"] = "0"
+    proc = subprocess.run([os.path.join(REPO, "do_custom.sh"), root, "mine", "/videos"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
 
 
 def test_interrupted_run_resumes_to_the_same_files(prepared, raw, models, tmp_path, monkeypatch, capsys):

@@ -14,7 +14,8 @@ Modules, each with one job; imports point down (nothing here imports training co
 | `writers` | resumable, atomic HDF5 and BigFile writers |
 | `captions` | caption files: the released ones, or one file plus a split rule |
 | `text` | caption features of the captions not yet written |
-| `clips` | one video's sampled frames grouped into chunks of clips, per encoder |
+| `clips` | one video's sampled frames grouped into chunks of clips, per encoder (`Part`) |
+| `visual` | the video stage of prepare: every part of a video from one decode |
 | `teacher` | ``python -m method.extract_teacher``: CLIP teacher files from raw videos |
 
 ``python -m method.prepare`` (all features of a new collection) and
