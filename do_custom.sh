@@ -9,13 +9,10 @@
 # See docs/own_data.md. The Python environment needs requirements-extract.txt; afterwards evaluate the run with
 #   ./do_test.sh COLLECTION VISUAL_FEATURE ROOTPATH RUN_DIR
 set -euo pipefail
-if [ "$#" -lt 3 ]; then
-    sed -n '4,8p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-fi
-root_path=$1
-collection=$2
-video_dir=$3
+usage="usage: ./do_custom.sh ROOTPATH COLLECTION VIDEO_DIR [flags of method.prepare] (see the head of $0)"
+root_path=${1:?$usage}
+collection=${2:?$usage}
+video_dir=${3:?$usage}
 shift 3
 source "$(dirname "$0")/scripts/python.sh"
 log=$(mktemp)

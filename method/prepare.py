@@ -127,15 +127,20 @@ def _none(value):
 
 
 def parse_args(argv=None):
-    """Flags, with "none" models as None and the defaults that depend on the models resolved."""
+    """Flags, with "none" models as None and the defaults that depend on the models resolved.
+
+    Adds ``opt.video_group``: the frames of one video-model input (the model's clip length).
+    """
     parser = build_parser()
     opt = parser.parse_args(argv)
     for key in ("video_model", "image_model", "text_model", "teacher_model"):
         setattr(opt, key, _none(getattr(opt, key)))
     if opt.video_model is None and opt.image_model is None:
         parser.error("--video_model none and --image_model none: the student needs one of them")
-    if min(opt.clip_seconds, opt.image_frames_per_clip, opt.clips_per_batch, opt.text_batch_size) <= 0:
-        parser.error("--clip_seconds, --image_frames_per_clip, --clips_per_batch and --text_batch_size must be positive")
+    if min(opt.clip_seconds, opt.image_frames_per_clip, opt.clips_per_batch, opt.text_batch_size,
+           opt.video_frames_per_clip or 1) <= 0:
+        parser.error("--clip_seconds, --video_frames_per_clip, --image_frames_per_clip, --clips_per_batch and "
+                     "--text_batch_size must be positive")
     opt.video_group = None
     if opt.video_model is not None:
         opt.video_group = getattr(model_config(opt.video_model), "num_frames", None)
@@ -332,6 +337,10 @@ def main(argv=None):
                                                      get_teacher, device).items():
         print(f"{label}: {done} encoded, {present} already present")
     jobs, failures = encode_visual_stage(opt, video_ids, sources, bigfile, teacher_video_path, get_teacher, device)
+    if len(failures) == len(video_ids):  # nothing usable: keep the caption files, say why
+        vid, reason = failures[0]
+        raise SystemExit(f"none of the {len(video_ids)} videos could be decoded (the first, {vid}: {reason}); "
+                         f"nothing was written to the caption files")
     assembled = bigfile.finish(order=video_ids)
     print(f"videos: {len(jobs)} of {len(video_ids)} had parts to encode, {len(jobs) - len(failures)} encoded, "
           f"{len(failures)} failed; student frames {'written' if assembled else 'unchanged'} -> {bigfile.folder}")

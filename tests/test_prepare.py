@@ -348,6 +348,15 @@ def test_missing_video_is_a_clear_error(raw, models, tmp_path):
                       *model_flags(models)])
 
 
+def test_a_collection_where_no_video_decodes_is_an_error(raw, models, tmp_path):
+    caps = tmp_path / "caps.txt"
+    caps.write_text("bad one\nbad two\n")
+    with pytest.raises(SystemExit, match="none of the 1 videos could be decoded .*bad: InvalidDataError"):
+        prepare.main([str(tmp_path), COLLECTION, "--videos", raw["videos"], "--captions", str(caps),
+                      "--split_rule", "ratio:1,0,0", *model_flags(models)])
+    assert not os.path.exists(path(str(tmp_path), "TextData", f"{COLLECTION}train.caption.txt"))
+
+
 def test_siglip_teacher_is_written_under_its_own_name(prepared, raw, models, tmp_path, capsys):
     root = str(tmp_path / "data")
     shutil.copytree(prepared, root)

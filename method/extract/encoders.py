@@ -129,8 +129,8 @@ class TokenEncoder:
         with autocast(self.device):
             hidden = self.model(input_ids=tokens["input_ids"].to(self.device),
                                 attention_mask=mask.to(self.device)).last_hidden_state
-        hidden = hidden.float().cpu()
-        return [hidden[i][mask[i]].numpy() for i in range(len(hidden))]
+        # the valid tokens of all captions, row after row, cut back into captions
+        return [x.numpy() for x in hidden.float().cpu()[mask].split(mask.sum(1).tolist())]
 
 
 @dataclass
