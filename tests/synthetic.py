@@ -83,3 +83,14 @@ def write_collection(root, collection="tvr", visual_feature="i3d_resnet", bigfil
         with open(os.path.join(text_dir, f"{collection}{split}.caption.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return {"frames": frames, "teacher": teacher, "tokens": tokens, "sentences": sentences, "lines": lines}
+
+
+def read_tree(root):
+    """{path relative to root: bytes} of every file under `root`."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out

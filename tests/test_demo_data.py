@@ -10,18 +10,10 @@ from method import demo_data
 from method.bigfile import BigFile
 from method.data import build_split, collate_train, read_caption_file
 from method.moment_file import moments_path, read_moments
+from synthetic import read_tree
 
 N_VIDEOS = 60
 
-
-def _files(root):
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +25,11 @@ def demo_root(tmp_path_factory):
 
 def test_generator_is_deterministic(demo_root, tmp_path):
     demo_data.generate(str(tmp_path / "again"), "tvr", N_VIDEOS, seed=0)
-    first, second = _files(demo_root), _files(str(tmp_path / "again"))
+    first, second = read_tree(demo_root), read_tree(str(tmp_path / "again"))
     assert sorted(first) == sorted(second)
     assert all(first[k] == second[k] for k in first)
     demo_data.generate(str(tmp_path / "other"), "tvr", N_VIDEOS, seed=1)
-    other = _files(str(tmp_path / "other"))
+    other = read_tree(str(tmp_path / "other"))
     assert other["tvr/FeatureData/i3d_resnet/feature.bin"] != first["tvr/FeatureData/i3d_resnet/feature.bin"]
 
 
