@@ -506,3 +506,18 @@ def test_student_attributes_and_check_config():
         v2.check_config(ModelConfig(visual_input_size=4, query_input_size=4, map_size=16))
     with pytest.raises(ValueError, match="--max_ctx_l"):
         DLDKD(ModelConfig(visual_input_size=4, query_input_size=4, student="gmmformer_v2", max_ctx_l=96))
+
+
+def test_v2_frames_run_on_the_batch_length_as_the_first_positions_of_128(gmmformer_golden):
+    """Encoding the batch's L frames equals the authors' padding to 128 first (train mode, dropout 0)."""
+    model = tiny_model(gmmformer_golden, "v2").train()
+    branch = model.inheritance
+    g = torch.Generator().manual_seed(3)
+    frames, clips = torch.randn(3, 11, 16, generator=g), torch.randn(3, 32, 16, generator=g)
+    mask = (torch.arange(11)[None] < torch.tensor([11, 7, 2])[:, None]).float()
+    short = branch.encode_video(frames, mask, clips)["frame"]
+    padded_mask = torch.nn.functional.pad(mask, (0, 128 - 11))
+    x = branch.frame_pos_embed(branch.frame_input_proj(torch.nn.functional.pad(frames, (0, 0, 0, 128 - 11))))
+    full = branch.frame_encoder_1(x, branch.weight_token, padded_mask).masked_fill(padded_mask[..., None] == 0, 0.0)
+    assert short.shape == full.shape == (3, 128, 8)
+    assert_close(short.detach(), full.detach(), tol=1e-6)

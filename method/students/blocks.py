@@ -163,9 +163,15 @@ class GaussianSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                own_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                own_lengths: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
         """x: (B, T, d) queries; memory: (B, S, d) keys/values (default x); mask: (B, S) 1 = valid or None;
-        own_lengths: (B,) per-item Gaussian lengths (quirk Q1 fix) or None -> (B, T, d)."""
+        own_lengths: (B,) per-item Gaussian lengths (quirk Q1 fix) or None -> (B, T, d).
+
+        ``gauss_length`` (>= S): the sequence is the first S positions of one of
+        that length whose other positions are all masked; G is that length's,
+        cut to (T, S). Masked keys weigh exactly 0, so this equals attending
+        over the whole padded length.
+        """
         memory = x if memory is None else memory
         b, t, d = x.shape
         dh = d // self.n_heads
@@ -175,7 +181,9 @@ class GaussianSelfAttention(nn.Module):
 
         logits = heads(self.query(x)) @ heads(self.key(memory)).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
         if self.width is not None:
-            gauss = gaussian_matrix(memory.shape[1], self.width, self.centred, own_lengths, device=x.device)
+            length = memory.shape[1] if gauss_length is None else gauss_length
+            gauss = gaussian_matrix(length, self.width, self.centred, own_lengths, device=x.device)
+            gauss = gauss[..., :t, :memory.shape[1]]
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, None, :]
@@ -227,9 +235,12 @@ class FFNAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d), mask: (B, S) key mask or None, memory: (B, S, d) or None (= x) -> (B, T, d)."""
-        y = self.norm1(x + self.dropout(self.self(x, mask, memory)))
+                memory: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
+        """x: (B, T, d), mask: (B, S) key mask or None, memory: (B, S, d) or None (= x) -> (B, T, d).
+
+        ``gauss_length``: see ``GaussianSelfAttention.forward``.
+        """
+        y = self.norm1(x + self.dropout(self.self(x, mask, memory, gauss_length=gauss_length)))
         return self.norm2(y + self.dropout(self.output(y)))
 
 
@@ -258,7 +269,9 @@ class DyGMMBlock(nn.Module):
     A shared cross-attention ``ca`` reads each branch with the token t; the
     head ``layer2(Dropout(ReLU(layer1(.))))`` gives ``frame_len`` logits per
     branch; a softmax over the branches (temperature ``tau``) weights them at
-    every position. The input length must equal ``frame_len`` (quirk Q4).
+    every position. The input is ``frame_len`` positions long (quirk Q4), or
+    its first L positions when all the others are masked (padding): those
+    take no part in anything the first L produce, so they are not computed.
     """
 
     def __init__(self, dim: int, n_heads: int, dropout: float, frame_len: int, tau: float, centred: bool = False):
@@ -273,10 +286,16 @@ class DyGMMBlock(nn.Module):
         self.tau = tau
 
     def branches(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, d), mask: (B, L) or None -> (8, B, L, d), attn0..attn7."""
-        if x.shape[1] != self.frame_len:
-            raise ValueError(f"DyGMM block of frame_len {self.frame_len} got length {x.shape[1]}")
-        return torch.stack([getattr(self, f"attn{k}")(x, mask) for k in range(len(DYGMM_WIDTHS))])
+        """x: (B, L, d), mask: (B, L) or None -> (8, B, L, d), attn0..attn7.
+
+        L < frame_len needs a mask: the positions L..frame_len-1 are taken as masked.
+        """
+        length = x.shape[1]
+        if length > self.frame_len or (length < self.frame_len and mask is None):
+            raise ValueError(f"DyGMM block of frame_len {self.frame_len} got length {length}"
+                             + ("" if length > self.frame_len else " without a mask"))
+        return torch.stack([getattr(self, f"attn{k}")(x, mask, gauss_length=self.frame_len)
+                            for k in range(len(DYGMM_WIDTHS))])
 
     def branch_tokens(self, outs: torch.Tensor, token: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """outs: (K, B, L, d) branches, token: (1, 1, d), mask: (B, L) or None -> (B, K, d), one ``ca`` call."""
@@ -291,7 +310,8 @@ class DyGMMBlock(nn.Module):
         return self.layer2(self.dropout(F.relu(self.layer1(tokens))))
 
     def forward(self, x: torch.Tensor, token: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L = frame_len, d), token: (1, 1, d), mask: (B, L) or None -> (B, L, d)."""
+        """x: (B, L <= frame_len, d), token: (1, 1, d), mask: (B, L) or None -> (B, L, d)."""
         outs = self.branches(x, mask)
-        weights = torch.softmax(self.fusion_logits(self.branch_tokens(outs, token, mask)) / self.tau, dim=1)
+        logits = self.fusion_logits(self.branch_tokens(outs, token, mask))[..., :x.shape[1]]
+        weights = torch.softmax(logits / self.tau, dim=1)
         return torch.einsum("bkl,kbld->bld", weights, outs)

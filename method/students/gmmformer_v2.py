@@ -64,10 +64,13 @@ class GMMFormerV2Student(Student):
         """frames: (V, L <= 128, Dv), frame_mask: (V, L), clips: (V, 32, Dv)
         -> {"clip": (V, 32, d), "frame": (V, 128, d) with padded rows 0}."""
         c = self.clip_encoder(self.clip_pos_embed(self.clip_input_proj(clips)), self.weight_token)
-        mask = self._pad_mask(frame_mask)
-        frames = F.pad(frames, (0, 0, 0, mask.shape[1] - frames.shape[1]))
-        f = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(frames)), self.weight_token, mask)
-        return {"clip": c, "frame": f.masked_fill(mask[..., None] == 0, 0.0)}
+        # The authors pad the frames to 128 before the block. Positions beyond the batch's longest video
+        # are masked for every video and zeroed at the end, so the block runs on the batch's L positions
+        # (as the first L of 128) and the zeros are appended after it: the same numbers, less work.
+        self._pad_mask(frame_mask)  # checks L <= max_ctx_l
+        f = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(frames)), self.weight_token, frame_mask)
+        f = f.masked_fill(frame_mask[..., None] == 0, 0.0)
+        return {"clip": c, "frame": F.pad(f, (0, 0, 0, self.cfg.max_ctx_l - f.shape[1]))}
 
     def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"clip": (V, 32) ones, "frame": (V, 128)}: ones (the zeroed padded rows floor the max at 0, quirk Q3),
