@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's comparison table on the demo data: DL-DKD, DL-DKD++, GMMFormer, GMMFormerV2, DL-DKD with the
+# GMMFormerV2 student and no teacher, 3 seeds each, at do_demo.sh's settings; then method.summarize.
+# Usage: scripts/compare_demo.sh [DEMO_ROOT] (default ./demo_data). Runs that finished are skipped, so the
+# command can be re-run after an interruption. Several hours on 2 CPU cores (the GMMFormerV2 runs dominate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh requirements.txt
+ROOT=${1:-$PWD/demo_data}
+if [ ! -f "$ROOT/tvr/TextData/tvrtest.caption.txt" ]; then
+    python -m method.demo_data "$ROOT" --collection tvr
+fi
+OUT="$ROOT/tvr/results/compare"
+COMMON=(--root_path "$ROOT" --collection tvr --visual_feature i3d_resnet --device cpu --num_workers 0 --preload
+        --n_epoch "${DEMO_EPOCHS:-10}" --bsz 32 --margin 0.1 --kd_schedule exp_decay --kd_k 0.95)
+declare -A SETTINGS=(
+    [dldkd]="--recipe iccv"
+    [dldkdpp]="--recipe dldkdpp"
+    [gmmformer]="--recipe gmmformer"
+    [gmmformer_v2]="--recipe gmmformer_v2"
+    [dldkd_gmmformer_v2]="--recipe iccv --student gmmformer_v2"
+    [no_teacher]="--recipe iccv --no_teacher"
+)
+export TQDM_DISABLE=${TQDM_DISABLE:-1}
+RUNS=()
+for name in dldkd dldkdpp no_teacher gmmformer gmmformer_v2 dldkd_gmmformer_v2; do
+    for seed in 2018 2019 2020; do
+        run="$OUT/$name-$seed"
+        RUNS+=("$run")
+        [ -f "$run/eval_test.json" ] && continue
+        # shellcheck disable=SC2086  # SETTINGS holds several flags
+        python -m method.train "${COMMON[@]}" ${SETTINGS[$name]} --seed "$seed" --results_dir "$run" \
+            --resume_if_exists > /dev/null
+        echo "$name seed $seed: $(python -c "import json,sys; print(round(json.load(open(sys.argv[1]))['t2v']['fused']['sumr'], 1))" "$run/eval_test.json") test SumR"
+    done
+done
+python -m method.summarize "${RUNS[@]}" --group_by recipe student no_teacher --out "$OUT/summary"
