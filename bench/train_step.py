@@ -1,41 +1,70 @@
-"""Forward + backward + optimiser step of one training batch at TVR / ActivityNet sizes.
+"""Forward + backward + optimiser step of one training batch at TVR / ActivityNet sizes, for every student.
 
 Prints one JSON line per preset: median step seconds, FLOPs of the step (counted
 with FlopCounterMode), achieved FLOP/s and its fraction of this machine's
-measured dense matmul FLOP/s in the same dtype.
+measured dense matmul FLOP/s in the same dtype, and the seconds spent in
+GMMFormerV2's matching (Hungarian) loss, which runs on the CPU.
 
     python bench/train_step.py --device cpu --preset tvr --steps 5
+    python bench/train_step.py --device cpu --preset tvr --recipe gmmformer_v2
+    python bench/train_step.py --device cpu --preset tvr --recipe iccv --student gmmformer_v2
 """
 from __future__ import annotations
+
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import PRESETS, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
-from method.config import resolve_device
+from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from method.config import parse_train_args, resolve_device
+from method.data import clip_features
 from method.distributed import Dist
-from method.losses import DLDKDLoss, SoftNCEOptions
-from method.model import DLDKD, ModelConfig
+from method.losses import objective
+from method.model import DLDKD
 from method.optim import build_optimizer
+from method.recipes import RECIPES
+from method.students import STUDENTS
 from method.teacher import PrecomputedTeacher
-from method.train import Run, train_step
+from method.train import Run, make_loss, model_config, train_step
 
 
-def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool, recipe: str):
+class MatchingTimer:
+    """Wraps the objective's OT loss and adds up its seconds (the Hungarian solver runs on the CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._inner = device, 0.0, objective.ot_loss
+
+    def __call__(self, *args, **kwargs):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        out = self._inner(*args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool, recipe: str, student):
     torch.manual_seed(0)
-    soft = recipe == "dldkdpp"
-    cfg = ModelConfig(visual_input_size=preset["visual_dim"], query_input_size=preset["text_dim"],
-                      share_query_proj=not soft)
-    model = DLDKD(cfg).to(device).train()
-    optimizer, scheduler = build_optimizer(model, "bertadam", 2.5e-4, 0.01, total_steps=10_000)
+    args = ["--root_path", "/unused", "--collection", "tvr", "--recipe", recipe, *(["--student", student] if student else [])]
+    opt = parse_train_args(args)
+    model = DLDKD(model_config(opt, preset["visual_dim"], preset["text_dim"])).to(device).train()
+    optimizer, scheduler = build_optimizer(model, "bertadam", opt.lr, opt.wd, total_steps=10_000)
+    loss_fn = make_loss(opt, model.levels)
     run = Run(model=model, forward=torch.compile(model) if compile_model else model, loader=None,
-              optimizer=optimizer, scheduler=scheduler,
-              loss_fn=DLDKDLoss(margin=0.1, hard_pool_size=20, soft=SoftNCEOptions() if soft else None),
-              teacher=PrecomputedTeacher(), dist=Dist())
-    settings = {"kd_factor": 0.1, "hard_negative": True, **({"alpha": 0.8, "beta": 0.8} if soft else {})}
+              optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+              teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=Dist(),
+              second_queries=loss_fn.objective.needs_second_queries)
+    settings = {"kd_factor": 0.1, "hard_negative": True, **({"alpha": 0.8, "beta": 0.8} if recipe == "dldkdpp" else {})}
     b = synthetic_batch(preset, device)
-    # the training loop's own step, with distillation and hard negatives on
-    return lambda: train_step(run, b, settings, amp)
+    if model.needs_clips:  # the clips of full-length videos: the 128 frames pooled to 32
+        b["clip_feat"] = torch.from_numpy(clip_features(b["video_feat"].cpu().numpy().swapaxes(0, 1), 32)
+                                          .swapaxes(0, 1)).to(device)
+        b["teacher_clip_feat"] = torch.randn(len(b["clip_feat"]), 32, TEACHER_DIM, device=device)
+    # the training loop's own step, with distillation (when the recipe has a teacher) and hard negatives on
+    return lambda: train_step(run, b, settings, amp), opt
 
 
 def main(argv=None) -> None:
@@ -46,28 +75,33 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype of the forward pass")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--recipe", choices=("iccv", "dldkdpp"), default="iccv",
-                   help="the step's losses: ICCV, or DL-DKD++ (soft-target InfoNCE, own exploration query projection)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="iccv", help="the recipe whose step is measured")
+    p.add_argument("--student", choices=sorted(STUDENTS), default=None,
+                   help="the branch network under the recipe (default: the recipe's)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
     peak = matmul_peak_flops(device, dtype)
+    timer = MatchingTimer(device)
+    objective.ot_loss = timer
     for name in args.preset:
         # FLOPs are counted on an eager step (the same maths), so the count does not
         # depend on how torch.compile traces or fuses the model.
-        counted = make_step(PRESETS[name], device, args.amp, compile_model=False, recipe=args.recipe)
+        counted, _ = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student)
         counted()  # allocate optimiser state outside the counted step
         with FlopCounterMode(display=False) as counter:
             counted()
         flops = counter.get_total_flops()
         del counted
-        step = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe)
+        step, opt = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe, args.student)
+        timer.seconds = 0.0
         seconds = median_seconds(step, device, args.steps, args.warmup)
-        emit(bench="train_step", preset=name, recipe=args.recipe, device=machine(device), amp=args.amp,
-             compile=args.compile,
-             step_seconds=round(seconds, 4), step_gflop=round(flops / 1e9, 1),
+        matching = timer.seconds / (args.steps + args.warmup)
+        emit(bench="train_step", preset=name, recipe=args.recipe, student=opt.student, device=machine(device),
+             amp=args.amp, compile=args.compile, step_seconds=round(seconds, 4), step_gflop=round(flops / 1e9, 1),
              achieved_gflops=round(flops / seconds / 1e9, 1), matmul_peak_gflops=round(peak / 1e9, 1),
-             fraction_of_peak=round(flops / seconds / peak, 3), **PRESETS[name])
+             fraction_of_peak=round(flops / seconds / peak, 3), matching_seconds=round(matching, 4),
+             matching_share=round(matching / seconds, 4), **PRESETS[name])
 
 
 if __name__ == "__main__":
