@@ -162,8 +162,8 @@ def _frames(latents, proj, snr, rng):
 
 
 def _make_video(world, rng):
-    """One untrimmed video: student frames (n, Dv), teacher frames (nt, Dt), its moments' concepts (M,)
-    and their spans on the student frames, int64 (M, 2) [start, end)."""
+    """One untrimmed video: student frames (n, Dv), teacher frames (nt, Dt), its moments' concepts (M,),
+    their spans on the student frames, int64 (M, 2) [start, end), and its ``VideoLayout`` (for a second teacher)."""
     cfg = world.cfg
     n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
     nt = n
@@ -190,9 +190,60 @@ def _make_video(world, rng):
 
     labels = _frame_labels(n, starts, stops, mids)
     student = _frames(latents(world.concept_latent, labels), world.student_proj, cfg.student_snr, rng)
-    teacher = _frames(latents(world.teacher_latent, _frame_labels(nt, starts, stops, mids)), world.teacher_proj,
+    layout = VideoLayout(concepts, background, _frame_labels(nt, starts, stops, mids))
+    teacher = _frames(layout.latents(world.teacher_latent, world.background_latent), world.teacher_proj,
                       cfg.teacher_snr, rng)
-    return student, teacher, concepts, _moment_spans(labels, n_moments)
+    return student, teacher, concepts, _moment_spans(labels, n_moments), layout
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """What a teacher sees of a video: its moments' concepts, its background and the moment of each teacher frame."""
+
+    concepts: np.ndarray  # (M,)
+    background: int
+    teacher_labels: np.ndarray  # (nt,) moment index per teacher frame, -1 = background
+
+    def latents(self, concept_table, background_table):
+        """(nt, latent_dim): each teacher frame's latent in ``concept_table`` (background frames: the scene's)."""
+        own = concept_table[self.concepts[np.maximum(self.teacher_labels, 0)]]
+        return np.where((self.teacher_labels >= 0)[:, None], own, background_table[self.background])
+
+
+class SecondTeacher:
+    """Another CLIP-like teacher with another domain gap: it merges concepts of the same action on other objects.
+
+    It draws from its own generator, so the rest of the dataset is the same with or without it.
+    """
+
+    def __init__(self, world, seed):
+        cfg = world.cfg
+        self.rng = np.random.default_rng([seed, 2])
+        self.proj = self.rng.standard_normal((cfg.latent_dim, cfg.teacher_dim))
+        pairs = []
+        for act in range(cfg.n_actions):
+            objs = self.rng.permutation(cfg.n_objects)
+            pairs += [(act * cfg.n_objects + objs[i], act * cfg.n_objects + objs[i + 1])
+                      for i in range(0, cfg.n_objects - 1, 2)]
+        n_pairs = min(len(pairs), int(round(cfg.confusion_rate * world.n_concepts / 2)))
+        merged = np.array(pairs, dtype=np.int64)[self.rng.permutation(len(pairs))[:n_pairs]].reshape(-1, 2)
+        self.latent = world.concept_latent.copy()
+        self.latent[merged[:, 0]] = self.latent[merged[:, 1]] = _unit(
+            world.concept_latent[merged[:, 0]] + world.concept_latent[merged[:, 1]])
+        self.n_merged = 2 * len(merged)
+        self.world = world
+
+    def frames(self, layout):
+        """(nt, Dt) float32 frames of a video, on the first teacher's frame grid."""
+        w = self.world
+        return _frames(layout.latents(self.latent, w.background_latent), self.proj, w.cfg.teacher_snr, self.rng)
+
+    def sentence(self, concept):
+        """(Dt,) float32 sentence vector of a caption of ``concept``."""
+        cfg = self.world.cfg
+        v = self.latent[concept] @ self.proj
+        noise = cfg.teacher_text_noise * np.linalg.norm(v) / np.sqrt(cfg.teacher_dim)
+        return (v + noise * self.rng.standard_normal(cfg.teacher_dim)).astype(np.float32)
 
 
 def _moment_spans(labels, n_moments):
@@ -252,14 +303,19 @@ def _write_h5(path, mapping):
             f.create_dataset(key, data=value)
 
 
-def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **overrides):
+def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, second_teacher=None, **overrides):
     """Write the demo dataset under `root/<collection>/`; returns a summary dict.
 
-    `overrides` replace DemoConfig fields (e.g. student_snr=0.3).
+    `overrides` replace DemoConfig fields (e.g. student_snr=0.3). ``second_teacher``
+    (a name) also writes the files of a second teacher (``SecondTeacher``) as the
+    extractor names another teacher's: ``FeatureData/<name>_<collection>_vid_features.hdf5``
+    and ``TextData/<name>_<collection>_query_feat.hdf5``; every other file is unchanged.
     """
     cfg = replace(DemoConfig(), **overrides)
     rng = np.random.default_rng(seed)
     world = _World(cfg, rng)
+    second = SecondTeacher(world, seed) if second_teacher else None
+    second_frames, second_sentences = {}, {}
     base = os.path.join(root, collection)
     text_dir, feat_dir = os.path.join(base, "TextData"), os.path.join(base, "FeatureData")
     for d in (text_dir, feat_dir, os.path.join(base, "results")):
@@ -269,9 +325,11 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
     student, teacher, caption_lines, moments = [], {}, [], {}
     token_feats, sentence_feats = {}, {}
     for vid in video_ids:
-        frames, teacher_frames, concepts, spans = _make_video(world, rng)
+        frames, teacher_frames, concepts, spans, layout = _make_video(world, rng)
         student.append(frames)
         teacher[vid] = teacher_frames
+        if second is not None:
+            second_frames[vid] = second.frames(layout)
         n_caps = int(rng.integers(1, min(cfg.max_captions, len(concepts)) + 1))
         lines = []
         for j, moment in enumerate(rng.choice(len(concepts), n_caps, replace=False)):
@@ -283,6 +341,8 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
             # Every third CLIP key uses the other id form; shapes alternate (Dt,) / (1, Dt).
             clip_key = caption_key_candidates(cap_id)[1] if len(sentence_feats) % 3 == 2 else cap_id
             sentence_feats[clip_key] = sentence if len(sentence_feats) % 2 else sentence[None]
+            if second is not None:
+                second_sentences[cap_id] = second.sentence(int(concepts[moment]))
         caption_lines.append(lines)
 
     n_train = int(round(cfg.split_fractions[0] * n_videos))
@@ -296,25 +356,34 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, **override
     _write_h5(os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"), token_feats)
     _write_h5(os.path.join(text_dir, f"clip_ViT_B_32_{collection}_query_feat.hdf5"), sentence_feats)
     _write_h5(os.path.join(feat_dir, f"new_clip_vit_32_{collection}_vid_features.hdf5"), teacher)
+    if second is not None:
+        _write_h5(os.path.join(feat_dir, f"{second_teacher}_{collection}_vid_features.hdf5"), second_frames)
+        _write_h5(os.path.join(text_dir, f"{second_teacher}_{collection}_query_feat.hdf5"), second_sentences)
     write_moments(moments_path(root, collection),
                   {c: (int(a), int(b)) for c, (a, b) in moments.items()},
                   "ground truth of the demo data: the student frames [start, end) of each caption's moment")
     return {
         "path": base, "videos": n_videos, "splits": {s: hi - lo for s, (lo, hi) in bounds.items()},
         "captions": len(token_feats), "concepts": world.n_concepts, "teacher_merged": world.n_merged,
+        "second_teacher_merged": None if second is None else second.n_merged,
         "dims": {"visual": cfg.visual_dim, "text": cfg.text_dim, "teacher": cfg.teacher_dim},
     }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the DL-DKD demo dataset in the released layout.")
+    parser = argparse.ArgumentParser(description="Write the DL-DKD demo dataset in the released layout.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("root", help="ROOTPATH; the data goes to ROOT/<collection>/")
-    parser.add_argument("--collection", default="tvr", choices=sorted(VISUAL_FEATURES))
-    parser.add_argument("--videos", type=int, default=DEFAULT_VIDEOS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--collection", default="tvr", choices=sorted(VISUAL_FEATURES), help="collection name")
+    parser.add_argument("--videos", type=int, default=DEFAULT_VIDEOS, help="videos in all splits")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    parser.add_argument("--second_teacher", metavar="NAME",
+                        help="also write a second teacher, named NAME, whose domain gap differs from the first's "
+                             "(it merges concepts of the same action instead of the same object); train with "
+                             "--teachers clip,NAME (nothing else changes)")
     args = parser.parse_args(argv)
     t0 = time.time()
-    info = generate(args.root, args.collection, args.videos, args.seed)
+    info = generate(args.root, args.collection, args.videos, args.seed, args.second_teacher)
     s = info["splits"]
     print(f"demo data: {info['path']}: {info['videos']} videos (train/val/test {s['train']}/{s['val']}/{s['test']}), "
           f"{info['captions']} captions, {info['concepts']} concepts ({info['teacher_merged']} merged for the "

@@ -31,7 +31,7 @@ from .distributed import Dist, gather, offsets
 from .losses import BatchLayout, LocalBatch, TeacherScores
 from .losses.query import ot_pair_count
 from .model import ScoreOutput, score_level
-from .teacher import PrecomputedTeacher
+from .teacher import PrecomputedTeacher, mixture_scores
 
 
 @dataclass
@@ -141,13 +141,15 @@ class GlobalBatch:
                        kd_level: str = "frame") -> TeacherScores:
         """The teacher's scores of the owned rows (and columns, with ``video_scores``), float32, no gradient.
 
-        ``frame_cos`` (R, P): each owned query against its own video's positions
-        at ``kd_level`` (its video is always in this process's share): the
-        teacher's frames aligned to the student's frames ("frame", positions
-        beyond a video's frames masked), or the teacher's frames pooled to the
-        clips ("clip", all counted). ``video_scores``: the raw-dot video-level
-        scores over the frames (DL-DKD++ soft targets) of the owned rows (R, V)
-        and columns (Q, C).
+        ``frame_cos`` (R, P), or (K, R, P) for K teachers: each owned query against
+        its own video's positions at ``kd_level`` (its video is always in this
+        process's share): the teacher's frames aligned to the student's frames
+        ("frame", positions beyond a video's frames masked), or the teacher's
+        frames pooled to the clips ("clip", all counted). ``video_scores``: the
+        raw-dot video-level scores over the frames (DL-DKD++ soft targets) of
+        the owned rows (R, V) and columns (Q, C); several teachers give scores
+        whose softmax is the mean of theirs (``mixture_scores``), over the
+        videos for rows and over the queries for columns.
         """
         lay = self.layout
         length = lay.level_masks[kd_level].shape[1]
@@ -165,8 +167,10 @@ class GlobalBatch:
                 return TeacherScores(frame_cos, kd_mask)
             frames = batch["teacher_video_feat"].float()
             all_text = gather(self.dist, text, self.sizes.queries)
-            cols = teacher.video_scores_raw(all_text, frames, batch["video_mask"])  # (Q, C)
+            cols = teacher.video_scores_raw(all_text, frames, batch["video_mask"])  # ([K,] Q, C)
             if self.whole:
-                return TeacherScores(frame_cos, kd_mask, cols, cols)
-            full = gather(self.dist, cols.t().contiguous(), self.sizes.videos).t()  # (Q, V)
-            return TeacherScores(frame_cos, kd_mask, full[lay.rows], cols)
+                return TeacherScores(frame_cos, kd_mask, mixture_scores(cols, 1), mixture_scores(cols, 0))
+            # every process's columns: the video axis (last) gathered as the first
+            full = gather(self.dist, cols.movedim(-1, 0).contiguous(), self.sizes.videos).movedim(0, -1)
+            return TeacherScores(frame_cos, kd_mask, mixture_scores(full[..., lay.rows, :], 1),
+                                 mixture_scores(cols, 0))
