@@ -55,6 +55,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_desc_l", type=int, default=30, help="max tokens of a caption; longer ones are truncated")
     g.add_argument("--teacher_video_file", default=None,
                    help="teacher frame features in FeatureData/ (default new_clip_vit_32_<collection>_vid_features.hdf5)")
+    g.add_argument("--teachers", type=lambda v: [n for n in v.split(",") if n], default=None, metavar="NAME,NAME",
+                   help="several teachers distilled together: comma-separated names, 'clip' for the released CLIP "
+                        "files and NAME for FeatureData/NAME_<collection>_vid_features.hdf5 with "
+                        "TextData/NAME_<collection>_query_feat.hdf5 (as the extractors name them); the target is the "
+                        "mean of their softmax distributions (default: one teacher, the --teacher_*_file flags)")
     g.add_argument("--teacher_query_file", default=None,
                    help="teacher caption features in TextData/ (default clip_ViT_B_32_<collection>_query_feat.hdf5)")
     g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (0 = in the main process)")
@@ -258,6 +263,8 @@ def parse_train_args(argv=None) -> argparse.Namespace:
     if opt.label_style == "soft" and opt.no_teacher:
         parser.error("--label_style soft needs the teacher (the inheritance branch's soft targets are the teacher's "
                      "scores): drop --no_teacher or add --label_style hard")
+    if opt.teachers and opt.no_teacher:
+        parser.error("--teachers names the teachers to distil; --no_teacher turns distillation off: give one")
     if opt.resume_if_exists and not opt.results_dir:
         parser.error("--resume_if_exists needs --results_dir DIR (the run folder to continue)")
     return fill_collection_defaults(opt)

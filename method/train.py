@@ -216,7 +216,7 @@ def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
                                            opt.lr_warmup_proportion, opt.exclude_all_norms_from_decay)
     run = Run(model=model, forward=torch.compile(forward) if opt.compile else forward, loader=loader,
               optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-              teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=d,
+              teacher=None if opt.no_teacher else PrecomputedTeacher(train_split.teacher_dims), dist=d,
               sampling=rng.sampling_generator(device) if d.enabled else None,
               second_queries=loss_fn.objective.needs_second_queries and not opt.reuse_query_encoding)
     if val_split is not None:
@@ -302,7 +302,8 @@ def progress(d: distributed.Dist, iterable, **kwargs):
 def split_args(opt, split: str) -> dict:
     return {"root_path": opt.root_path, "collection": opt.collection, "visual_feature": opt.visual_feature,
             "split": split, "max_ctx_l": opt.max_ctx_l, "max_desc_l": opt.max_desc_l,
-            "teacher_video_file": opt.teacher_video_file, "teacher_query_file": opt.teacher_query_file}
+            "teacher_video_file": opt.teacher_video_file, "teacher_query_file": opt.teacher_query_file,
+            "teachers": opt.teachers}
 
 
 def make_train_loader(split, opt, device: torch.device, d: distributed.Dist, clips: bool = False) -> DataLoader:

@@ -26,6 +26,18 @@ class DatasetPaths:
     teacher_video_feat: str   # CLIP frame features
 
 
+def teacher_paths(root_path, collection, name):
+    """(frame file, sentence file) of the teacher ``name``, as the extractors name them: ``clip`` is the
+    released CLIP ViT-B/32 pair; any other name ``FeatureData/<name>_<collection>_vid_features.hdf5`` and
+    ``TextData/<name>_<collection>_query_feat.hdf5``."""
+    base = os.path.join(root_path, collection)
+    if name == "clip":
+        return (os.path.join(base, "FeatureData", f"new_clip_vit_32_{collection}_vid_features.hdf5"),
+                os.path.join(base, "TextData", f"clip_ViT_B_32_{collection}_query_feat.hdf5"))
+    return (os.path.join(base, "FeatureData", f"{name}_{collection}_vid_features.hdf5"),
+            os.path.join(base, "TextData", f"{name}_{collection}_query_feat.hdf5"))
+
+
 def dataset_paths(root_path, collection, visual_feature, teacher_video_file=None, teacher_query_file=None):
     """Paths of the released files of `<root_path>/<collection>`.
 

@@ -4,8 +4,9 @@ from dataclasses import dataclass
 from method.bigfile import BigFile, DataError
 from method.data.captions import Captions, read_caption_file
 from method.data.datasets import QueryDataset, TrainDataset, VideoDataset
-from method.data.paths import SPLITS, DatasetPaths, dataset_paths
-from method.data.stores import H5Store, missing_message, open_video_store, resolve_caption_keys
+from method.data.paths import SPLITS, DatasetPaths, dataset_paths, teacher_paths
+from method.data.stores import (H5Store, TeacherFrames, TeacherSentences, missing_message, open_video_store,
+                                resolve_caption_keys)
 
 
 def _missing_videos(video_ids, store):
@@ -82,8 +83,14 @@ class Split:
 
     @property
     def teacher_dim(self):
-        """Teacher dim Dt, or None when the teacher is off."""
+        """Teacher dim Dt (several teachers: the sum), or None when the teacher is off."""
         return None if self.teacher_video_store is None else self.teacher_video_store.dim
+
+    @property
+    def teacher_dims(self):
+        """Each teacher's dim (one entry for one teacher), or None when the teacher is off."""
+        store = self.teacher_video_store
+        return None if store is None else getattr(store, "dims", [store.dim])
 
     def train_dataset(self, n_clips=None, teacher_clips=False):
         """TrainDataset over this split (with the teacher when it is on; ``n_clips`` clips per video when given)."""
@@ -102,14 +109,17 @@ class Split:
 
 def build_split(root_path, collection, visual_feature, split, use_teacher, max_ctx_l, max_desc_l,
                 preload=False, teacher_video_file=None, teacher_query_file=None, check=True,
-                pool_to_teacher=False):
+                pool_to_teacher=False, teachers=None):
     """Open one split: read its captions, open the stores, and (check=True) run check_split.
 
     Missing files raise DataError naming the path and what it should contain.
     The teacher files are opened only when `use_teacher` (evaluation splits
     do not need them). `pool_to_teacher` (training items of DL-DKD++) pools a
     student video longer than its teacher video to the teacher's frame count;
-    it opens the teacher's frame file even without `use_teacher`.
+    it opens the teacher's frame file even without `use_teacher`. `teachers`
+    (names, see ``teacher_paths``) replaces the one teacher of the file flags
+    with several, seen as one concatenated store each for frames and sentences
+    (``TeacherFrames`` / ``TeacherSentences``); every teacher's files are checked.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -118,7 +128,19 @@ def build_split(root_path, collection, visual_feature, split, use_teacher, max_c
     video_store = open_video_store(paths)
     text_store = H5Store(paths.text_feat, "RoBERTa token features, cap_id -> (n_tokens, Dq)")
     teacher_text_store = teacher_video_store = None
-    if use_teacher:
+    if use_teacher and teachers:
+        pairs = [teacher_paths(root_path, collection, name) for name in teachers]
+        frames = [H5Store(v, f"teacher {n}'s frame features, video_id -> (n_frames, Dt)") for n, (v, _) in
+                  zip(teachers, pairs)]
+        texts = [H5Store(t, f"teacher {n}'s sentence features, cap_id -> (Dt,) or (1, Dt)") for n, (_, t) in
+                 zip(teachers, pairs)]
+        if check:  # each teacher on its own, so a message names its file
+            for text, video in zip(texts, frames):
+                check_split(captions, video_store, text_store, text, video)
+        teacher_text_store, teacher_video_store = texts[0], frames[0]
+        if len(teachers) > 1:
+            teacher_text_store, teacher_video_store = TeacherSentences(texts), TeacherFrames(frames)
+    elif use_teacher:
         teacher_text_store = H5Store(paths.teacher_text_feat, "CLIP sentence features, cap_id -> (Dt,) or (1, Dt)")
         teacher_video_store = H5Store(paths.teacher_video_feat, "CLIP frame features, video_id -> (n_frames, Dt)")
     frame_count_store = None
@@ -126,7 +148,7 @@ def build_split(root_path, collection, visual_feature, split, use_teacher, max_c
         frame_count_store = teacher_video_store or H5Store(
             paths.teacher_video_feat, "CLIP frame features, video_id -> (n_frames, Dt) (--pool_to_teacher reads "
             "their frame counts)")
-    if check:
+    if check and not (use_teacher and teachers):
         check_split(captions, video_store, text_store, teacher_text_store, teacher_video_store or frame_count_store)
     return Split(split, paths, captions, video_store, text_store, teacher_text_store, teacher_video_store,
                  max_ctx_l, max_desc_l, preload, frame_count_store)

@@ -6,6 +6,7 @@ import numpy as np
 
 from method.bigfile import BigFile, DataError
 from method.data.paths import require_file
+from method.data.transforms import align_frames, teacher_sentence
 
 N_SHOWN = 5  # missing keys quoted in an error message
 
@@ -123,3 +124,69 @@ def resolve_or_raise(cap_ids, store, content):
         raise DataError(missing_message(store.path, missing, len(cap_ids), "captions", content))
     return mapping
 
+
+
+class TeacherFrames:
+    """Several teachers' frame stores seen as one: video_id -> (n, sum of dims) float32.
+
+    Each teacher after the first is resampled onto the first teacher's frames
+    (``align_frames``; teachers extracted on one time grid have equal counts and
+    are not resampled), then the features are concatenated; ``dims`` splits
+    them again (``method.teacher.PrecomputedTeacher``).
+    """
+
+    def __init__(self, stores):
+        self.stores = list(stores)
+        self.path = " + ".join(s.path for s in self.stores)
+
+    @property
+    def dims(self):
+        return [s.dim for s in self.stores]
+
+    @property
+    def dim(self):
+        return sum(self.dims)
+
+    def keys(self):
+        keys = set(self.stores[0].keys())
+        for s in self.stores[1:]:
+            keys &= s.keys()
+        return keys
+
+    def __contains__(self, key):
+        return all(key in s for s in self.stores)
+
+    def n_frames(self, key):
+        return self.stores[0].n_frames(key)
+
+    def get(self, key):
+        first = self.stores[0].get(key)
+        return np.concatenate([first] + [align_frames(s.get(key), len(first)) for s in self.stores[1:]], axis=-1)
+
+
+class TeacherSentences:
+    """Several teachers' sentence stores seen as one: caption key -> (sum of dims,) float32.
+
+    A caption is looked up in each store under either id form (``caption_key_candidates``).
+    """
+
+    def __init__(self, stores):
+        self.stores = list(stores)
+        self.path = " + ".join(s.path for s in self.stores)
+
+    @property
+    def dim(self):
+        return sum(s.dim for s in self.stores)
+
+    def keys(self):
+        return set().union(*(s.keys() for s in self.stores))
+
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def get(self, key):
+        parts = []
+        for s in self.stores:
+            own = next((k for k in caption_key_candidates(key) if k in s.keys()), key)
+            parts.append(teacher_sentence(s.get(own), s.path))
+        return np.concatenate(parts)
