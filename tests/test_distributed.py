@@ -20,9 +20,6 @@ from method.model import DLDKD, ModelConfig
 from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
-# Parameters whose gradient is 0 in exact arithmetic (dist_steps.noise_only: attention key biases without
-# a Gaussian, DyGMM fusion biases) carry only rounding noise, which Adam-type updates normalise into
-# arbitrary steps in any two runs that add up in a different order.
 
 
 # --------------------------------------------------------------------------- #
@@ -116,6 +113,8 @@ def test_processes_match_one_process(spawned, case, world, steps):
     if max(counts[-1]) == 1:  # no video with >= 2 captions: no OT pair and no query-diversity partner
         lonely = {k: v for k, v in one["terms"][-1].items() if k.split("_")[0] in ("ot", "qdl")}
         assert lonely and set(lonely.values()) == {0.0}, lonely
+    # Parameters whose gradient is 0 in exact arithmetic (dist_steps.noise_only) carry only rounding noise,
+    # which Adam-type updates normalise into arbitrary steps in two runs that add up in a different order.
     noise = set(one["noise_only"])
     for step, (got, ref) in enumerate(zip(ranks[0]["terms"], one["terms"])):
         assert got.keys() == ref.keys()
@@ -205,7 +204,7 @@ def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data
     assert torch.load(tmp_path / "down" / "latest.ckpt", weights_only=True)["epoch"] == 1
     train.main(["--resume", str(tmp_path / "down"), "--device", "cpu", "--num_workers", "0"])
     c = torch.load(tmp_path / "down" / "latest.ckpt", weights_only=True)
-    noise = noise_only(DLDKD(ModelConfig.from_dict(c["model_config"])))
+    noise = noise_only(DLDKD(ModelConfig.from_dict(c["model_config"])))  # rounding noise only, see above
     for name, value in a["model"].items():
         if name not in noise:
             assert relative(c["model"][name], value) <= 1e-5, (name, relative(c["model"][name], value))
