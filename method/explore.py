@@ -3,9 +3,12 @@
     python -m method.explore RUN_DIR [--split test] [--worst 5 | --best 5 | --sample 5 | --cap_ids ID ... |
                                       --cap_file FILE] [--top_k 5] [--fps F] [--moments FILE] [--jsonl OUT]
 
-For each chosen caption: its true video's rank (fused and per branch), the
-top-k videos with their fused and per-branch scores, and in each a moment
-estimate (the rule of ``method.moments``, on the fused per-frame score curve).
+For each chosen caption: its true video's rank by every score the model
+reports (``DLDKD.named_scores``: fused, per branch, per level), the top-k
+videos with those scores, and in each a moment estimate (the rule of
+``method.moments``, on the fused per-position curve of the student's
+positional level: frames, or GMMFormer's 32 clips, converted to stored frames
+by fraction).
 Where a ground-truth moments file exists (``method.moment_file``) it also
 prints the moment evaluation over all captions of the split: mean IoU and
 R@1 at IoU 0.3 / 0.5 / 0.7 of the estimate in the true video, next to the
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import HelpFormatter
 from .data import DataError, Split, read_caption_file
 from .moment_file import check_known, moment_fractions, moments_path, read_moments
 from .moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
@@ -37,8 +41,8 @@ class Analysis:
     run: Run
     split: Split
     enc: EncodedSplit
-    ranks: dict[str, torch.Tensor]  # fused / branch -> (Q,) 1-based rank of the true video
-    moment: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (start, end, peak) (Q,) frames of the true video
+    ranks: dict[str, torch.Tensor]  # score name -> (Q,) 1-based rank of the true video
+    moment: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (start, end, peak) (Q,) positions in the true video
     stored_frames: np.ndarray  # (V,) frames as stored (before pooling)
     gt: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (start, end) fractions (Q,), known (Q,) bool
     threshold: float
@@ -126,11 +130,16 @@ def select_queries(an: Analysis, cap_ids=None, cap_file=None, sample=None, worst
 
 
 def _span(start: float, end: float, n: int, stored: int, fps: float | None, peak: int | None = None) -> dict:
-    """A span [start, end) (and peak frame) of n model frames in stored frames, and in seconds when fps is given."""
+    """A span [start, end) (and peak position) of n model positions in stored frames, and in seconds with fps.
+
+    Position i of n covers [i / n, (i + 1) / n) of the video (pooled frames,
+    or clips), so it is frames [i s, (i + 1) s) of the stored ones, s =
+    stored / n. ``peak_frame`` is the stored frame at the peak position's centre.
+    """
     stored, scale = int(stored), float(stored) / float(n)
     out = {"start_frame": round(start * scale, 3), "end_frame": round(end * scale, 3), "n_frames": stored}
     if peak is not None:
-        out["peak_frame"] = int(peak * scale)
+        out["peak_frame"] = int((peak + 0.5) * scale)
     if fps:
         out["start_s"], out["end_s"] = round(out["start_frame"] / fps, 3), round(out["end_frame"] / fps, 3)
     return out
@@ -177,22 +186,32 @@ def _fmt_span(m: dict) -> str:
     return text + (f" ({m['start_s']:.1f}-{m['end_s']:.1f} s)" if "start_s" in m else "")
 
 
-def format_records(records: list[dict], branches: tuple[str, ...]) -> str:
-    """Readable text of the records: per caption a header and a table of its top-k videos."""
+def short_name(score: str) -> str:
+    """Column label of a score name: inheritance -> inh, exploration_clip -> exp_clip, clip -> clip."""
+    return "_".join({"inheritance": "inh", "exploration": "exp"}.get(part, part) for part in score.split("_"))
+
+
+def format_records(records: list[dict], names: list[str]) -> str:
+    """Readable text of the records: per caption a header and a table of its top-k videos.
+
+    ``names``: the scores besides the fused one (``DLDKD.score_names``), one column each.
+    """
+    labels = {name: short_name(name) for name in names}
+    width = {name: max(6, len(label)) for name, label in labels.items()}
     lines = []
     for i, rec in enumerate(records, 1):
-        ranks = ", ".join(f"{name[:3]} {rec['rank'][name]}" for name in branches)
+        ranks = ", ".join(f"{labels[name]} {rec['rank'][name]}" for name in names)
         lines.append(f"[{i}] {rec['cap_id']}  \"{rec['caption']}\"")
         lines.append(f"    true video {rec['video_id']}: rank {rec['rank']['fused']} ({ranks}); "
                      f"moment {_fmt_span(rec['moment'])}"
                      + (f", truth {_fmt_span(rec['gt_moment'])}, IoU {rec['iou']:.2f}" if rec["gt_moment"] else ""))
-        width = max(len(t["video_id"]) for t in rec["top"])
-        lines.append(f"    {'rank':>4}  {'video':<{width}}  {'fused':>6}  "
-                     + "  ".join(f"{name[:3]:>6}" for name in branches) + "  moment")
+        vid = max(len(t["video_id"]) for t in rec["top"])
+        lines.append(f"    {'rank':>4}  {'video':<{vid}}  {'fused':>6}  "
+                     + "  ".join(f"{labels[name]:>{width[name]}}" for name in names) + "  moment")
         for t in rec["top"]:
             mark = "*" if t["true"] else " "
-            lines.append(f"  {mark} {t['rank']:>4}  {t['video_id']:<{width}}  {t['score']['fused']:6.3f}  "
-                         + "  ".join(f"{t['score'][name]:6.3f}" for name in branches)
+            lines.append(f"  {mark} {t['rank']:>4}  {t['video_id']:<{vid}}  {t['score']['fused']:6.3f}  "
+                         + "  ".join(f"{t['score'][name]:{width[name]}.3f}" for name in names)
                          + f"  {_fmt_span(t['moment'])}")
         lines.append("")
     return "\n".join(lines)
@@ -207,13 +226,14 @@ def format_moment_evaluation(ev: dict, threshold: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m method.explore", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("model_dir", help="run folder (or released checkpoint folder) with model.ckpt and opt.json")
     add_run_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--cap_ids", nargs="+", help="caption ids to look at")
     which.add_argument("--cap_file", help="file of caption ids, one a line (e.g. a caption file)")
-    which.add_argument("--sample", type=int, default=5, help="a random sample of this many captions (the default)")
+    which.add_argument("--sample", type=int, default=5,
+                       help="a random sample of this many captions (the default selection: 5)")
     which.add_argument("--worst", type=int, help="the captions whose true video ranks lowest (fused score)")
     which.add_argument("--best", type=int, help="the captions whose true video ranks highest (fused score)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
@@ -231,7 +251,7 @@ def main(argv=None) -> list[dict]:
     out = Path(args.jsonl) if args.jsonl else run.path / f"explore_{args.split}.jsonl"
     with open(out, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
-    print(format_records(records, run.model.branch_names))
+    print(format_records(records, [name for name in run.model.score_names() if name != "fused"]))
     evaluation = an.moment_evaluation()
     if evaluation:
         print(format_moment_evaluation(evaluation, an.threshold))

@@ -7,18 +7,48 @@ PNG and closes its figure.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-LOSS_COLUMNS = ("loss", "trip_inh", "nce_inh", "kd", "trip_exp", "nce_exp")
-VAL_SUMR_COLUMNS = {"val_sumr": "fused", "val_sumr_inheritance": "inheritance",
-                    "val_sumr_exploration": "exploration"}
+# The training loop's loss terms (method.losses.objective.DLDKDLoss: [<level>_]<term>[_inh|_exp], kd) and their sum.
+LOSS_COLUMN = re.compile(r"loss|kd|((clip|frame)_)?(trip|nce|qdl|ot)(_inh|_exp)?")
 TIME_COLUMNS = ("epoch_seconds", "data_seconds")
 # metrics.csv columns shown elsewhere or not worth a curve; any other numeric column goes to "other".
-KNOWN_COLUMNS = {"epoch", "lr", "kd_factor", "hard_negative", *LOSS_COLUMNS, *VAL_SUMR_COLUMNS, *TIME_COLUMNS,
+KNOWN_COLUMNS = {"epoch", "lr", "kd_factor", "hard_negative", *TIME_COLUMNS,
                  "val_r1", "val_r5", "val_r10", "val_r100", "val_medr", "val_meanr", "val_map"}
-BRANCH_COLORS = {"fused": "black", "inheritance": "tab:blue", "exploration": "tab:orange", "teacher": "tab:gray"}
+BRANCH_COLORS = {"fused": "black", "inheritance": "tab:blue", "exploration": "tab:orange", "teacher": "tab:gray",
+                 "clip": "tab:green", "frame": "tab:purple"}
+LEVEL_SHADES = {"clip": 0.45, "frame": 0.75}  # a branch's level curves: lighter shades of its colour
+
+
+def score_color(name: str):
+    """Colour of a score's curves (None: matplotlib's next colour).
+
+    fused black, inheritance blue, exploration orange, teacher gray; a
+    one-branch student's levels green (clip) and purple (frame);
+    ``<branch>_<level>`` a lighter shade of the branch's colour.
+    """
+    if name in BRANCH_COLORS:
+        return BRANCH_COLORS[name]
+    branch, _, level = name.partition("_")
+    if branch not in BRANCH_COLORS:
+        return None
+    from matplotlib.colors import to_rgb
+    shade = LEVEL_SHADES.get(level, 1.0)
+    return tuple(1.0 - shade * (1.0 - c) for c in to_rgb(BRANCH_COLORS[branch]))
+
+
+def is_loss_column(name: str) -> bool:
+    """Whether a metrics.csv column is a loss term (or their sum)."""
+    return LOSS_COLUMN.fullmatch(name) is not None
+
+
+def val_sumr_columns(rows: list[dict]) -> dict[str, str]:
+    """{metrics.csv column: score name} of the val SumR columns: val_sumr (fused), val_sumr_<score>."""
+    names = dict.fromkeys(k for r in rows for k in r)
+    return {n: n[len("val_sumr_"):] or "fused" for n in names if n == "val_sumr" or n.startswith("val_sumr_")}
 
 
 def require_matplotlib():
@@ -52,27 +82,29 @@ def _column(rows: list[dict], name: str) -> np.ndarray:
 def other_columns(rows: list[dict]) -> list[str]:
     """Numeric metrics.csv columns that no panel knows (e.g. new loss factors), in file order."""
     names = list(dict.fromkeys(k for r in rows for k in r))
-    return [n for n in names if n not in KNOWN_COLUMNS and np.isfinite(_column(rows, n)).any()]
+    known = KNOWN_COLUMNS | set(val_sumr_columns(rows))
+    return [n for n in names if n not in known and not is_loss_column(n) and np.isfinite(_column(rows, n)).any()]
 
 
 def training_curves(runs: dict[str, list[dict]], out: Path) -> None:
     """Six panels per epoch from the metrics.csv rows of one or two runs (the second one dashed).
 
-    Losses, distillation factor, learning rate, val SumR per branch, epoch
-    time, and any other numeric column; a column keeps its colour across runs.
+    Losses (every term of the objective), distillation factor, learning
+    rate, val SumR of every named score, epoch time, and any other numeric
+    column; a column keeps its colour across runs.
     """
     plt = require_matplotlib()
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     panels = axes.ravel()
     for style, rows in zip(("-", "--"), runs.values()):
         x = _column(rows, "epoch")
-        for name in LOSS_COLUMNS:
-            if (_column(rows, name) > 0).any():  # log axis
+        for name in dict.fromkeys(k for r in rows for k in r):
+            if is_loss_column(name) and (_column(rows, name) > 0).any():  # log axis
                 _draw(panels[0], x, _column(rows, name), style, name)
         _draw(panels[1], x, _column(rows, "kd_factor"), style, "kd_factor")
         _draw(panels[2], x, _column(rows, "lr"), style, "lr")
-        for name, branch in VAL_SUMR_COLUMNS.items():
-            _draw(panels[3], x, _column(rows, name), style, branch, BRANCH_COLORS[branch], marker="o", ms=3)
+        for name, score in val_sumr_columns(rows).items():
+            _draw(panels[3], x, _column(rows, name), style, score, score_color(score), marker="o", ms=3)
         for name in (*TIME_COLUMNS, *other_columns(rows)):
             _draw(panels[4 if name in TIME_COLUMNS else 5], x, _column(rows, name), style, name)
     titles = ("losses (epoch mean)", "distillation factor on the KL term", "learning rate (epoch start)",
@@ -111,7 +143,7 @@ def rank_distribution(ranks: dict[str, np.ndarray], n_videos: int, out: Path) ->
     edges = np.unique(np.round(np.logspace(0, np.log10(n_videos + 1), 25)).astype(int))
     ks = np.arange(1, n_videos + 1)
     for name, r in ranks.items():
-        color = BRANCH_COLORS.get(name.split(" ")[0])
+        color = score_color(name.split(" ")[0])
         hist.hist(r, bins=edges, histtype="step", lw=1.5, label=name, color=color, ls="--" if "(" in name else "-")
         recall.plot(ks, 100.0 * np.searchsorted(np.sort(r), ks, side="right") / len(r), label=name, color=color,
                     ls="--" if "(" in name else "-")
@@ -159,20 +191,28 @@ def rank_change_histogram(delta: np.ndarray, names: tuple[str, str], out: Path) 
 
 
 def query_panel(panel: dict, out: Path) -> None:
-    """Per-frame score curves of one caption on its true video (and on the top-1 video when that is another).
+    """Per-position score curves of one caption on its true video (and on the top-1 video when that is another).
 
-    ``panel``: caption, and ``videos``: list of dicts with title, curves
-    {name: (n,) array} (branches, fused, optionally teacher), ``estimate``
-    (start, end) and optional ``truth`` (start, end) in frames.
+    ``panel``: caption, and ``videos``: list of dicts with title, ``xlabel``,
+    curves {name: (n,) array} over the n positions of the curve level
+    (frames or clips; branches, fused, optionally teacher), ``main`` (the curve
+    the moment is estimated on, drawn bold), optional ``steps`` {name: (m,)
+    array}: another level of m positions spread evenly over the same video
+    (e.g. 32 clips over the frames, or one vector per video), drawn as steps;
+    ``estimate`` (start, end) and optional ``truth`` (start, end) in positions.
     """
     plt = require_matplotlib()
     videos = panel["videos"]
     fig, axes = plt.subplots(1, len(videos), figsize=(6.2 * len(videos), 3.4), squeeze=False)
     for ax, video in zip(axes[0], videos):
+        n = 0
         for name, y in video["curves"].items():
-            x = np.arange(len(y))
-            ax.plot(x, y, color=BRANCH_COLORS.get(name), lw=2.2 if name == "fused" else 1.3,
+            n = len(y)
+            ax.plot(np.arange(n), y, color=score_color(name), lw=2.2 if name == video["main"] else 1.3,
                     ls=":" if name == "teacher" else "-", label=name)
+        for name, y in video.get("steps", {}).items():
+            ax.stairs(y, np.linspace(0, n, len(y) + 1) - 0.5, color=score_color(name), lw=1.3, ls="--",
+                      baseline=None, label=f"{name} (whole video)" if len(y) == 1 else f"{name} ({len(y)} steps)")
         a, b = video["estimate"]
         ax.axvspan(a - 0.5, b - 0.5, color="tab:orange", alpha=0.25, label="estimated moment")
         if video.get("truth") is not None:
@@ -180,7 +220,7 @@ def query_panel(panel: dict, out: Path) -> None:
             ax.axvspan(a - 0.5, b - 0.5, facecolor="none", edgecolor="tab:green", hatch="//", lw=1.5,
                        label="true moment")
         ax.set_title(video["title"], fontsize=9)
-        ax.set_xlabel("frame")
+        ax.set_xlabel(video["xlabel"])
         ax.set_ylabel("cosine")
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(panel["caption"], fontsize=10)

@@ -4,13 +4,15 @@
 
 Writes ``DIR/index.html`` and its figures in ``DIR/img/`` (opens from disk, no
 server): the metrics tables of every ``eval_<split>.json`` of the run (t2v and
-v2t, fused and per branch), the training curves of ``metrics.csv``, the rank
-distribution on ``--split``, the moment evaluation where ground-truth moments
-exist, and query panels (caption, top-k videos, per-frame score curves of
-both branches and of the teacher where its features exist, estimated and true
-moments). With ``--compare``: the other run's tables and curves beside, the
-captions whose rank moved most and a histogram of rank changes. Needs
-matplotlib (``requirements-report.txt``).
+v2t, every named score: fused, per branch, per level), the training curves of
+``metrics.csv``, the rank distribution on ``--split``, the moment evaluation
+where ground-truth moments exist, and query panels (caption, top-k videos,
+per-position score curves of the branches and of the teacher where its
+features exist, on the student's positional level: frames, or GMMFormer's
+clips; the student's other level as steps; estimated and true moments).
+With ``--compare``: the other run's tables and curves beside, the captions
+whose rank moved most and a histogram of rank changes. Needs matplotlib
+(``requirements-report.txt``).
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ import numpy as np
 import torch
 
 from . import plots
+from .config import HelpFormatter
 from .explore import Analysis, analyse, query_records, select_queries
 from .moments import estimate_moments
 from .retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves
 
 METRIC_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("R@100", "r100"), ("SumR", "sumr"),
                   ("MedR", "medr"), ("MnR", "meanr"), ("mAP", "map"))
-OPT_SHOWN = ("recipe", "collection", "visual_feature", "label_style", "no_teacher", "single_branch",
-             "separate_query_proj", "pool_to_teacher", "kd_schedule",
+OPT_SHOWN = ("recipe", "student", "kd_level", "collection", "visual_feature", "label_style", "no_teacher",
+             "single_branch", "separate_query_proj", "pool_to_teacher", "kd_schedule",
              "kd_k", "loss_scale_weight", "optim", "lr", "bsz", "n_epoch", "hidden_size", "margin", "seed")
 STYLE = """body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.4em 0 1em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
@@ -105,26 +108,51 @@ def moments_section(analyses: dict[str, Analysis]) -> str:
         + "".join(f"<td>{ev['estimate'][k]:.1f}</td>" for k in ("miou", "r1_iou0.3", "r1_iou0.5", "r1_iou0.7"))
         + f"<td>{ev['random_span_miou']:.1f}</td></tr>" for label, ev in rows.items() if ev)
     threshold = next(iter(analyses.values())).threshold
-    return (f"<p>Estimated moment in the true video (peak of the fused per-frame curve, extended while the score "
+    return (f"<p>Estimated moment in the true video (peak of the fused per-position curve: frames, or a GMMFormer "
+            f"student's 32 clips; extended while the score "
             f"stays above median + {threshold:g} &times; (peak &minus; median)) against the ground truth; the "
             f"baseline is the expected IoU of a span of the same length placed at random.</p>"
             f"<table>{head}{body}</table>")
 
 
+def curve_names(model, level: str) -> dict[str, str]:
+    """{key of ``pair_curves``: legend name} of the curves of ``level``.
+
+    A one-level student (DL-DKD): the branches and "fused". A student with
+    levels: the level's score name (``clip``) with one branch; with two,
+    ``<branch>_<level>`` and ``fused_<level>``.
+    """
+    keys = (*model.branch_names, "fused")
+    if len(model.levels) == 1:
+        return {key: key for key in keys}
+    if model.cfg.single_branch:
+        return {"fused": level}
+    return {key: f"{key}_{level}" for key in keys}
+
+
 def panel_figure(an: Analysis, q: int, record: dict, teacher: TeacherCurves, out: Path) -> None:
-    """Curves of caption q on its true video and, when another video ranks first, on that one."""
+    """Curves of caption q on its true video and, when another video ranks first, on that one.
+
+    On the positions of the curve level (frames, or GMMFormer's clips); the
+    fused curve of a student's other level is drawn as steps over them.
+    """
     enc, run = an.enc, an.run
+    level = enc.curve_level
     true_v = int(enc.query_video[q])
     first = enc.video_ids.index(record["top"][0]["video_id"])
     videos = [true_v] + ([first] if first != true_v else [])
     v_idx = torch.tensor(videos, device=run.device)
-    curves = pair_curves(run, enc, torch.full_like(v_idx, q), v_idx)
+    q_idx = torch.full_like(v_idx, q)
+    curves = pair_curves(run, enc, q_idx, v_idx)
+    steps = {curve_names(run.model, lv)["fused"]: pair_curves(run, enc, q_idx, v_idx, level=lv)["fused"]
+             for lv in run.model.levels if lv != level}
     start, end, _ = estimate_moments(curves["fused"], enc.mask[v_idx], an.threshold)
+    names = curve_names(run.model, level)
     panel = {"caption": f"\"{record['caption']}\"", "videos": []}
     for i, v in enumerate(videos):
         n = int(enc.n_frames[v])
-        lines = {name: curves[name][i, :n].cpu().numpy() for name in (*run.model.branch_names, "fused")}
-        t = teacher.curve(enc.cap_ids[q], enc.video_ids[v], n)
+        lines = {name: curves[key][i, :n].cpu().numpy() for key, name in names.items()}
+        t = teacher.curve(enc.cap_ids[q], enc.video_ids[v], n, level)
         if t is not None:
             lines["teacher"] = t
         truth = None
@@ -132,8 +160,10 @@ def panel_figure(an: Analysis, q: int, record: dict, teacher: TeacherCurves, out
             truth = (float(an.gt[0][q]) * n, float(an.gt[1][q]) * n)
         title = (f"true video {enc.video_ids[v]} (rank {record['rank']['fused']})" if v == true_v
                  else f"top-1 video {enc.video_ids[v]}")
-        panel["videos"].append({"title": title, "curves": lines, "estimate": (int(start[i]), int(end[i])),
-                                "truth": truth})
+        panel["videos"].append({
+            "title": title, "xlabel": "frame" if level == "frame" else f"{level} ({n} per video)", "curves": lines,
+            "main": names["fused"], "steps": {name: c[i].cpu().numpy() for name, c in steps.items()},
+            "estimate": (int(start[i]), int(end[i])), "truth": truth})
     plots.query_panel(panel, out)
 
 
@@ -144,19 +174,22 @@ def _span_text(m: dict | None) -> str:
     return text + (f" ({m['start_s']:.1f}&ndash;{m['end_s']:.1f} s)" if "start_s" in m else "")
 
 
-def panel_html(record: dict, image: str, branches: tuple[str, ...], other: tuple[str, int] | None) -> str:
-    """A query panel: caption, ranks (and the compared run's fused rank), moments, top-k table, figure."""
-    ranks = ", ".join(f"{b} {record['rank'][b]}" for b in branches)
+def panel_html(record: dict, image: str, names: list[str], other: tuple[str, int] | None) -> str:
+    """A query panel: caption, ranks (and the compared run's fused rank), moments, top-k table, figure.
+
+    ``names``: the scores besides the fused one, one column each.
+    """
+    ranks = ", ".join(f"{b} {record['rank'][b]}" for b in names)
     vs = f"; rank in {html.escape(other[0])}: {other[1]}" if other is not None else ""
     moment = f"estimated moment {_span_text(record['moment'])}"
     if record["gt_moment"]:
         moment += f", true moment {_span_text(record['gt_moment'])}, IoU {record['iou']:.2f}"
-    head = ("<tr><th>rank</th><th class=l>video</th><th>fused</th>" + "".join(f"<th>{b}</th>" for b in branches)
+    head = ("<tr><th>rank</th><th class=l>video</th><th>fused</th>" + "".join(f"<th>{b}</th>" for b in names)
             + "<th class=l>estimated moment (frames)</th></tr>")
     body = "".join(
         f"<tr{' class=true' if t['true'] else ''}><td>{t['rank']}</td><td class=l>{html.escape(t['video_id'])}"
         f"{' (true)' if t['true'] else ''}</td><td>{t['score']['fused']:.3f}</td>"
-        + "".join(f"<td>{t['score'][b]:.3f}</td>" for b in branches)
+        + "".join(f"<td>{t['score'][b]:.3f}</td>" for b in names)
         + f"<td class=l>{_span_text(t['moment'])}</td></tr>" for t in record["top"])
     return (f"<div class=panel><div class=caption>\"{html.escape(record['caption'])}\"</div>"
             f"<p class=muted>{html.escape(record['cap_id'])}: true video {html.escape(record['video_id'])}, "
@@ -231,10 +264,11 @@ def panels_section(analyses: dict[str, Analysis], args: argparse.Namespace, out:
         image = f"img/query_{i}.png"
         panel_figure(an, q, record, teacher, out / image)
         compared = (names[1], int(analyses[names[1]].ranks["fused"][q])) if len(names) > 1 else None
-        panels.append(panel_html(record, image, an.run.model.branch_names, compared))
+        panels.append(panel_html(record, image, [n for n in an.run.model.score_names() if n != "fused"], compared))
     return (f"<h2>Query panels ({len(records)} random captions of {args.split})</h2>"
-            "<p class=muted>Per-frame cosine of each branch, their fused curve and the teacher's (dotted, where "
-            "its features exist); orange: estimated moment, hatched green: true moment.</p>" + "".join(panels))
+            "<p class=muted>Per-position cosine (frames, or a GMMFormer student's clips) of each branch, their fused "
+            "curve (bold) and the teacher's (dotted, where its features exist); dashed steps: the student's other "
+            "level; orange: estimated moment, hatched green: true moment.</p>" + "".join(panels))
 
 
 def write_report(run: Run, other: Run | None, args: argparse.Namespace) -> Path:
@@ -273,7 +307,7 @@ def write_report(run: Run, other: Run | None, args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m method.report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("model_dir", help="run folder (or released checkpoint folder) with model.ckpt, opt.json and "
                                      "eval_<split>.json")
     p.add_argument("--compare", default=None, metavar="OTHER_RUN_DIR", help="a second run to compare with")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from . import metrics
 from .checkpoint import CheckpointError, load_model, model_file
 from .config import fusion_weights, resolve_device
-from .data import (DataError, H5Store, Split, build_split, dataset_paths, resolve_caption_keys, teacher_frames,
-                   teacher_sentence)
+from .data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
+                   teacher_frames, teacher_sentence)
 from .eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
 from .eval import encode_split as eval_encode_split
 from .model import DLDKD, cosine_video_scores, frame_dot
@@ -42,7 +42,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="ground-truth moments file (see method/moment_file.py; default "
                         "<root_path>/<collection>/TextData/<collection>_moments.txt when it exists)")
     p.add_argument("--moment_threshold", type=float, default=0.5,
-                   help="moment rule: frames around the peak scoring at least median + THRESHOLD * (peak - median)")
+                   help="moment rule: the positions (frames, or clips) around the peak scoring at least "
+                        "median + THRESHOLD * (peak - median)")
     p.add_argument("--fps", type=float, default=None,
                    help="feature frames per second of the student video features; moments are then also given in "
                         "seconds (e.g. 0.667 for TVR's 1.5 s i3d_resnet clips)")
@@ -106,11 +107,6 @@ class EncodedSplit:
     curve_level: str
 
     @property
-    def frames(self) -> dict[str, torch.Tensor]:
-        """branch -> (V, P, d) unit positions of the curve level."""
-        return {name: levels[self.curve_level] for name, levels in self.positions.items()}
-
-    @property
     def n_frames(self) -> torch.Tensor:
         """(V,) valid positions of each video on the curve level's time axis."""
         return self.mask.sum(1).long()
@@ -162,24 +158,24 @@ def all_ranks(run: Run, enc: EncodedSplit, chunk: int = 500) -> dict[str, torch.
 
 
 @torch.no_grad()
-def pair_curves(run: Run, enc: EncodedSplit, q_idx: torch.Tensor, v_idx: torch.Tensor,
-                chunk: int = 256) -> dict[str, torch.Tensor]:
+def pair_curves(run: Run, enc: EncodedSplit, q_idx: torch.Tensor, v_idx: torch.Tensor, chunk: int = 256,
+                level: str | None = None) -> dict[str, torch.Tensor]:
     """Per-position cosine curves (P, L) of captions ``q_idx`` (P,) on videos ``v_idx`` (P,), per branch and fused.
 
-    The curves are those of the curve level (frames, or GMMFormer's clips);
-    the fused curve weights the branches' curves like the fused video score.
-    Positions beyond a video's length hold its first position's score: mask
-    them with ``enc.mask[v_idx]``.
+    The curves are those of ``level`` (default the curve level: frames, or
+    GMMFormer's clips); the fused curve weights the branches' curves like the
+    fused video score. Positions beyond a video's length hold its first
+    position's score: mask them with ``enc.mask[v_idx]`` (curve level).
     """
+    level = level or enc.curve_level
     out: dict[str, list] = {name: [] for name in enc.queries}
-    frames = enc.frames
     for start in range(0, len(q_idx), chunk):
         q, v = q_idx[start:start + chunk], v_idx[start:start + chunk]
         for name, queries in enc.queries.items():
             unit = F.normalize(queries[q], dim=-1, eps=1e-12)
-            out[name].append(torch.bmm(frames[name][v], unit[:, :, None]).squeeze(-1))
-    curves = {name: torch.cat(c) if c else torch.zeros(0, enc.mask.shape[1], device=run.device)
-              for name, c in out.items()}
+            out[name].append(torch.bmm(enc.positions[name][level][v], unit[:, :, None]).squeeze(-1))
+    width = next(iter(enc.positions.values()))[level].shape[1]
+    curves = {name: torch.cat(c) if c else torch.zeros(0, width, device=run.device) for name, c in out.items()}
     curves["fused"] = run.model.fuse(curves, run.fusion)
     return curves
 
@@ -190,10 +186,13 @@ def stored_frame_counts(split: Split, video_ids: list[str]) -> np.ndarray:
 
 
 class TeacherCurves:
-    """The teacher's per-frame scores of a caption on a video, where the run's teacher files exist.
+    """The teacher's per-position scores of a caption on a video, where the run's teacher files exist.
 
-    Cosine of the CLIP sentence vector with the CLIP frames aligned to the
-    student's frames, as in training (``method.teacher.PrecomputedTeacher``).
+    Cosine of the CLIP sentence vector with the CLIP frames on the student's
+    positions, as the distillation targets of training
+    (``method.teacher.PrecomputedTeacher``): the frames aligned to the
+    student's frames, or mean-pooled to its clips from the teacher's stored
+    frames (``clip_features``, not normalised), as ``--kd_level clip`` pools them.
     """
 
     def __init__(self, opt: argparse.Namespace):
@@ -205,14 +204,19 @@ class TeacherCurves:
             self.text = H5Store(paths.teacher_text_feat)
             self.video = H5Store(paths.teacher_video_feat)
 
-    def curve(self, cap_id: str, video_id: str, n_frames: int) -> np.ndarray | None:
-        """(n_frames,) teacher cosine per student frame, or None without teacher features for this pair."""
+    def curve(self, cap_id: str, video_id: str, n: int, level: str = "frame") -> np.ndarray | None:
+        """(n,) teacher cosine per student position of ``level`` ("frame": n frames, "clip": n clips), or None
+        without teacher features for this pair."""
         if not self.available or video_id not in self.video:
             return None
         keys = resolve_caption_keys([cap_id], self.text)[0]
         if cap_id not in keys:
             return None
         sentence = torch.from_numpy(teacher_sentence(self.text.get(keys[cap_id]), self.text.path))
-        frames = torch.from_numpy(teacher_frames(self.video.get(video_id), n_frames, self.max_ctx_l))
-        unit = F.normalize(frames, dim=-1, eps=1e-12)
+        raw = self.video.get(video_id)
+        if level == "clip":
+            positions = clip_features(raw, n, normalize=False)
+        else:
+            positions = teacher_frames(raw, n, self.max_ctx_l)
+        unit = F.normalize(torch.from_numpy(positions), dim=-1, eps=1e-12)
         return frame_dot(F.normalize(sentence[None], dim=-1, eps=1e-12), unit[None])[0, 0].numpy()

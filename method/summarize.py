@@ -6,11 +6,15 @@
 Reads each run's ``opt.json``, ``eval_<split>.json`` and ``metrics.csv``.
 Runs are grouped by the values of ``--group_by`` flags of their opt.json
 (default: every flag whose value differs between the runs, except the seed,
-names, paths and machine settings). Per group: number of runs, mean and
-sample standard deviation (n - 1) of R@1, R@5, R@10, R@100, SumR, median
-rank, mean rank and mAP, of the best epoch (0-based, the checkpoint the
-evaluation used) and of the training wall time (the sum of metrics.csv's
-``epoch_seconds``). Prints Markdown; writes ``<out>.csv`` and ``<out>.tex``.
+names, paths and machine settings); a run older than a flag has its default
+(older than ``--student``: the dldkd student). Per group: number of runs,
+mean and sample standard deviation (n - 1) of R@1, R@5, R@10, R@100, SumR,
+median rank, mean rank and mAP of the score ``--branch`` (fused, or any
+score of the runs' evaluation: inheritance, exploration; GMMFormer: clip,
+frame; DL-DKD on it: inheritance_clip, ...), of the best epoch (0-based, the
+checkpoint the evaluation used) and of the training wall time (the sum of
+metrics.csv's ``epoch_seconds``). Prints Markdown; writes ``<out>.csv`` and
+``<out>.tex``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import build_train_parser, load_opt
+from .config import HelpFormatter, build_train_parser, load_opt, resolve_student_flags
 from .eval import EVAL_RUNTIME_KEYS
 
 METRICS = (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("r100", "R@100"), ("sumr", "SumR"),
@@ -34,15 +38,17 @@ NOT_GROUPING = {"seed", "exp_id", "results_dir", "resume", "root_path", *EVAL_RU
 
 
 def read_run(path: Path, split: str, branch: str) -> dict:
-    """opt.json, the t2v metrics of ``branch`` on ``split``, best epoch and wall time of one run folder."""
-    opt = {**DEFAULTS, **load_opt(path)}  # a run older than a flag had its default
+    """opt.json, the t2v metrics of score ``branch`` on ``split``, best epoch and wall time of one run folder."""
+    stored = argparse.Namespace(**{**DEFAULTS, **load_opt(path)})  # a run older than a flag had its default
+    opt = vars(resolve_student_flags(stored))  # and the student-dependent ones of its student
     eval_path = path / f"eval_{split}.json"
     if not eval_path.is_file():
         raise SystemExit(f"{eval_path} not found: evaluate the run first "
                          f"(python -m method.eval --model_dir {path} --eval_split {split})")
     result = json.loads(eval_path.read_text())
     if branch not in result.get("t2v", {}):
-        raise SystemExit(f"{eval_path}: no t2v metrics of branch {branch!r} (has {sorted(result.get('t2v', {}))})")
+        raise SystemExit(f"{eval_path}: no t2v metrics of the score {branch!r}; --branch can be one of "
+                         f"{', '.join(result.get('t2v', {})) or 'none (no t2v metrics)'}")
     values = {key: float(result["t2v"][branch][key]) for key, _ in METRICS[:8]}
     values["best_epoch"] = float(result.get("checkpoint_epoch", math.nan))
     values["wall_minutes"] = math.nan
@@ -135,14 +141,15 @@ def to_latex(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m method.summarize", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="run folders (opt.json, eval_<split>.json, metrics.csv)")
     p.add_argument("--group_by", nargs="+", default=None, metavar="FLAG",
                    help="opt.json flags whose values define a group (default: the flags that differ between "
                         "the runs, except seed, names, paths and machine settings)")
     p.add_argument("--split", default="test", help="summarize eval_<split>.json")
-    p.add_argument("--branch", default="fused", choices=("fused", "inheritance", "exploration"),
-                   help="score whose metrics are summarized")
+    p.add_argument("--branch", default="fused", metavar="SCORE",
+                   help="score whose metrics are summarized: fused, or any score of the runs' eval_<split>.json "
+                        "(inheritance, exploration; clip, frame; inheritance_clip, ...)")
     p.add_argument("--out", default="summary", help="output prefix: writes <out>.csv and <out>.tex")
     return p
 

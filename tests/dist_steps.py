@@ -1,7 +1,9 @@
 """Training steps of one process or of several (gloo on the CPU), for tests/test_distributed.py.
 
-``run_steps`` trains a tiny model on fixed global batches through the training
-loop's own ``train_step``; each process takes its share of every batch with
+``run_steps`` trains a tiny model of a recipe (``CASES``: the student and its
+objective, from the training flags through ``method.train.model_config`` and
+``make_loss``) on fixed global batches through the training loop's own
+``train_step``; each process takes its share of every batch with
 ``GlobalBatchSampler``'s own ``share``. ``spawn_worker`` is the entry point of a
 spawned process.
 """
@@ -12,47 +14,122 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from method import distributed, rng, train
-from method.data import collate_train
+from method.config import parse_train_args
+from method.data import clip_features, collate_train
+from method.data.collate import sort_key
 from method.data.sampler import share
-from method.losses import DLDKDLoss, SoftNCEOptions
-from method.model import DLDKD, ModelConfig
+from method.model import DLDKD
 from method.optim import build_optimizer
+from method.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
 from method.teacher import PrecomputedTeacher
 
 DV, DQ, DT = 6, 5, 4
+TINY = ["--root_path", "unused", "--collection", "tvr", "--hidden_size", "8", "--n_heads", "2",
+        "--input_drop", "0", "--drop", "0", "--margin", "0.1", "--hard_pool_size", "2"]
+# The training flags of each case on top of TINY. The GMMFormer recipes' query-diversity and OT weights are
+# raised from 0.001 / 8e-5 / 0.09 so that those terms' gradients weigh in the comparison of the gradients.
+CASES = {
+    "iccv": [],
+    "soft": ["--label_style", "soft", "--separate_query_proj"],
+    "gmmformer": ["--recipe", "gmmformer", "--qdl_weight", "0.05"],  # one network: clip + frame NCE, triplet, QDL v1
+    "gmmformer_v2": ["--recipe", "gmmformer_v2", "--qdl_weight", "0.01", "--ot_weight", "0.5"],  # QDL v2, OT
+    "dldkd_gmmformer_v2": ["--student", "gmmformer_v2", "--qdl_weight", "0.01", "--ot_weight", "0.5"],  # KD: frames
+    "dldkd_gmmformer": ["--student", "gmmformer", "--qdl_weight", "0.05"],  # two branches, KD over the 32 clips
+}
+# Cases compared in float64. GMMFormerV2's fusion heads (weight_token, ca, layer1, layer2 of a DyGMM block) get
+# gradients only through the differences between the Gaussian branches (the fusion softmax runs over them), and
+# at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
+# float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
+FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2"}
 
 
-def global_batch_items(n_videos: int, seed: int) -> list:
-    """TrainDataset-like items, sorted by caption count as a global batch is: lengths and counts vary."""
+def case_options(case: str):
+    """The resolved training flags of ``case``."""
+    return parse_train_args([*TINY, *CASES[case]])
+
+
+def global_batch_items(n_videos: int, seed: int, max_captions: int = 3, sort_by: str = "captions",
+                       teacher: bool = True, n_clips=None, teacher_clips: bool = False) -> list:
+    """TrainDataset-like items, sorted as a global batch is (``sort_by``): lengths and counts vary.
+
+    Each video has 1 to ``max_captions`` captions; ``n_clips`` adds the
+    student's clips (and ``teacher_clips`` the teacher's) pooled from the frames.
+    """
     g = np.random.default_rng(seed)
     items = []
     for v in range(n_videos):
-        n, caps = int(g.integers(2, 9)), int(g.integers(1, 4))
-        items.append({"video_id": f"v{v}", "cap_ids": [f"v{v}#{j}" for j in range(caps)],
-                      "video_feat": g.standard_normal((n, DV)).astype(np.float32),
-                      "query_feats": [g.standard_normal((int(g.integers(2, 7)), DQ)).astype(np.float32)
-                                      for _ in range(caps)],
-                      "teacher_video_feat": g.standard_normal((n, DT)).astype(np.float32),
-                      "teacher_query_feat": g.standard_normal((caps, DT)).astype(np.float32)})
-    return sorted(items, key=lambda it: -len(it["cap_ids"]))
+        n, caps = int(g.integers(2, 9)), int(g.integers(1, max_captions + 1))
+        item = {"video_id": f"v{v}", "cap_ids": [f"v{v}#{j}" for j in range(caps)],
+                "video_feat": g.standard_normal((n, DV)).astype(np.float32),
+                "query_feats": [g.standard_normal((int(g.integers(2, 7)), DQ)).astype(np.float32)
+                                for _ in range(caps)]}
+        frames, sentences = g.standard_normal((n, DT)).astype(np.float32), g.standard_normal((caps, DT))
+        if n_clips:
+            item["clip_feat"] = clip_features(item["video_feat"], n_clips)
+        if teacher:
+            item.update(teacher_video_feat=frames, teacher_query_feat=sentences.astype(np.float32))
+            if teacher_clips:
+                item["teacher_clip_feat"] = clip_features(frames, n_clips, normalize=False)
+        items.append(item)
+    return sorted(items, key=lambda it: -sort_key(it, sort_by))
 
 
-def run_steps(d: distributed.Dist, soft: bool, batch_sizes) -> dict:
-    """Train steps on global batches of ``batch_sizes`` videos; returns the global terms, gradients and weights."""
+def noise_only(model: DLDKD) -> set:
+    """Parameters whose gradient is 0 in exact arithmetic, so that they carry only rounding noise.
+
+    - the key biases of attention whose logits are not multiplied by a Gaussian
+      (DL-DKD's blocks; a GMM block's attn0, the GMMFormer query encoders,
+      GMMFormerV2's cross-attention ``ca``): a key bias adds the same value to
+      every logit of a query's softmax row;
+    - the bias of a DyGMM block's fusion head ``layer2``: it adds the same logit
+      to every Gaussian branch at a position, and the fusion softmax runs over
+      the branches;
+    - the fusion head's ``layer1`` bias and the bias of ``ca.norm2`` (the token
+      that feeds ``layer1``): their gradients are the softmax's per-position
+      gradients summed over the branches (0), as long as ``layer1``'s ReLU is
+      active on the same units for every branch, which holds while the
+      branches' tokens are as alike as at initialisation.
+
+    A Gaussian-weighted key bias (attn1..) adds G[i, j] times a constant, which
+    differs along the row: its gradient is not 0.
+    """
+    names = set()
+    for prefix, module in model.named_modules():
+        plain = isinstance(module, GaussianSelfAttention) and module.width is None
+        if isinstance(module, SelfAttentionCore) or plain:
+            names.add(f"{prefix}.key.bias")
+        elif isinstance(module, DyGMMBlock):
+            names.update(f"{prefix}.{p}.bias" for p in ("layer1", "layer2", "ca.norm2"))
+    return names
+
+
+def run_steps(d: distributed.Dist, case: str, steps) -> dict:
+    """Train steps on global batches ``steps`` [(videos, max captions per video)]; returns the global terms,
+    gradients, weights, the noise-only parameter names and each batch's caption counts."""
+    opt = case_options(case)
+    dtype = torch.float64 if case in FLOAT64 else torch.float32
     rng.set_seed(0)
-    model = DLDKD(ModelConfig(DV, DQ, hidden_size=8, n_heads=2, input_drop=0.0, drop=0.0,
-                              share_query_proj=not soft))
+    model = DLDKD(train.model_config(opt, DV, DQ)).to(dtype)
     forward = DistributedDataParallel(model) if d.enabled else model
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-3, 0.01, total_steps=20, warmup=0.1)
+    teacher = not opt.no_teacher
+    loss_fn = train.make_loss(opt, model.levels)
     run = train.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
-                    loss_fn=DLDKDLoss(0.1, 2, soft=SoftNCEOptions() if soft else None),
-                    teacher=PrecomputedTeacher(), dist=d,
-                    sampling=rng.sampling_generator(torch.device("cpu")) if d.enabled else None)
-    settings = {"kd_factor": 0.1, "hard_negative": True, "alpha": 0.6, "beta": 0.7} if soft else \
-        {"kd_factor": 0.1, "hard_negative": True}
-    out = {"terms": [], "grads": []}
-    for step, n_videos in enumerate(batch_sizes):
-        local = collate_train(share(global_batch_items(n_videos, seed=step), d.rank, d.world), dims=(DV, DQ, DT))
+                    loss_fn=loss_fn, teacher=PrecomputedTeacher() if teacher else None, dist=d,
+                    sampling=rng.sampling_generator(torch.device("cpu")) if d.enabled else None,
+                    second_queries=loss_fn.objective.needs_second_queries)
+    settings = {"kd_factor": 0.1 if teacher else 0.0, "hard_negative": True}
+    if opt.label_style == "soft":
+        settings.update(alpha=0.6, beta=0.7)
+    n_clips = opt.map_size if model.needs_clips else None
+    teacher_clips = bool(n_clips) and teacher and opt.kd_level == "clip"
+    dims = (DV, DQ, DT if teacher else None, n_clips, teacher_clips)
+    out = {"terms": [], "grads": [], "noise_only": sorted(noise_only(model)), "caption_counts": []}
+    for step, (n_videos, max_captions) in enumerate(steps):
+        items = global_batch_items(n_videos, step, max_captions, opt.batch_sort, teacher, n_clips, teacher_clips)
+        out["caption_counts"].append([len(it["cap_ids"]) for it in items])
+        local = collate_train(share(items, d.rank, d.world), dims=dims, sort_by=opt.batch_sort)
+        local = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in local.items()}
         terms = train.train_step(run, local, settings, "none")
         out["terms"].append({k: d.all_reduce_sum(v.detach().clone()).item() for k, v in terms.items()})
         out["grads"].append({name: p.grad.clone() for name, p in model.named_parameters()})
@@ -60,13 +137,15 @@ def run_steps(d: distributed.Dist, soft: bool, batch_sizes) -> dict:
     return out
 
 
-def spawn_worker(rank: int, world: int, port: int, folder: str, soft: bool, batch_sizes) -> None:
-    """torch.multiprocessing.spawn target: join a gloo group on localhost, run the steps, save the result."""
+def spawn_worker(rank: int, world: int, port: int, folder: str, jobs) -> None:
+    """torch.multiprocessing.spawn target: join a gloo group on localhost, run the steps of each job
+    ``(case, steps)`` and save each result as ``<case>-rank<rank>.pt``."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     d, _ = distributed.setup(torch.device("cpu"), timeout_minutes=2)
     try:
-        torch.save(run_steps(d, soft, batch_sizes), os.path.join(folder, f"rank{rank}.pt"))
+        for case, steps in jobs:
+            torch.save(run_steps(d, case, steps), os.path.join(folder, f"{case}-rank{rank}.pt"))
     finally:
         d.close()

@@ -1,13 +1,16 @@
 """Retrieval with moments (method/explore.py, method/retrieval.py) on a demo model trained for a few epochs."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from demo_run import demo_runs
+from demo_run import STUDENT_RUNS, demo_runs, student_runs
 from method import explore, metrics
+from method.data import build_split, collate_train
 from method.moment_file import moments_path
-from method.retrieval import load_run, pair_curves
+from method.retrieval import TeacherCurves, load_run, pair_curves, video_scores
+from method.teacher import PrecomputedTeacher
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,120 @@ def test_curves_mask_padding(analysis):
 
 
 def test_spans_of_pooled_videos_are_given_in_stored_frames_and_seconds():
-    """A video of 40 stored frames pooled to 16: model frames [2, 4), peak 3 -> stored [5, 10), peak 7."""
+    """A video of 40 stored frames pooled to 16: model frames [2, 4), peak 3 -> stored [5, 10), peak 8 (its centre).
+
+    Clips by fraction: clip 23 of 32 on a 26-frame video is stored frames [18.6875, 19.5), its peak frame 19.
+    """
     assert explore._span(2, 4, 16, 40, 2.0, 3) == {"start_frame": 5.0, "end_frame": 10.0, "n_frames": 40,
-                                                   "peak_frame": 7, "start_s": 2.5, "end_s": 5.0}
+                                                   "peak_frame": 8, "start_s": 2.5, "end_s": 5.0}  # 3.5 * 2.5
     assert explore._span(2, 4, 16, 16, None) == {"start_frame": 2.0, "end_frame": 4.0, "n_frames": 16}
+    assert explore._span(23, 24, 32, 26, None, 23) == {"start_frame": 18.688, "end_frame": 19.5, "n_frames": 26,
+                                                       "peak_frame": 19}
+
+
+# --------------------------------------------------------------------------- #
+# the other students: GMMFormer (clips), GMMFormerV2 (frames), DL-DKD on GMMFormer (7 scores)
+# --------------------------------------------------------------------------- #
+SCORES = {"gmmformer": ["fused", "clip", "frame"], "gmmformer_v2": ["fused", "clip", "frame"],
+          "dldkd-gmmformer": ["fused", "inheritance", "exploration", "inheritance_clip", "inheritance_frame",
+                              "exploration_clip", "exploration_frame"]}
+CURVE_LEVEL = {"gmmformer": ("clip", 32), "gmmformer_v2": ("frame", 128), "dldkd-gmmformer": ("clip", 32)}
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    return student_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def student_analysis(students):
+    return {name: explore.analyse(load_run(students[name], device="cpu"), "test") for name in STUDENT_RUNS}
+
+
+@pytest.mark.parametrize("name", STUDENT_RUNS)
+def test_student_ranks_agree_with_eval_test_json(students, student_analysis, name):
+    an = student_analysis[name]
+    evaluated = json.loads(open(f"{students[name]}/eval_test.json").read())["t2v"]
+    assert list(an.ranks) == list(evaluated) == an.run.model.score_names() == SCORES[name]
+    for score, ranks in an.ranks.items():
+        assert metrics.summarize_t2v(ranks) == evaluated[score], score
+
+
+@pytest.mark.parametrize("name", STUDENT_RUNS)
+def test_student_moments_are_on_the_positional_level_and_in_range(student_analysis, name):
+    """Clips (GMMFormer) or frames (GMMFormerV2); every moment inside its video, clips scaled by fraction."""
+    an = student_analysis[name]
+    enc = an.enc
+    level, width = CURVE_LEVEL[name]
+    assert enc.curve_level == level and enc.mask.shape[1] == width
+    expected = np.full(len(enc.video_ids), 32) if level == "clip" else np.minimum(an.stored_frames, 128)
+    assert enc.n_frames.tolist() == expected.tolist()
+    start, end, peak = an.moment
+    n = enc.n_frames[enc.query_video]
+    assert bool(((0 <= start) & (start <= peak) & (peak < end) & (end <= n)).all())
+    chosen = list(range(0, len(enc.cap_ids), 5))
+    for q, rec in zip(chosen, explore.query_records(an, chosen, top_k=3)):
+        v = int(enc.query_video[q])
+        scale = an.stored_frames[v] / int(enc.n_frames[v])  # a clip covers 1/32 of the video
+        assert rec["moment"]["start_frame"] == round(int(start[q]) * scale, 3)
+        assert rec["moment"]["end_frame"] == round(int(end[q]) * scale, 3)
+        for m in (rec["moment"], *(t["moment"] for t in rec["top"])):
+            assert 0 <= m["start_frame"] < m["end_frame"] <= m["n_frames"]
+            assert m["start_frame"] < m["peak_frame"] + 1 and m["peak_frame"] < m["end_frame"]  # the peak's frame
+        assert list(rec["rank"]) == SCORES[name]
+        for t in rec["top"]:
+            score = t["score"]
+            assert list(score) == SCORES[name]
+            branches = ["inheritance", "exploration"] if "inheritance" in score else [None]
+            for b in branches:  # a branch is 0.7 clip + 0.3 frame
+                whole, clip, frame = (score[b], score[f"{b}_clip"], score[f"{b}_frame"]) if b else \
+                    (score["fused"], score["clip"], score["frame"])
+                assert whole == pytest.approx(0.7 * clip + 0.3 * frame, abs=2e-5)
+            if b:
+                assert score["fused"] == pytest.approx(0.3 * score["exploration"] + 0.7 * score["inheritance"],
+                                                       abs=2e-5)
+    ev = an.moment_evaluation()
+    assert ev["estimate"]["n"] == len(enc.cap_ids) and 0 <= ev["estimate"]["miou"] <= 100
+
+
+def test_student_curves_of_the_other_level(student_analysis):
+    """pair_curves of any level: their max over the positions is the level's video score."""
+    for name in ("gmmformer", "gmmformer_v2"):
+        an = student_analysis[name]
+        enc, run = an.enc, an.run
+        q = torch.arange(0, len(enc.cap_ids), 7)
+        v = enc.query_video[q]
+        scores = video_scores(run, enc, q)
+        for level in ("clip", "frame"):
+            curves = pair_curves(run, enc, q, v, level=level)["fused"]
+            assert curves.shape[1] == {"clip": 32, "frame": 1 if name == "gmmformer" else 128}[level]
+            own = scores[level][torch.arange(len(q)), v]
+            torch.testing.assert_close(curves.amax(1), own, rtol=0, atol=1e-6)
+
+
+def test_cli_table_has_a_column_per_score(students, tmp_path, capsys):
+    records = explore.main([students["dldkd-gmmformer"], "--device", "cpu", "--worst", "2", "--top_k", "3",
+                            "--jsonl", str(tmp_path / "w.jsonl")])
+    assert [list(r["rank"]) for r in records] == [SCORES["dldkd-gmmformer"]] * 2
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("rank"))
+    assert header.split()[2:-1] == ["fused", "inh", "exp", "inh_clip", "inh_frame", "exp_clip", "exp_frame"]
+
+
+@pytest.mark.parametrize("level", ["frame", "clip"])
+def test_teacher_curves_are_the_distillation_targets(runs, students, level):
+    """The teacher's curve on a student's positions is the KD target of training on those positions."""
+    run = load_run(students["dldkd-gmmformer"] if level == "clip" else runs["run"], device="cpu")
+    opt = run.opt
+    assert opt.kd_level == level
+    split = build_split(opt.root_path, opt.collection, opt.visual_feature, "test", True, opt.max_ctx_l,
+                        opt.max_desc_l)
+    items = split.train_dataset(32 if level == "clip" else None, level == "clip")
+    teacher = TeacherCurves(opt)
+    for index in (0, 3):
+        item = items[index]
+        batch = collate_train([item])
+        positions = batch["teacher_clip_feat" if level == "clip" else "teacher_video_feat"]
+        target = PrecomputedTeacher().frame_scores(batch["teacher_query_feat"], positions, batch["query_labels"])
+        for j, cap_id in enumerate(item["cap_ids"]):
+            curve = teacher.curve(cap_id, item["video_id"], positions.shape[1], level)
+            np.testing.assert_allclose(curve, target[j].numpy(), rtol=1e-5, atol=1e-6)

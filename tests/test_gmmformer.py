@@ -479,6 +479,15 @@ def test_q6_single_caption_video_and_frame(version):
     assert masks["clip"].shape == (3, 32) and masks["frame"].shape == (3, frame_pos)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_empty_share_encodes(version):
+    """Zero videos and queries (a process's empty share of a small last batch) encode to empty embeddings."""
+    student = DLDKD(tiny_cfg(version)).inheritance
+    assert student.encode_query(torch.zeros(0, 1, 12), torch.zeros(0, 1)).shape == (0, 8)
+    out = student.encode_video(torch.zeros(0, 3, 16), torch.zeros(0, 3), torch.zeros(0, 32, 16))
+    assert out["clip"].shape == (0, 32, 8) and out["frame"].shape == (0, 1 if version == "v1" else 128, 8)
+
+
 def test_shared_query_projection():
     """with_query_proj=False builds no projection; encode_query then uses the one passed in."""
     cfg = tiny_cfg("v2")

@@ -10,9 +10,11 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from demo_run import demo_runs
-from method import plots, report
+from demo_run import demo_runs, student_runs
+from method import explore, plots, report
+from method.retrieval import TeacherCurves, load_run, video_scores
 
 PANELS = 2
 
@@ -92,6 +94,85 @@ def test_rank_change_bins_against_a_loop():
         return int(lo) <= d <= int(hi or lo)
 
     assert counts.tolist() == [sum(contains(lab, int(d)) for d in delta) for lab in labels]
+
+
+# --------------------------------------------------------------------------- the other students
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    return student_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def student_report(students, tmp_path_factory):
+    """GMMFormer against GMMFormerV2, and DL-DKD on the GMMFormer student (seven scores) alone."""
+    pages = {}
+    for name, extra in (("gmmformer", ["--compare", students["gmmformer_v2"]]), ("dldkd-gmmformer", [])):
+        out = tmp_path_factory.mktemp(f"report-{name}")
+        index = report.main([students[name], *extra, "--out", str(out), "--device", "cpu", "--panels", str(PANELS)])
+        pages[name] = {"out": out, "html": index.read_text()}
+    return pages
+
+
+@pytest.mark.parametrize("name", ["gmmformer", "dldkd-gmmformer"])
+def test_student_report_shows_every_score(students, student_report, name):
+    page, out = student_report[name]["html"], student_report[name]["out"]
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == (3 if name == "gmmformer" else 2) + PANELS  # no rank changes without --compare
+    assert all((out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for src in images)
+    runs = [name, "gmmformer_v2"] if name == "gmmformer" else [name]
+    for run in runs:
+        res = json.loads(open(f"{students[run]}/eval_test.json").read())
+        for score, m in res["t2v"].items():
+            row = "".join(f"<td>{m[k]:.1f}</td>" for k in ("r1", "r5", "r10", "r100", "sumr"))
+            assert f"<tr><td class=l>{score}</td>{row}" in page, (run, score)
+    names = list(json.loads(open(f"{students[name]}/eval_test.json").read())["t2v"])
+    head = "<th>fused</th>" + "".join(f"<th>{score}</th>" for score in names[1:])
+    assert page.count(head) == PANELS  # the panels' top-k tables: a column per score
+    assert "<code>student=gmmformer</code>" in page
+
+
+def test_training_curves_know_every_loss_term(students):
+    """The students' loss terms and val SumR columns have their panels: none is left to "other columns"."""
+    for name in ("gmmformer", "gmmformer_v2", "dldkd-gmmformer"):
+        rows = report.read_metrics_csv(load_run(students[name], device="cpu"))
+        losses = [k for k in rows[0] if plots.is_loss_column(k)]
+        assert "loss" in losses and any(k.startswith("clip_nce") for k in losses) and any("qdl" in k for k in losses)
+        assert ("ot" in losses) == (name == "gmmformer_v2")
+        scores = list(json.loads(open(f"{students[name]}/eval_test.json").read())["t2v"])
+        assert list(plots.val_sumr_columns(rows).values()) == scores
+        assert plots.other_columns(rows) == []
+
+
+@pytest.mark.parametrize("name,lines,main,steps", [
+    ("gmmformer", ["clip", "teacher"], "clip", {"frame": 1}),
+    ("gmmformer_v2", ["frame", "teacher"], "frame", {"clip": 32}),
+    ("dldkd-gmmformer", ["inheritance_clip", "exploration_clip", "fused_clip", "teacher"], "fused_clip",
+     {"fused_frame": 1})])
+def test_panel_curves_on_the_positional_level_and_the_other_level_as_steps(students, monkeypatch, tmp_path, name,
+                                                                           lines, main, steps):
+    drawn = []
+    monkeypatch.setattr(plots, "query_panel", lambda panel, out: drawn.append(panel))
+    an = explore.analyse(load_run(students[name], device="cpu"), "test")
+    q = 4
+    report.panel_figure(an, q, explore.query_records(an, [q])[0], TeacherCurves(an.run.opt), tmp_path / "p.png")
+    video = drawn[0]["videos"][0]  # the true video
+    v = int(an.enc.query_video[q])
+    n = int(an.enc.n_frames[v])
+    assert list(video["curves"]) == lines and video["main"] == main
+    assert all(len(c) == n for c in video["curves"].values())
+    assert {k: len(c) for k, c in video["steps"].items()} == steps
+    scores = video_scores(an.run, an.enc, torch.tensor([q]))
+    (step_name, step), = video["steps"].items()
+    other = step_name.split("_")[-1]
+    if "inheritance" in scores:  # the fused steps weigh the branches' levels like the fused score
+        w = an.run.fusion
+        own = w["exploration"] * scores[f"exploration_{other}"] + w["inheritance"] * scores[f"inheritance_{other}"]
+    else:
+        own = scores[other]
+    assert step.max() == pytest.approx(float(own[0, v]), abs=1e-5)  # the level's video score: max over its steps
+    assert video["xlabel"] == ("frame" if main == "frame" else "clip (32 per video)")
 
 
 # --------------------------------------------------------------------------- headless Chromium

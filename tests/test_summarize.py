@@ -11,17 +11,23 @@ from method import summarize
 KEYS = ("r1", "r5", "r10", "r100", "sumr", "medr", "meanr", "map")
 
 
-def make_run(folder, seed, no_teacher, r1, best_epoch, epoch_seconds, lr=2.5e-4):
-    """A run folder with opt.json, eval_test.json and metrics.csv holding the given numbers."""
+def make_run(folder, seed, no_teacher, r1, best_epoch, epoch_seconds, lr=2.5e-4, scores=None, **flags):
+    """A run folder with opt.json, eval_test.json and metrics.csv holding the given numbers.
+
+    ``scores``: the names besides "fused" (default DL-DKD's inheritance, with r1 / 2, and exploration, zeros;
+    otherwise score k has r1 + 100 k); ``flags``: more opt.json entries.
+    """
     folder.mkdir(parents=True)
     opt = {"seed": seed, "no_teacher": no_teacher, "lr": lr, "results_dir": str(folder), "exp_id": f"e{seed}",
-           "device": "cpu", "num_workers": 0, "collection": "tvr"}
+           "device": "cpu", "num_workers": 0, "collection": "tvr", **flags}
     (folder / "opt.json").write_text(json.dumps(opt))
     t2v = {k: r1 + i for i, k in enumerate(KEYS)}
-    other = {k: 0.0 for k in KEYS}
+    if scores is None:
+        named = {"inheritance": {**t2v, "r1": r1 / 2}, "exploration": {k: 0.0 for k in KEYS}}
+    else:
+        named = {name: {**t2v, "r1": r1 + 100 * k} for k, name in enumerate(scores, 1)}
     (folder / "eval_test.json").write_text(json.dumps(
-        {"split": "test", "checkpoint_epoch": best_epoch,
-         "t2v": {"fused": t2v, "inheritance": {**t2v, "r1": r1 / 2}, "exploration": other}, "v2t": {}}))
+        {"split": "test", "checkpoint_epoch": best_epoch, "t2v": {"fused": t2v, **named}, "v2t": {}}))
     with open(folder / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["epoch", "loss", "alpha", "epoch_seconds"])
         w.writeheader()
@@ -84,3 +90,34 @@ def test_runs_older_than_a_flag_have_its_default(runs, tmp_path):
     (newer / "opt.json").write_text(json.dumps({**json.loads((newer / "opt.json").read_text()), "recipe": "dldkdpp"}))
     rows = summarize.main([*map(str, runs[:3]), str(newer), "--group_by", "recipe", "--out", str(tmp_path / "t")])
     assert [(r["group"], r["n_runs"]) for r in rows] == [("recipe=iccv", 3), ("recipe=dldkdpp", 1)]
+
+
+def test_branch_is_any_score_of_the_runs(tmp_path, capsys):
+    gmm = [make_run(tmp_path / f"g{i}", i, True, 30.0 + 2 * i, 3, [60], scores=("clip", "frame"),
+                    recipe="gmmformer", student="gmmformer") for i in (1, 2)]
+    rows = summarize.main([*map(str, gmm), "--branch", "frame", "--out", str(tmp_path / "t")])
+    assert [(r["group"], r["n_runs"]) for r in rows] == [("all", 2)]
+    assert rows[0]["r1"][0] == 233.0  # 32 and 34, + 2 * 100 (the second score)
+    assert "text-to-video, frame score" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"g1/eval_test.json: no t2v metrics of the score 'inheritance'; --branch "
+                                         r"can be one of fused, clip, frame$"):
+        summarize.main([str(gmm[0]), "--branch", "inheritance", "--out", str(tmp_path / "t")])
+
+
+def test_group_by_student_and_recipe(runs, tmp_path):
+    """Runs older than --student (no student in opt.json) are DL-DKD's student, as training resolves them."""
+    iccv = make_run(tmp_path / "iccv", 5, False, 31.0, 4, [30], recipe="iccv", student="dldkd")
+    gmm = make_run(tmp_path / "gmm", 6, True, 25.0, 4, [30], scores=("clip", "frame"), recipe="gmmformer",
+                   student="gmmformer")
+    on_gmm = make_run(tmp_path / "on_gmm", 7, False, 35.0, 4, [30], recipe="iccv", student="gmmformer_v2",
+                      scores=("inheritance", "exploration", "inheritance_clip", "inheritance_frame",
+                              "exploration_clip", "exploration_frame"))
+    rows = summarize.main([*map(str, runs[:2]), str(iccv), str(gmm), str(on_gmm), "--group_by", "student",
+                           "--out", str(tmp_path / "t")])
+    assert [(r["group"], r["n_runs"]) for r in rows] == [("student=dldkd", 3), ("student=gmmformer", 1),
+                                                         ("student=gmmformer_v2", 1)]
+    rows = summarize.main([*map(str, runs[:2]), str(iccv), str(gmm), str(on_gmm), "--group_by", "recipe", "student",
+                           "--out", str(tmp_path / "t")])
+    assert [r["group"] for r in rows] == ["recipe=iccv, student=dldkd", "recipe=gmmformer, student=gmmformer",
+                                          "recipe=iccv, student=gmmformer_v2"]
+    assert rows[0]["r1"] == pytest.approx((np.mean([30.0, 33.0, 31.0]), np.std([30.0, 33.0, 31.0], ddof=1)))

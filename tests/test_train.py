@@ -1,11 +1,15 @@
 """End-to-end training runs through ``train.main([...])`` on tiny generated data (CPU)."""
 import csv
 import json
+import math
+import os
+import shutil
 
 import pytest
 import torch
 
 from method import runtime, train
+from method.model import DLDKD
 from synthetic import write_collection
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
@@ -52,9 +56,15 @@ def test_two_epoch_run_writes_its_files(data, tmp_path):
     assert json.loads((run_dir / "eval_test.json").read_text())["t2v"] == result["t2v"]
 
 
-def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
+# Students other than DL-DKD's, through their recipe or under DL-DKD's two branches; hard negatives from epoch 1.
+STUDENT_RUNS = {"gmmformer_v2": ["--recipe", "gmmformer_v2", "--hard_negative_start_epoch", "1"],
+                "dldkd-gmmformer": ["--student", "gmmformer", "--hard_negative_start_epoch", "1"]}
+
+
+@pytest.mark.parametrize("extra", [[], *STUDENT_RUNS.values()], ids=["dldkd", *STUDENT_RUNS])
+def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extra):
     full = tmp_path / "full"
-    run(data, full, "--n_epoch", "2")
+    run(data, full, "--n_epoch", "2", *extra)
 
     real, calls = train.train_one_epoch, []
 
@@ -67,7 +77,7 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     cut = tmp_path / "cut"
     monkeypatch.setattr(train, "train_one_epoch", interrupted_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run(data, cut, "--n_epoch", "2")
+        run(data, cut, "--n_epoch", "2", *extra)
     monkeypatch.undo()
     assert torch.load(cut / "latest.ckpt", weights_only=True)["epoch"] == 1
     train.main(["--resume", str(cut), "--device", "cpu", "--num_workers", "0"])
@@ -75,8 +85,68 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    keep = ("loss", "kd", "trip_inh", "val_sumr")
-    assert [{k: r[k] for k in keep} for r in read_metrics(full)] == [{k: r[k] for k in keep} for r in read_metrics(cut)]
+    rows = read_metrics(full)
+    keep = [k for k in rows[0] if not k.endswith("_seconds")]  # every loss term, setting and val metric
+    assert "val_sumr" in keep and "loss" in keep
+    assert [{k: r[k] for k in keep} for r in rows] == [{k: r[k] for k in keep} for r in read_metrics(cut)]
+
+
+STUDENTS = {"dldkd": [], "gmmformer": ["--recipe", "gmmformer"], "gmmformer_v2": ["--recipe", "gmmformer_v2"]}
+
+
+def loss_columns(row: dict) -> list:
+    """The loss terms (and their sum) of a metrics.csv row: not the epoch, its settings, val metrics or times."""
+    settings = ("epoch", "lr", "kd_factor", "hard_negative", "alpha", "beta")
+    return [k for k in row if k not in settings and not k.startswith("val_") and not k.endswith("_seconds")]
+
+
+@pytest.mark.parametrize("extra", [*STUDENTS.values(), STUDENT_RUNS["dldkd-gmmformer"]],
+                         ids=[*STUDENTS, "dldkd-gmmformer"])
+def test_bf16_autocast_runs_on_the_cpu(data, tmp_path, extra):
+    """One epoch under --amp bf16 (CPU autocast): finite losses that differ from float32's by bf16 rounding only."""
+    run(data, tmp_path / "fp32", "--n_epoch", "1", *extra)
+    run(data, tmp_path / "bf16", "--n_epoch", "1", "--amp", "bf16", *extra)
+    (a,), (b,) = read_metrics(tmp_path / "fp32"), read_metrics(tmp_path / "bf16")
+    terms = loss_columns(a)
+    assert "loss" in terms and terms == loss_columns(b)
+    assert all(math.isfinite(float(b[k])) for k in terms)
+    assert any(a[k] != b[k] for k in terms)  # the forward ran in bfloat16
+    for k in terms:
+        assert float(b[k]) == pytest.approx(float(a[k]), rel=0.05, abs=1e-3), k
+    assert json.loads((tmp_path / "bf16" / "opt.json").read_text())["amp"] == "bf16"
+
+
+@pytest.mark.parametrize("extra", STUDENTS.values(), ids=STUDENTS)
+def test_compile_trains_every_student(data, tmp_path, monkeypatch, extra):
+    """--compile hands the model to torch.compile (here its eager backend: Dynamo's graph capture without
+    inductor's compile time); one step gives the losses of the plain model."""
+    real, compiled = torch.compile, []
+
+    def eager_compile(model, **kwargs):
+        compiled.append(model)
+        return real(model, backend="eager", **kwargs)
+
+    run(data, tmp_path / "plain", "--n_epoch", "1", "--bsz", "9", *extra)  # 9 videos: one step
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    run(data, tmp_path / "compiled", "--n_epoch", "1", "--bsz", "9", "--compile", *extra)
+    assert len(compiled) == 1 and isinstance(compiled[0], DLDKD)
+    (a,), (b,) = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "compiled")
+    for k in loss_columns(a):
+        assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-6), k
+
+
+def test_data_check_is_the_same_for_every_student(data, tmp_path):
+    """The start-up data check does not depend on the student: the same message for a missing file."""
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    os.remove(root / "tvr" / "TextData" / "roberta_tvr_query_feat.hdf5")
+    messages = []
+    for name in ("dldkd", "gmmformer_v2"):
+        with pytest.raises(SystemExit) as failed:
+            run(str(root), tmp_path / name, "--n_epoch", "1", *STUDENTS[name])
+        messages.append(str(failed.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("data check failed: missing file ") and "roberta_tvr_query_feat.hdf5" in messages[0]
 
 
 def test_same_seed_same_losses(data, tmp_path):

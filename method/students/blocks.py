@@ -177,7 +177,7 @@ class GaussianSelfAttention(nn.Module):
         dh = d // self.n_heads
 
         def heads(h: torch.Tensor) -> torch.Tensor:  # (B, ·, d) -> (B, H, ·, d/H)
-            return h.view(b, -1, self.n_heads, dh).transpose(1, 2)
+            return h.view(b, h.shape[1], self.n_heads, dh).transpose(1, 2)  # explicit length: B may be 0
 
         logits = heads(self.query(x)) @ heads(self.key(memory)).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
         if self.width is not None:
