@@ -122,7 +122,7 @@ def test_merged_pairs_cooccur(tmp_path):
     world = demo_data._World(cfg, rng)
     pairs = {frozenset(map(int, p)) for p in world.merged_pairs}
     for _ in range(20):
-        student, teacher, concepts, spans = demo_data._make_video(world, rng)
+        student, teacher, concepts, spans, _ = demo_data._make_video(world, rng)
         assert len(set(concepts.tolist())) == len(concepts) >= cfg.min_moments
         assert any(frozenset((int(a), int(b))) in pairs for a in concepts for b in concepts if a != b)
         assert cfg.min_frames <= len(student) <= cfg.max_frames and student.shape[1] == cfg.visual_dim
@@ -158,7 +158,7 @@ def test_moment_spans_are_disjoint_and_cover_every_moment():
     rng = np.random.default_rng(6)
     world = demo_data._World(demo_data.DemoConfig(), rng)
     for _ in range(200):
-        student, _, concepts, spans = demo_data._make_video(world, rng)
+        student, _, concepts, spans, _ = demo_data._make_video(world, rng)
         assert spans.shape == (len(concepts), 2)
         assert (spans[:, 0] < spans[:, 1]).all() and (spans[1:, 0] >= spans[:-1, 1]).all()
         assert spans[-1, 1] <= len(student)
@@ -169,3 +169,22 @@ def test_cli_prints_summary(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert len(out.splitlines()) == 1 and "12 videos" in out
     assert os.path.isdir(tmp_path / "tvr" / "FeatureData" / "i3d_resnet")
+
+
+def test_second_teacher_changes_no_other_file_and_merges_other_concepts(tmp_path):
+    """--second_teacher adds two files; every other file is byte-identical; its gap merges same-action concepts."""
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    demo_data.generate(str(plain), "tvr", 40, seed=3)
+    info = demo_data.generate(str(both), "tvr", 40, seed=3, second_teacher="other")
+    assert info["second_teacher_merged"] == info["teacher_merged"]
+    a, b = read_tree(plain / "tvr"), read_tree(both / "tvr")
+    assert set(b) - set(a) == {"FeatureData/other_tvr_vid_features.hdf5", "TextData/other_tvr_query_feat.hdf5"}
+    assert all(a[k] == b[k] for k in a)
+    world = demo_data._World(demo_data.DemoConfig(), np.random.default_rng(3))
+    second = demo_data.SecondTeacher(world, 3)
+    n_objects = world.cfg.n_objects
+    same = np.all(second.latent[:, None] == second.latent[None], axis=-1) & ~np.eye(len(second.latent), dtype=bool)
+    i, j = np.nonzero(same)
+    assert len(i) and np.all(i // n_objects == j // n_objects)  # one action, two objects
+    first = np.all(world.teacher_latent[:, None] == world.teacher_latent[None], axis=-1)
+    assert np.all(i % n_objects != j % n_objects) and not first[i, j].any()
