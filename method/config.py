@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .data.preload import PRELOAD_MODES, STORAGE_DTYPES
 from .recipes import RECIPES, recipe_defaults, recipe_student, student_defaults
 from .schedules import SOFT_SCHEDULES
 from .students import STUDENTS, student_class
@@ -58,9 +59,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher_query_file", default=None,
                    help="teacher caption features in TextData/ (default clip_ViT_B_32_<collection>_query_feat.hdf5)")
     g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (0 = in the main process)")
-    g.add_argument("--preload", action="store_true",
-                   help="hold the split's (pooled) features in RAM instead of reading the feature files each epoch "
-                        "(each process of a distributed run holds the whole split)")
+    g.add_argument("--preload", nargs="?", const="ram", default="none", choices=PRELOAD_MODES,
+                   help="compute every item's pooled, normalised features once per run and hold the split: ram "
+                        "(host memory; plain --preload) or device (GPU memory: batches are gathered and padded "
+                        "there); none reads the feature files and pools every epoch. Training: every process holds "
+                        "the whole train split; evaluation: its share (docs/performance.md)")
+    g.add_argument("--preload_dtype", choices=tuple(STORAGE_DTYPES), default="float32",
+                   help="storage dtype of the preloaded features (batches are cast to float32): float16 / bfloat16 "
+                        "halve the memory and round the inputs (changes the numbers); needs --preload")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     g.add_argument("--eval_video_bsz", type=int, default=200, help="videos per batch when encoding for evaluation")
     g.add_argument("--eval_query_bsz", type=int, default=500,
@@ -218,7 +224,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=("none", "bf16"), default="none",
                    help="bf16: run the model's forward pass under bfloat16 autocast (losses stay float32); "
                         "a speed option for GPUs, off in the ICCV recipe")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (speed option, off by default)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's forward, frames and tokens padded to a few lengths so that a run "
+                        "compiles a bounded number of graphs (not gmmformer's frames: quirk Q1; method/compiled.py); "
+                        "a speed option, off by default")
     g.add_argument("--optim", choices=("bertadam", "adamw"), default="bertadam",
                    help="bertadam: the released rule (no bias correction, per-tensor clipping); adamw: torch AdamW")
     return p
@@ -260,7 +269,17 @@ def parse_train_args(argv=None) -> argparse.Namespace:
                      "scores): drop --no_teacher or add --label_style hard")
     if opt.resume_if_exists and not opt.results_dir:
         parser.error("--resume_if_exists needs --results_dir DIR (the run folder to continue)")
+    check_preload(opt)
     return fill_collection_defaults(opt)
+
+
+def check_preload(opt: argparse.Namespace) -> argparse.Namespace:
+    """A 16-bit storage dtype needs a preloaded split (the feature files are read in float32)."""
+    if opt.preload_dtype != "float32" and opt.preload == "none":
+        raise SystemExit(f"--preload_dtype {opt.preload_dtype} needs --preload ram or --preload device (the run "
+                         f"stores its preloaded features in {opt.preload_dtype}; without --preload they are read "
+                         f"from the files in float32)")
+    return opt
 
 
 def resolve_student_flags(opt: argparse.Namespace) -> argparse.Namespace:
@@ -290,7 +309,7 @@ def resume_options(run_dir: Path, cli: argparse.Namespace) -> argparse.Namespace
     runtime = {k: getattr(cli, k) for k in RUNTIME_KEYS}
     defaults = vars(build_train_parser().parse_args([]))  # flags newer than the run's opt.json
     opt = argparse.Namespace(**{**defaults, **stored, **runtime, "resume": str(run_dir)})
-    return resolve_student_flags(fill_collection_defaults(opt))
+    return check_preload(resolve_student_flags(fill_collection_defaults(opt)))
 
 
 def save_opt(opt: argparse.Namespace, run_dir: Path) -> None:
