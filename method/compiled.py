@@ -7,19 +7,21 @@ every new (L, N) could compile another one. Under ``--compile``:
 
 - L pads to the next of ``FRAME_BUCKETS`` (capped at ``max_ctx_l``) and N to
   the next of ``TOKEN_BUCKETS`` (capped at ``max_desc_l``), with zeros and a
-  zero mask (``ShapePolicy.pad``). The students mask padded frames and tokens,
-  so this changes only float rounding (the matmuls' shapes change), except:
-  - ``gmmformer`` (v1) sizes its frame Gaussians by the padded length (quirk
-    Q1, GMMFORMER.md 3.3), so padding would change its numbers: its frames are
-    not padded (``--gauss_own_length`` removes the quirk, and they are); L is
-    marked dynamic instead, one graph for every L;
-  - ``gmmformer_v2`` already runs its frames as the first L of 128 positions,
-    so padding L is harmless.
+  zero mask (``ShapePolicy.pad_tokens``, ``pad_share``). The students mask
+  padded frames and tokens, so this changes only float rounding (the
+  matmuls' shapes change). ``gmmformer_v2`` already runs its frames as the
+  first L of 128 positions, so padding L is harmless there too.
+- ``gmmformer`` (v1) is refused unless ``--gauss_own_length``: it sizes its
+  frame Gaussians by the padded length (quirk Q1, GMMFORMER.md 3.3), so
+  padding would change its numbers, and L cannot be left dynamic either (the
+  Gaussian grid, ``linspace(0, 1, L)``, needs a concrete L), so every new L
+  would compile another graph. With ``--gauss_own_length`` each video's
+  Gaussians have its own length and padding is harmless.
 - V and Q (the batch sizes, which vary with the captions per video and the
   last batch) are marked dynamic.
 - Shares of fewer than two videos (an empty share of a small last batch, or a
-  single video) and, for v1, a longest video of one frame run the eager
-  module: sizes 0 and 1 would specialise new graphs.
+  single video, in a run of several processes) run the eager module: sizes 0
+  and 1 would specialise graphs of their own.
 
 So an epoch compiles at most one graph per (frame bucket, token bucket)
 pair it meets (fewer: once a bucketed size has changed, torch makes it
@@ -46,29 +48,31 @@ def buckets_up_to(buckets: tuple[int, ...], cap: int) -> tuple[int, ...]:
     return tuple(b for b in buckets if b < cap) + (cap,)
 
 
-def bucket(n: int, buckets: Optional[tuple[int, ...]]) -> int:
-    """The smallest bucket >= n (n itself beyond the last one, or without buckets)."""
-    if buckets is None:
-        return n
+def bucket(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket >= n (n itself beyond the last one)."""
     return next((b for b in buckets if b >= n), n)
+
+
+COMPILE_V1_ERROR = ("--compile with --student gmmformer needs --gauss_own_length: its frame Gaussians are sized by "
+                    "the batch's padded length (quirk Q1), so its frames can be neither padded to a few lengths "
+                    "(that changes its numbers) nor left dynamic (the Gaussian grid needs a concrete length), and "
+                    "every new frame count would compile another graph; --gauss_own_length (changes results) "
+                    "sizes them by each video's own length, or train without --compile")
 
 
 @dataclass(frozen=True)
 class ShapePolicy:
-    """The padded lengths of ``--compile``: frames (None: frames not padded, gmmformer v1) and tokens."""
+    """The padded lengths of ``--compile``: frames and tokens."""
 
-    frames: Optional[tuple[int, ...]]
+    frames: tuple[int, ...]
     tokens: tuple[int, ...]
 
     @classmethod
     def for_model(cls, cfg: ModelConfig) -> "ShapePolicy":
-        v1_quirk = cfg.student == "gmmformer" and not cfg.gauss_own_length  # Q1: padding changes its numbers
-        frames = None if v1_quirk else buckets_up_to(FRAME_BUCKETS, cfg.max_ctx_l)
-        return cls(frames, buckets_up_to(TOKEN_BUCKETS, cfg.max_desc_l))
-
-    @property
-    def dynamic_frames(self) -> bool:
-        return self.frames is None
+        """The buckets of a model; ValueError (``COMPILE_V1_ERROR``) for GMMFormer with quirk Q1."""
+        if cfg.student == "gmmformer" and not cfg.gauss_own_length:
+            raise ValueError(COMPILE_V1_ERROR)
+        return cls(buckets_up_to(FRAME_BUCKETS, cfg.max_ctx_l), buckets_up_to(TOKEN_BUCKETS, cfg.max_desc_l))
 
     def frame_length(self, n: int) -> int:
         """The padded frame count of a batch whose longest video (of the global batch) has ``n`` frames."""
@@ -81,14 +85,13 @@ class ShapePolicy:
                 "query_mask": pad_positions(batch["query_mask"], n)}
 
 
-def _maybe_dynamic(t: Optional[torch.Tensor], *dims: int) -> None:
+def _maybe_dynamic(t: Optional[torch.Tensor], dim: int) -> None:
     if t is not None:
-        for dim in dims:
-            torch._dynamo.maybe_mark_dynamic(t, dim)
+        torch._dynamo.maybe_mark_dynamic(t, dim)
 
 
 class CompiledForward:
-    """The training forward (the model, or DDP around it) compiled, with the batch dims marked dynamic.
+    """The training forward (the model, or DDP around it) compiled, with the batch dims (V, Q) marked dynamic.
 
     ``backend``: ``torch.compile``'s (tests pass a counting backend).
     """
@@ -100,11 +103,8 @@ class CompiledForward:
 
     def __call__(self, video_feat, video_mask, query_feat, query_mask, clip_feat=None, second_queries=False):
         args = (video_feat, video_mask, query_feat, query_mask, clip_feat, second_queries)
-        if video_feat.shape[0] < 2 or (self.policy.dynamic_frames and video_feat.shape[1] < 2):
+        if video_feat.shape[0] < 2:
             return self.eager(*args)  # sizes 0 / 1 would specialise a graph of their own
         for t in (video_feat, video_mask, clip_feat, query_feat, query_mask):
             _maybe_dynamic(t, 0)
-        if self.policy.dynamic_frames:
-            _maybe_dynamic(video_feat, 1)
-            _maybe_dynamic(video_mask, 1)
         return self.compiled(*args)

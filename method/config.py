@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .compiled import COMPILE_V1_ERROR
 from .data.preload import PRELOAD_MODES, STORAGE_DTYPES
 from .recipes import RECIPES, recipe_defaults, recipe_student, student_defaults
 from .schedules import SOFT_SCHEDULES
@@ -226,8 +227,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "a speed option for GPUs, off in the ICCV recipe")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward, frames and tokens padded to a few lengths so that a run "
-                        "compiles a bounded number of graphs (not gmmformer's frames: quirk Q1; method/compiled.py); "
-                        "a speed option, off by default")
+                        "compiles a bounded number of graphs (method/compiled.py; gmmformer needs --gauss_own_length, "
+                        "quirk Q1); a speed option, off by default")
     g.add_argument("--optim", choices=("bertadam", "adamw"), default="bertadam",
                    help="bertadam: the released rule (no bias correction, per-tensor clipping); adamw: torch AdamW")
     return p
@@ -269,6 +270,8 @@ def parse_train_args(argv=None) -> argparse.Namespace:
                      "scores): drop --no_teacher or add --label_style hard")
     if opt.resume_if_exists and not opt.results_dir:
         parser.error("--resume_if_exists needs --results_dir DIR (the run folder to continue)")
+    if opt.compile and opt.student == "gmmformer" and not opt.gauss_own_length:
+        parser.error(COMPILE_V1_ERROR)
     check_preload(opt)
     return fill_collection_defaults(opt)
 
