@@ -22,12 +22,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from method.data.preload import PackedQueries, PackedTrain, PackedVideos
+from method.data.preload import PackedQueries, PackedTrain, PackedVideos, host_empty
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.float32:
+        return t
+    if t.device.type == "cpu":  # a host buffer of its own (see host_empty)
+        return host_empty(tuple(t.shape), torch.float32).copy_(t)
+    return t.float()
 
 
 def as_float32(batch: dict) -> dict:
     """The batch with every floating tensor in float32 (16-bit storage is cast on the device)."""
-    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    return {k: _float32(v) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
 
 
 def loader_seed_draw() -> None:

@@ -53,7 +53,7 @@ class Packed:
     def allocate(cls, lengths: Sequence[int], dim: int, dtype: torch.dtype, device: torch.device) -> "Packed":
         length = np.asarray(lengths, dtype=np.int64).reshape(-1)
         start = np.cumsum(length) - length
-        rows = torch.empty(int(length.sum()) + 1, dim, dtype=dtype, device=device)
+        rows = storage((int(length.sum()) + 1, dim), dtype, device)
         rows[-1] = 0
         return cls(rows, start, length)
 
@@ -75,13 +75,35 @@ class Packed:
         return np.where(pos[None, :] < length[:, None], self.start[items][:, None] + pos[None, :], self.pad_row)
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.int64: np.int64}
+
+
+def host_empty(shape: tuple, dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
+    """An uninitialised host tensor for a batch: pinned (``pin``, cached by torch's pinned allocator) or numpy's.
+
+    A batch is large (201 MB at TVR sizes in float32). torch's CPU allocator
+    returns such blocks to the system and faults every page in again for the
+    next batch, which costs more than the gather itself; numpy's large
+    allocations ask for huge pages, and pinned blocks are reused.
+    """
+    if pin:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    out = torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return out.view(dtype) if dtype == torch.bfloat16 else out
+
+
+def storage(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised storage of a packed split on ``device`` (host: numpy's, see ``host_empty``)."""
+    return host_empty(shape, dtype) if device.type == "cpu" else torch.empty(shape, dtype=dtype, device=device)
+
+
 def gather(rows: torch.Tensor, index: torch.Tensor, pin: bool = False) -> torch.Tensor:
-    """rows (T + 1, D), index (B, W) -> (B, W, D) in rows' dtype; ``pin``: into pinned host memory."""
+    """rows (T, ...), index (B[, W]) -> (B[, W], ...) in rows' dtype; ``pin``: into pinned host memory."""
     flat = index.reshape(-1)
     out = None
-    if pin:
-        out = torch.empty((flat.numel(), rows.shape[1]), dtype=rows.dtype, pin_memory=True)
-    return torch.index_select(rows, 0, flat, out=out).view(*index.shape, rows.shape[1])
+    if rows.device.type == "cpu":
+        out = host_empty((flat.numel(), *rows.shape[1:]), rows.dtype, pin)
+    return torch.index_select(rows, 0, flat, out=out).view(*index.shape, *rows.shape[1:])
 
 
 def mask_of(index: torch.Tensor, pad_row: int) -> torch.Tensor:
@@ -138,40 +160,45 @@ class PackedTrain:
             raise ValueError(f"unknown batch order {by!r}; expected one of {SORT_KEYS}")
         return self.n_captions if by == "captions" else self.frames.length
 
+    def plan(self, items: Sequence[int], sort_by: str = "captions") -> dict:
+        """The host side of a batch (numpy, no loop over videos or frames): the sorted videos, their
+        captions, the labels and the padded row indices of frames and tokens."""
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        items = items[np.argsort(-self.sort_keys(sort_by)[items], kind="stable")]
+        n_caps = self.n_captions[items]
+        first = np.cumsum(n_caps) - n_caps  # first caption of each video in the batch
+        captions = np.repeat(self.first_caption[items] - first, n_caps) + np.arange(int(n_caps.sum()))
+        return {"videos": items, "captions": captions, "labels": np.repeat(np.arange(items.size), n_caps),
+                "frames": self.frames.index(items), "tokens": self.tokens.index(captions), "counts": n_caps}
+
     def batch(self, items: Sequence[int], sort_by: str = "captions") -> tuple[dict, list]:
         """``collate_train`` of the items ``items`` (dataset indices), and each video's caption count.
 
         Tensors are on the split's device, features in the storage dtype.
         """
-        items = np.asarray(items, dtype=np.int64).reshape(-1)
-        if items.size == 0:
+        if len(items) == 0:
             return {k: v.to(self.device) if torch.is_tensor(v) else v
                     for k, v in empty_train_batch(*self.dims).items()}, []
-        items = items[np.argsort(-self.sort_keys(sort_by)[items], kind="stable")]
-        n_caps = self.n_captions[items]
-        first = np.cumsum(n_caps) - n_caps  # first caption of each video in the batch
-        captions = np.repeat(self.first_caption[items] - first, n_caps) + np.arange(int(n_caps.sum()))
-        labels = np.repeat(np.arange(items.size), n_caps)
-        frame_index, token_index = self.frames.index(items), self.tokens.index(captions)
-        f_idx, t_idx, v_idx, c_idx, labels_t = device_indices(
-            [frame_index, token_index, items, captions, labels], self.device)
+        plan = self.plan(items, sort_by)
+        f_idx, t_idx, v_idx, c_idx, labels = device_indices(
+            [plan["frames"], plan["tokens"], plan["videos"], plan["captions"], plan["labels"]], self.device)
         batch = {
             "video_feat": gather(self.frames.rows, f_idx, self.pin),
             "video_mask": mask_of(f_idx, self.frames.pad_row),
             "query_feat": gather(self.tokens.rows, t_idx, self.pin),
             "query_mask": mask_of(t_idx, self.tokens.pad_row),
-            "query_labels": labels_t,
-            "video_ids": [self.video_ids[i] for i in items.tolist()],
-            "cap_ids": [self.cap_ids[i] for i in captions.tolist()],
+            "query_labels": labels,
+            "video_ids": [self.video_ids[i] for i in plan["videos"].tolist()],
+            "cap_ids": [self.cap_ids[i] for i in plan["captions"].tolist()],
         }
         if self.clips is not None:
-            batch["clip_feat"] = self.clips.index_select(0, v_idx)
+            batch["clip_feat"] = gather(self.clips, v_idx, self.pin)
         if self.teacher_frames is not None:
             batch["teacher_video_feat"] = gather(self.teacher_frames, f_idx, self.pin)
-            batch["teacher_query_feat"] = self.teacher_sentences.index_select(0, c_idx)
+            batch["teacher_query_feat"] = gather(self.teacher_sentences, c_idx, self.pin)
             if self.teacher_clips is not None:
-                batch["teacher_clip_feat"] = self.teacher_clips.index_select(0, v_idx)
-        return batch, n_caps.tolist()
+                batch["teacher_clip_feat"] = gather(self.teacher_clips, v_idx, self.pin)
+        return batch, plan["counts"].tolist()
 
 
 @dataclass
@@ -198,7 +225,7 @@ class PackedVideos:
                  "video_mask": mask_of(f_idx, self.frames.pad_row),
                  "video_ids": [self.video_ids[i] for i in items.tolist()]}
         if self.clips is not None:
-            batch["clip_feat"] = self.clips.index_select(0, v_idx)
+            batch["clip_feat"] = gather(self.clips, v_idx, self.pin)
         return batch
 
 
@@ -254,15 +281,15 @@ def pack_train(dataset, dtype: torch.dtype, device: torch.device, num_workers: i
     n, caps = len(ds), int(n_caps.sum())
     clips = teacher_frames = teacher_clips = teacher_sentences = None
     if ds.n_clips is not None:
-        clips = torch.empty(n, ds.n_clips, ds.video_store.dim, dtype=dtype, device=device)
+        clips = storage((n, ds.n_clips, ds.video_store.dim), dtype, device)
     teacher_dim = None
     if ds.use_teacher:
         teacher_dim = ds.teacher_video_store.dim
-        teacher_frames = torch.empty(frames.rows.shape[0], teacher_dim, dtype=dtype, device=device)
+        teacher_frames = storage((frames.rows.shape[0], teacher_dim), dtype, device)
         teacher_frames[-1] = 0
-        teacher_sentences = torch.empty(caps, teacher_dim, dtype=dtype, device=device)
+        teacher_sentences = storage((caps, teacher_dim), dtype, device)
         if ds.teacher_clips:
-            teacher_clips = torch.empty(n, ds.n_clips, teacher_dim, dtype=dtype, device=device)
+            teacher_clips = storage((n, ds.n_clips, teacher_dim), dtype, device)
     first = np.cumsum(n_caps) - n_caps
     video_ids, cap_ids = [], []
     for i, item in enumerate(computed_items(ds, num_workers, "preload train")):
@@ -292,7 +319,7 @@ def pack_videos(dataset, dtype: torch.dtype, device: torch.device, indices: Opti
     frames = Packed.allocate([counts[i] for i in indices], dataset.video_store.dim, dtype, device)
     clips = None
     if dataset.n_clips is not None:
-        clips = torch.empty(len(indices), dataset.n_clips, dataset.video_store.dim, dtype=dtype, device=device)
+        clips = storage((len(indices), dataset.n_clips, dataset.video_store.dim), dtype, device)
     video_ids = []
     for i, item in enumerate(computed_items(_range(dataset, indices), num_workers, "preload videos")):
         video_ids.append(item["video_id"])
