@@ -106,12 +106,13 @@ def machine(device: torch.device) -> str:
 
 def write_collection(root: str, n_videos: int, visual_dim: int = 3072, text_dim: int = 768,
                      teacher_dim: int = TEACHER_DIM, frames=(32, 200), tokens=(8, 40), captions: int = 5,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, eval_videos: int | None = None) -> dict:
     """A random collection ``root/tvr`` in the released layout (BigFile student frames, HDF5 text and teacher).
 
     Video i has ``frames`` (lo, hi) frames (uniform; more than 128 are pooled
     to 128), ``captions`` captions of ``tokens`` (lo, hi) tokens, and a teacher
-    video of about its frame count. Every split lists the same videos.
+    video of about its frame count. The train split lists every video, val
+    and test the first ``eval_videos`` (default all).
     Values are slices of one random pool (fast to write, varied). Returns the sizes written.
     """
     g = np.random.default_rng(seed)
@@ -140,8 +141,9 @@ def write_collection(root: str, n_videos: int, visual_dim: int = 3072, text_dim:
                 lines.append(f"{cap} caption {j} of {v}")
                 text.create_dataset(cap, data=values(int(g.integers(tokens[0], tokens[1] + 1)), text_dim))
                 clip.create_dataset(cap, data=values(1, teacher_dim)[0])
-    for split in ("train", "val", "test"):
+    n_eval = len(lines) if eval_videos is None else eval_videos * captions
+    for split, part in (("train", lines), ("val", lines[:n_eval]), ("test", lines[:n_eval])):
         with open(os.path.join(text_dir, f"tvr{split}.caption.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("\n".join(part) + "\n")
     return {"videos": n_videos, "captions": len(lines), "frame_rows": n_rows,
             "feature_bin_mb": round(n_rows * visual_dim * 4 / 2 ** 20)}
