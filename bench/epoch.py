@@ -58,7 +58,7 @@ def main(argv=None) -> None:
             losses = train_one_epoch(r, 0, epoch_settings(opt, 0, r.teacher is not None), device, opt, stop)
         setup_seconds, epoch_seconds = setup.seconds, epoch.seconds
         data, compute = losses["data_seconds"], losses["compute_seconds"]
-        emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=len(r.loader.dataset),
+        emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=r.loader.n_videos,
              steps=len(r.loader),
              bsz=args.bsz, visual_dim=r.model.cfg.visual_input_size, num_workers=args.num_workers,
              preload=args.preload, preload_dtype=args.preload_dtype,

@@ -175,3 +175,33 @@ def test_plain_preload_is_ram_and_16_bit_storage_needs_preload(root, tmp_path):
     result = train.main(["--root_path", root, "--results_dir", str(tmp_path / "half"), *ARGS, "--n_epoch", "1",
                          "--preload", "device", "--preload_dtype", "float16"])
     assert result["t2v"]["fused"]["sumr"] > 0
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.py on a GPU)")
+
+
+@CUDA
+def test_device_split_gives_the_cpu_batches(root):
+    split = split_of(root)
+    dataset = split.train_dataset(K, teacher_clips=True)
+    cpu, gpu = pack_train(dataset, torch.float32, CPU), pack_train(dataset, torch.float32, torch.device("cuda"))
+    for idx in index_sets(len(dataset)):
+        ref, counts = cpu.batch(idx)
+        got, got_counts = gpu.batch(idx)
+        assert got["video_feat"].is_cuda and counts == got_counts
+        assert_same_batch({k: v.cpu() if torch.is_tensor(v) else v for k, v in got.items()}, ref)
+
+
+@CUDA
+def test_ram_split_for_a_gpu_run_gathers_into_pinned_memory_and_prefetches(root):
+    split = split_of(root)
+    dataset = split.train_dataset()
+    packed = pack_train(dataset, torch.float16, CPU, pin=True)
+    sampler = GlobalBatchSampler(dataset.caption_counts, 4, seed=3)
+    host = [packed.batch(share, "captions") for share in sampler]
+    assert host[0][0]["video_feat"].is_pinned()
+    fed = list(TrainFeed(sampler, torch.device("cuda"), packed=packed))
+    assert len(fed) == len(host)
+    for (batch, counts), (ref, ref_counts) in zip(fed, host):
+        assert counts == ref_counts and batch["video_feat"].dtype == torch.float32 and batch["video_feat"].is_cuda
+        assert_same_batch({k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, as_float32(ref))
