@@ -12,6 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from method.compiled import CompiledForward, ShapePolicy
 from method.config import resolve_device
 from method.distributed import Dist
 from method.losses import DLDKDLoss, SoftNCEOptions
@@ -28,10 +29,11 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool,
                       share_query_proj=not soft)
     model = DLDKD(cfg).to(device).train()
     optimizer, scheduler = build_optimizer(model, "bertadam", 2.5e-4, 0.01, total_steps=10_000)
-    run = Run(model=model, forward=torch.compile(model) if compile_model else model, loader=None,
+    shapes = ShapePolicy.for_model(cfg) if compile_model else None  # what --compile does
+    run = Run(model=model, forward=CompiledForward(model, shapes) if compile_model else model, loader=None,
               optimizer=optimizer, scheduler=scheduler,
               loss_fn=DLDKDLoss(margin=0.1, hard_pool_size=20, soft=SoftNCEOptions() if soft else None),
-              teacher=PrecomputedTeacher(), dist=Dist())
+              teacher=PrecomputedTeacher(), dist=Dist(), shapes=shapes)
     settings = {"kd_factor": 0.1, "hard_negative": True, **({"alpha": 0.8, "beta": 0.8} if soft else {})}
     b = synthetic_batch(preset, device)
     # the training loop's own step, with distillation and hard negatives on
@@ -45,7 +47,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype of the forward pass")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward as --compile does")
     p.add_argument("--recipe", choices=("iccv", "dldkdpp"), default="iccv",
                    help="the step's losses: ICCV, or DL-DKD++ (soft-target InfoNCE, own exploration query projection)")
     args = p.parse_args(argv)

@@ -118,7 +118,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "the same numbers on the CPU (docs/performance.md)")
     g.add_argument("--dist_timeout", type=float, default=60.0,
                    help="several processes: minutes a process waits for the others in a collective before the run "
-                        "fails (rank 0 evaluates while the others wait)")
+                        "fails")
     g = p.add_argument_group("model")
     g.add_argument("--student", choices=sorted(STUDENTS), default=None,
                    help="the network of a branch (method/students): dldkd (ICCV 2023), gmmformer, gmmformer_v2 "
