@@ -85,7 +85,7 @@ def test_pyproject_has_the_requirements_ranges():
 
 # torch APIs of the code with the first release that has them (requirements.txt explains the floor).
 TORCH_API_RELEASES = {
-    r"safe_globals\(\[\(": (2, 6),  # an (object, "module.Name") tuple in the allow-list
+    r"\(_EasyDictStandIn, \"easydict\.EasyDict\"\)": (2, 6),  # an (object, "module.Name") tuple in the allow-list
     r"torch\.serialization\.safe_globals": (2, 5),
     r"FlopCounterMode": (2, 1),
     r"scaled_dot_product_attention": (2, 0),

@@ -205,3 +205,15 @@ def test_ram_split_for_a_gpu_run_gathers_into_pinned_memory_and_prefetches(root)
     for (batch, counts), (ref, ref_counts) in zip(fed, host):
         assert counts == ref_counts and batch["video_feat"].dtype == torch.float32 and batch["video_feat"].is_cuda
         assert_same_batch({k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, as_float32(ref))
+
+
+def test_a_16_bit_run_resumes_only_preloaded(root, tmp_path):
+    """--preload_dtype is the run's (opt.json, restored on --resume); --preload is the machine's."""
+    from method.config import parse_train_args, save_opt
+    tmp_path.mkdir(exist_ok=True)
+    save_opt(parse_train_args(["--root_path", root, "--collection", "tvr", "--preload", "ram",
+                               "--preload_dtype", "float16"]), tmp_path)
+    with pytest.raises(SystemExit, match="--preload_dtype float16 needs --preload ram or --preload device"):
+        parse_train_args(["--resume", str(tmp_path)])
+    opt = parse_train_args(["--resume", str(tmp_path), "--preload", "device"])
+    assert (opt.preload, opt.preload_dtype) == ("device", "float16")
