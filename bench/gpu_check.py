@@ -18,8 +18,10 @@ Prints one JSON line per check, in this order, then a summary line:
   the steps; ``ok`` at 1e-4. Parameters whose gradient is 0 in exact
   arithmetic (attention key biases: a constant added to every logit of a
   softmax row) hold only rounding noise, which Adam-type updates turn into
-  arbitrary steps; a float64 step on the CPU finds them, and they are listed
-  as ``noise_only`` and left out.
+  arbitrary steps; a float64 step on the CPU finds them (below 1e-10 of the
+  largest gradient: those, and any as small, e.g. at tiny sizes GMMFormerV2's
+  fusion head, whose Gaussian branches nearly coincide at initialisation),
+  and they are listed as ``noise_only`` and left out.
 - ``precision``: bf16 autocast, TF32 and --compile against float32 on the
   device (loss deltas over three steps) and the graphs --compile built.
 - ``step_<variant>``: the training step at TVR sizes (128 videos x 128 frames
@@ -219,9 +221,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def zero_gradients(opt, sizes: Sizes, state: dict, batch: dict, settings: dict) -> set:
-    """Parameters whose gradient is 0 in exact arithmetic: below 1e-10 of the largest in a float64 step (CPU).
+    """Parameters whose gradient is rounding noise: below 1e-10 of the largest in a float64 step (CPU).
 
-    (In float64 such gradients come out near 1e-17 of the largest; real ones keep their size.)
+    In float64 a gradient that is 0 in exact arithmetic comes out near 1e-17 of the
+    largest; real ones keep their size (those below 1e-10 are left out as well).
     """
     run = make_run(opt, sizes, torch.device("cpu"), state)
     run.model.double()
