@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from anywhere
+from method.extract.writers import write_bigfile  # noqa: E402
 from method.runtime import device_timer  # noqa: E402  (after the path insert)
 
 # Sizes of one training batch: videos, frames, frame dim, captions per video, tokens, text dim.
@@ -24,6 +28,8 @@ PRESETS = {
     "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
 }
 TEACHER_DIM = 512
+# TVR's splits (DATA_AND_CHECKPOINTS.md): train videos / captions, test videos / captions.
+TVR_SPLITS = {"train": (17_435, 87_175), "test": (2_179, 10_895)}
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:
@@ -96,3 +102,48 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu x{torch.get_num_threads()} threads"
+
+
+def write_collection(root: str, n_videos: int, visual_dim: int = 3072, text_dim: int = 768,
+                     teacher_dim: int = TEACHER_DIM, frames=(32, 200), tokens=(8, 40), captions: int = 5,
+                     seed: int = 0, eval_videos: int | None = None) -> dict:
+    """A random collection ``root/tvr`` in the released layout (BigFile student frames, HDF5 text and teacher).
+
+    Video i has ``frames`` (lo, hi) frames (uniform; more than 128 are pooled
+    to 128), ``captions`` captions of ``tokens`` (lo, hi) tokens, and a teacher
+    video of about its frame count. The train split lists every video, val
+    and test the first ``eval_videos`` (default all).
+    Values are slices of one random pool (fast to write, varied). Returns the sizes written.
+    """
+    g = np.random.default_rng(seed)
+    pool = g.standard_normal(1 << 22, dtype=np.float32)
+    base = os.path.join(root, "tvr")
+    text_dir, feat_dir = os.path.join(base, "TextData"), os.path.join(base, "FeatureData")
+    os.makedirs(text_dir, exist_ok=True)
+    os.makedirs(feat_dir, exist_ok=True)
+    vids = [f"vid{i:06d}" for i in range(n_videos)]
+    counts = g.integers(frames[0], frames[1] + 1, n_videos)
+
+    def values(n, dim):
+        start = int(g.integers(0, pool.size - n * dim))
+        return pool[start:start + n * dim].reshape(n, dim)
+
+    n_rows, _ = write_bigfile(os.path.join(feat_dir, "i3d_resnet"),
+                              ((v, values(int(n), visual_dim), None) for v, n in zip(vids, counts)))
+    lines = []
+    with h5py.File(os.path.join(text_dir, "roberta_tvr_query_feat.hdf5"), "w") as text, \
+            h5py.File(os.path.join(text_dir, "clip_ViT_B_32_tvr_query_feat.hdf5"), "w") as clip, \
+            h5py.File(os.path.join(feat_dir, "new_clip_vit_32_tvr_vid_features.hdf5"), "w") as teacher:
+        for v, n in zip(vids, counts):
+            teacher.create_dataset(v, data=values(max(1, int(n) + int(g.integers(-8, 9))), teacher_dim))
+            for j in range(captions):
+                cap = f"{v}#enc#{j}"
+                lines.append(f"{cap} caption {j} of {v}")
+                text.create_dataset(cap, data=values(int(g.integers(tokens[0], tokens[1] + 1)), text_dim))
+                clip.create_dataset(cap, data=values(1, teacher_dim)[0])
+    n_eval = len(lines) if eval_videos is None else eval_videos * captions
+    for split, part in (("train", lines), ("val", lines[:n_eval]), ("test", lines[:n_eval])):
+        with open(os.path.join(text_dir, f"tvr{split}.caption.txt"), "w") as f:
+            f.write("\n".join(part) + "\n")
+    return {"videos": n_videos, "captions": len(lines), "frame_rows": n_rows,
+            "feature_bin_mb": round(n_rows * visual_dim * 4 / 2 ** 20)}

@@ -31,7 +31,10 @@ def main(argv=None) -> None:
     p.add_argument("--root", default=None, help="reuse/generate the dataset here (default: a temporary folder)")
     p.add_argument("--bsz", type=int, default=128, help="videos per training batch")
     p.add_argument("--num_workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--preload", action="store_true", help="hold the split's features in RAM")
+    p.add_argument("--preload", choices=("none", "ram", "device"), default="none",
+                   help="--preload of the run: the split's features computed once and held in RAM or on the device")
+    p.add_argument("--preload_dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="storage dtype of the preloaded features")
     p.add_argument("--recipe", choices=("iccv", "dldkdpp"), default="iccv", help="training recipe of the epoch")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -47,24 +50,24 @@ def main(argv=None) -> None:
         opt = parse_train_args(["--root_path", str(root), "--collection", "tvr", "--device", str(device),
                                 "--bsz", str(args.bsz), "--num_workers", str(args.num_workers), "--n_epoch", "1",
                                 "--kd_schedule", "exp_decay", "--recipe", args.recipe,
-                                *(["--preload"] if args.preload else [])])
+                                "--preload", args.preload, "--preload_dtype", args.preload_dtype])
         rng.set_seed(opt.seed)
         with device_timer(device) as setup:
             r = build_run(opt, device, Dist())
         with StopSignal() as stop, device_timer(device) as epoch:
             losses = train_one_epoch(r, 0, epoch_settings(opt, 0, r.teacher is not None), device, opt, stop)
         setup_seconds, epoch_seconds = setup.seconds, epoch.seconds
-        data = losses["data_seconds"]
-        emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=len(r.loader.dataset),
+        data, compute = losses["data_seconds"], losses["compute_seconds"]
+        emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=r.loader.n_videos,
              steps=len(r.loader),
              bsz=args.bsz, visual_dim=r.model.cfg.visual_input_size, num_workers=args.num_workers,
-             preload=args.preload,
+             preload=args.preload, preload_dtype=args.preload_dtype,
              setup_seconds=round(setup_seconds, 2), epoch_seconds=round(epoch_seconds, 2),
-             data_seconds=round(data, 2), compute_seconds=round(epoch_seconds - data, 2),
+             data_seconds=round(data, 2), compute_seconds=round(compute, 2),
              data_fraction=round(data / epoch_seconds, 3), peak_rss_mb=round(peak_rss_mb()))
         fusion = {"exploration": 0.3, "inheritance": 0.7}
         with device_timer(device) as t:
-            res = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)
+            res = evaluate(r.model, r.val.videos, r.val.queries, device, fusion, opt.eval_query_bsz)
         emit(bench="eval_val", device=machine(device), n_videos=res["n_videos"], n_queries=res["n_queries"],
              seconds=round(t.seconds, 2), peak_rss_mb=round(peak_rss_mb()))
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from method.compiled import CompiledForward, ShapePolicy
 from method.config import parse_train_args, resolve_device
 from method.data import clip_features
 from method.distributed import Dist
@@ -53,10 +54,11 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool,
     model = DLDKD(model_config(opt, preset["visual_dim"], preset["text_dim"])).to(device).train()
     optimizer, scheduler = build_optimizer(model, "bertadam", opt.lr, opt.wd, total_steps=10_000)
     loss_fn = make_loss(opt, model.levels)
-    run = Run(model=model, forward=torch.compile(model) if compile_model else model, loader=None,
+    shapes = ShapePolicy.for_model(model.cfg) if compile_model else None  # what --compile does
+    run = Run(model=model, forward=CompiledForward(model, shapes) if compile_model else model, loader=None,
               optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
               teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=Dist(),
-              second_queries=loss_fn.objective.needs_second_queries)
+              second_queries=loss_fn.objective.needs_second_queries, shapes=shapes)
     settings = {"kd_factor": 0.1, "hard_negative": True, **({"alpha": 0.8, "beta": 0.8} if recipe == "dldkdpp" else {})}
     b = synthetic_batch(preset, device)
     if model.needs_clips:  # the clips of full-length videos: the 128 frames pooled to 32
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype of the forward pass")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward as --compile does")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="iccv", help="the recipe whose step is measured")
     p.add_argument("--student", choices=sorted(STUDENTS), default=None,
                    help="the branch network under the recipe (default: the recipe's)")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .compiled import COMPILE_V1_ERROR
+from .data.preload import PRELOAD_MODES, STORAGE_DTYPES
 from .recipes import RECIPES, recipe_defaults, recipe_student, student_defaults
 from .schedules import SOFT_SCHEDULES
 from .students import STUDENTS, student_class
@@ -63,9 +65,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher_query_file", default=None,
                    help="teacher caption features in TextData/ (default clip_ViT_B_32_<collection>_query_feat.hdf5)")
     g.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (0 = in the main process)")
-    g.add_argument("--preload", action="store_true",
-                   help="hold the split's (pooled) features in RAM instead of reading the feature files each epoch "
-                        "(each process of a distributed run holds the whole split)")
+    g.add_argument("--preload", nargs="?", const="ram", default="none", choices=PRELOAD_MODES,
+                   help="compute every item's pooled, normalised features once per run and hold the split: ram "
+                        "(host memory; plain --preload) or device (GPU memory: batches are gathered and padded "
+                        "there); none reads the feature files and pools every epoch. Training: every process holds "
+                        "the whole train split; evaluation: its share (docs/performance.md)")
+    g.add_argument("--preload_dtype", choices=tuple(STORAGE_DTYPES), default="float32",
+                   help="storage dtype of the preloaded features (batches are cast to float32): float16 / bfloat16 "
+                        "halve the memory and round the inputs (changes the numbers); needs --preload")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     g.add_argument("--eval_video_bsz", type=int, default=200, help="videos per batch when encoding for evaluation")
     g.add_argument("--eval_query_bsz", type=int, default=500,
@@ -116,7 +123,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "the same numbers on the CPU (docs/performance.md)")
     g.add_argument("--dist_timeout", type=float, default=60.0,
                    help="several processes: minutes a process waits for the others in a collective before the run "
-                        "fails (rank 0 evaluates while the others wait)")
+                        "fails")
     g = p.add_argument_group("model")
     g.add_argument("--student", choices=sorted(STUDENTS), default=None,
                    help="the network of a branch (method/students): dldkd (ICCV 2023), gmmformer, gmmformer_v2 "
@@ -223,7 +230,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=("none", "bf16"), default="none",
                    help="bf16: run the model's forward pass under bfloat16 autocast (losses stay float32); "
                         "a speed option for GPUs, off in the ICCV recipe")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (speed option, off by default)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's forward, frames and tokens padded to a few lengths so that a run "
+                        "compiles a bounded number of graphs (method/compiled.py; gmmformer needs --gauss_own_length, "
+                        "quirk Q1); a speed option, off by default")
     g.add_argument("--optim", choices=("bertadam", "adamw"), default="bertadam",
                    help="bertadam: the released rule (no bias correction, per-tensor clipping); adamw: torch AdamW")
     return p
@@ -267,7 +277,19 @@ def parse_train_args(argv=None) -> argparse.Namespace:
         parser.error("--teachers names the teachers to distil; --no_teacher turns distillation off: give one")
     if opt.resume_if_exists and not opt.results_dir:
         parser.error("--resume_if_exists needs --results_dir DIR (the run folder to continue)")
+    if opt.compile and opt.student == "gmmformer" and not opt.gauss_own_length:
+        parser.error(COMPILE_V1_ERROR)
+    check_preload(opt)
     return fill_collection_defaults(opt)
+
+
+def check_preload(opt: argparse.Namespace) -> argparse.Namespace:
+    """A 16-bit storage dtype needs a preloaded split (the feature files are read in float32)."""
+    if opt.preload_dtype != "float32" and opt.preload == "none":
+        raise SystemExit(f"--preload_dtype {opt.preload_dtype} needs --preload ram or --preload device (the run "
+                         f"stores its preloaded features in {opt.preload_dtype}; without --preload they are read "
+                         f"from the files in float32)")
+    return opt
 
 
 def resolve_student_flags(opt: argparse.Namespace) -> argparse.Namespace:
@@ -297,7 +319,7 @@ def resume_options(run_dir: Path, cli: argparse.Namespace) -> argparse.Namespace
     runtime = {k: getattr(cli, k) for k in RUNTIME_KEYS}
     defaults = vars(build_train_parser().parse_args([]))  # flags newer than the run's opt.json
     opt = argparse.Namespace(**{**defaults, **stored, **runtime, "resume": str(run_dir)})
-    return resolve_student_flags(fill_collection_defaults(opt))
+    return check_preload(resolve_student_flags(fill_collection_defaults(opt)))
 
 
 def save_opt(opt: argparse.Namespace, run_dir: Path) -> None:

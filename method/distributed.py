@@ -72,6 +72,14 @@ class Dist:
         dist.broadcast_object_list(box, src=src, group=self.control)
         return box[0]
 
+    def all_gather_objects(self, obj) -> list:
+        """Every process's ``obj`` (picklable), in rank order."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """In-place sum over the processes (device tensors, default group)."""
         if self.enabled:

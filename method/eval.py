@@ -1,34 +1,55 @@
 """Evaluation: encode every video once, score queries in chunks, report both directions.
 
 ``python -m method.eval --model_dir RUN_DIR --root_path ROOT [--eval_split test]``
-(``do_test.sh`` wraps it). Works for this project's runs and for the authors'
-checkpoints, ICCV and DL-DKD++ (detected from the state-dict names).
+(``do_test.sh`` wraps it; ``NPROC=N ./do_test.sh`` runs N processes through
+torchrun). Works for this project's runs and for the authors' checkpoints,
+ICCV and DL-DKD++ (detected from the state-dict names).
+
+Several processes (sharded evaluation, the same metrics as one process): each
+process encodes a contiguous share of the videos and of the queries, in whole
+encoding blocks (``--eval_video_bsz`` / ``--eval_query_bsz`` items; GMMFormer's
+groups of ``--eval_context_bsz`` videos, quirk Q1), so every block is encoded
+exactly as one process encodes it. The encoded queries are all-gathered (Q x d
+per branch, small); each process scores every query against its own videos
+and counts, per query, the videos of its share ranked above the true one
+(text-to-video) and, for the captions of its own videos, the captions ranked
+above (video-to-text); the (n_q,) count vectors are summed over the processes.
+Only process 0 writes files.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import CheckpointError, authors_gmm_options, load_model, model_file, read_checkpoint
-from .config import (RUNTIME_KEYS, HelpFormatter, add_data_args, build_train_parser, fill_collection_defaults,
-                     fusion_weights, load_opt, resolve_device, resolve_student_flags)
+from .config import (RUNTIME_KEYS, HelpFormatter, add_data_args, build_train_parser, check_preload,
+                     fill_collection_defaults, fusion_weights, load_opt, resolve_device, resolve_student_flags)
 from .data import DataError, build_split, collate_queries, collate_videos
+from .data.feed import EvalBlocks
+from .data.preload import STORAGE_DTYPES, pack_queries, pack_videos
+from .data.sampler import block_range
+from .distributed import Dist, gather, offsets
 from .model import DLDKD, cosine_video_scores, normalize_frames
+from .runtime import device_timer
 
 EVAL_RUNTIME_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results_dir")
+# Evaluation's own choices, not taken from the run's opt.json (a run's storage dtype is its training's).
+EVAL_OWN_KEYS = ("preload_dtype",)
 
 
 @torch.no_grad()
 def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device):
-    """Encode all videos (unit positions, kept per loader batch) and all queries of a split.
+    """Encode all videos (unit positions, kept per loader batch) and all queries of a split (or of a share).
 
     Returns (video_blocks, masks, video_ids, queries, cap_ids) where
     video_blocks is a list of {branch: {level: (Vb, Pb, d)}}, masks the list of
@@ -52,21 +73,29 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
         for name, q in enc.items():
             queries[name].append(q)
         cap_ids.extend(batch["cap_ids"])
-    return video_blocks, masks, video_ids, {k: torch.cat(v) for k, v in queries.items()}, cap_ids
+    empty = torch.zeros(0, model.cfg.hidden_size, device=device)  # a process's empty share of the queries
+    return video_blocks, masks, video_ids, {k: torch.cat(v) if v else empty for k, v in queries.items()}, cap_ids
 
 
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
                 model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Scores (C, n_videos) of the queries in ``rows``: fused, per branch and per level (``named_scores``)."""
-    levels = {name: {lv: torch.cat([cosine_video_scores(q[rows], block[name][lv]) for block in video_blocks], dim=1)
-                     for lv in model.levels}
-              for name, q in queries.items()}
+    """Scores (C, n_videos of the blocks) of the queries in ``rows``: fused, per branch and per level."""
+    def level(q, name, lv):
+        if not video_blocks:  # a process's empty share of the videos
+            return q.new_zeros(len(q[rows]), 0)
+        return torch.cat([cosine_video_scores(q[rows], block[name][lv]) for block in video_blocks], dim=1)
+
+    levels = {name: {lv: level(q, name, lv) for lv in model.levels} for name, q in queries.items()}
     return model.named_scores(levels, fusion)
 
 
 def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLDKD, fusion) -> dict:
-    """Each query's score with its own video (Q,), every named score, block by block."""
-    pos = {name: {lv: torch.empty(len(query_video), device=query_video.device) for lv in model.levels}
+    """Each query's score with its own video (Q,), every named score, block by block.
+
+    ``query_video`` indexes the blocks' videos; a query whose video is not in
+    them (another process's share: an index outside) gets 0.
+    """
+    pos = {name: {lv: torch.zeros(len(query_video), device=query_video.device) for lv in model.levels}
            for name in queries}
     start = 0
     for block in video_blocks:
@@ -82,64 +111,125 @@ def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLD
     return model.named_scores(pos, fusion)
 
 
+def gather_ids(d: Dist, ids: list) -> tuple[list, list]:
+    """(every process's share sizes, the ids of all shares in rank order)."""
+    parts = d.all_gather_objects(ids)
+    return [len(p) for p in parts], [i for p in parts for i in p]
+
+
 @torch.no_grad()
 def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fusion: dict[str, float],
-             chunk_size: int = 500, scores_path: Path | None = None) -> dict:
+             chunk_size: int = 500, scores_path: Path | None = None, dist: Optional[Dist] = None) -> dict:
     """Text-to-video and video-to-text metrics of the fused score and of each branch.
 
     Memory beyond the encoded split is bounded by ``chunk_size * n_videos``.
-    With ``scores_path`` the fused score matrix is streamed to a ``.npy`` file.
+    With ``scores_path`` the fused score matrix is streamed to a ``.npy`` file
+    (process 0). ``dist``: several processes, each giving its share of the
+    videos and of the queries (module docstring); every process returns the
+    metrics of the whole split.
     """
-    t_start = time.perf_counter()
-    video_blocks, _, video_ids, queries, cap_ids = encode_split(model, video_loader, query_loader, device)
-    t_encoded = time.perf_counter()
+    d = dist or Dist()
+    with device_timer(device) as t_encode:
+        video_blocks, _, own_videos, own_queries, own_caps = encode_split(model, video_loader, query_loader, device)
+        video_sizes, video_ids = gather_ids(d, own_videos)
+        query_sizes, cap_ids = gather_ids(d, own_caps)
+        queries = {name: gather(d, q, query_sizes) for name, q in own_queries.items()}
     vid_index = {v: i for i, v in enumerate(video_ids)}
     missing = [c for c in cap_ids if c.split("#")[0] not in vid_index]
     if missing:
         raise DataError(f"{len(missing)} captions have no video in the split, first {missing[0]!r}")
     query_video = torch.tensor([vid_index[c.split("#")[0]] for c in cap_ids], device=device)
     n_q, n_v = len(cap_ids), len(video_ids)
+    first = offsets(video_sizes)[d.rank]  # this process's first video
+    column = query_video - first  # each query's video among this process's columns (outside: another's)
+    own = ((column >= 0) & (column < video_sizes[d.rank])).nonzero().squeeze(1)  # captions of own videos
     names = model.score_names()
-    pos = positive_scores(queries, video_blocks, query_video, model, fusion)
-    t2v_ranks = {name: [] for name in names}
-    v2t_counts = {name: torch.zeros(n_q, dtype=torch.long, device=device) for name in names}
     out_scores = None
-    if scores_path is not None:
+    if scores_path is not None and d.is_main:
         out_scores = np.lib.format.open_memmap(scores_path, mode="w+", dtype=np.float32, shape=(n_q, n_v))
-    for start in tqdm(range(0, n_q, chunk_size), desc="score", leave=False):
-        rows = slice(start, min(start + chunk_size, n_q))
-        scores = score_chunk(queries, video_blocks, rows, model, fusion)
-        index = torch.arange(rows.start, rows.stop, device=device)
-        for name in names:
-            t2v_ranks[name].append(metrics.t2v_ranks(scores[name], query_video[rows], pos[name][rows]))
-            v2t_counts[name] += metrics.v2t_rank_counts(scores[name], index, query_video, pos[name])
-        if out_scores is not None:
-            out_scores[rows] = scores["fused"].cpu().numpy()
+    with device_timer(device) as t_score:
+        pos = positive_scores(queries, video_blocks, column, model, fusion)
+        pos = dict(zip(names, d.all_reduce_sum(torch.stack([pos[name] for name in names]))))  # 0 but once
+        t2v = torch.zeros(len(names), n_q, dtype=torch.long, device=device)
+        v2t = torch.zeros(len(names), n_q, dtype=torch.long, device=device)
+        for start in tqdm(range(0, n_q, chunk_size), desc="score", leave=False):
+            rows = slice(start, min(start + chunk_size, n_q))
+            scores = score_chunk(queries, video_blocks, rows, model, fusion)
+            index = torch.arange(rows.start, rows.stop, device=device)
+            for k, name in enumerate(names):
+                t2v[k, rows] = metrics.t2v_rank_counts(scores[name], column[rows], pos[name][rows])
+                v2t[k] += metrics.v2t_share_counts(scores[name], index, own, column[own], pos[name][own], n_q)
+            if scores_path is not None:
+                fused = scores["fused"]
+                if d.enabled:  # every process's columns
+                    fused = gather(d, fused.t().contiguous(), video_sizes).t()
+                if out_scores is not None:
+                    out_scores[rows] = fused.cpu().numpy()
+        counts = d.all_reduce_sum(torch.stack([t2v, v2t]))  # each process counted its own videos' columns
     if out_scores is not None:
         out_scores.flush()
     return {
         "n_queries": n_q, "n_videos": n_v,
-        "seconds": {"encode": t_encoded - t_start, "score": time.perf_counter() - t_encoded},
-        "t2v": {name: metrics.summarize_t2v(torch.cat(t2v_ranks[name])) for name in names},
-        "v2t": {name: metrics.summarize_v2t(v2t_counts[name] + 1, query_video, n_v) for name in names},
+        "seconds": {"encode": t_encode.seconds, "score": t_score.seconds},
+        "t2v": {name: metrics.summarize_t2v(counts[0, k] + 1) for k, name in enumerate(names)},
+        "v2t": {name: metrics.summarize_v2t(counts[1, k] + 1, query_video, n_v) for k, name in enumerate(names)},
         "cap_ids": cap_ids, "video_ids": video_ids,
     }
 
 
-def make_eval_loaders(split, opt, device: torch.device, model: DLDKD):
-    """DataLoaders over a split's videos and queries, in split order.
+@dataclass
+class EvalFeed:
+    """A process's share of a split's videos and queries, in encoding blocks (``EvalBlocks``)."""
+
+    videos: EvalBlocks
+    queries: EvalBlocks
+
+
+def make_eval_feed(split, opt, device: torch.device, model: DLDKD, dist: Optional[Dist] = None,
+                   persistent: bool = False) -> EvalFeed:
+    """A process's share of a split's videos and queries, in split order, from the files or preloaded.
 
     Videos carry the student's clips when it reads them, and come in the
     student's evaluation groups when their encodings depend on each other
-    (GMMFormer's quirk Q1: ``--eval_context_bsz`` videos), else ``--eval_video_bsz``.
+    (GMMFormer's quirk Q1: ``--eval_context_bsz`` videos), else ``--eval_video_bsz``;
+    queries in blocks of ``--eval_query_bsz``. Shares are whole blocks
+    (``block_range``). ``--preload`` packs the share once (here); otherwise
+    DataLoaders read the files at every evaluation, with ``persistent``
+    workers (the per-epoch validation of a training run).
     """
-    common = {"num_workers": opt.num_workers, "pin_memory": device.type == "cuda"}
+    d = dist or Dist()
     n_clips = model.cfg.map_size if model.needs_clips else None
-    videos = DataLoader(split.video_dataset(n_clips), batch_size=model.eval_video_group() or opt.eval_video_bsz,
-                        shuffle=False, collate_fn=collate_videos, **common)
-    queries = DataLoader(split.query_dataset(), batch_size=opt.eval_query_bsz, shuffle=False,
-                         collate_fn=collate_queries, **common)
-    return videos, queries
+    video_block = model.eval_video_group() or opt.eval_video_bsz
+    videos, queries = split.video_dataset(n_clips), split.query_dataset()
+    video_share = block_range(len(videos), video_block, d.rank, d.world)
+    query_share = block_range(len(queries), opt.eval_query_bsz, d.rank, d.world)
+    if opt.preload != "none":
+        dtype = STORAGE_DTYPES[opt.preload_dtype]
+        where = device if opt.preload == "device" else torch.device("cpu")
+        pin = where.type == "cpu" and device.type == "cuda"
+        return EvalFeed(
+            EvalBlocks(device, video_block,
+                       packed=pack_videos(videos, dtype, where, video_share, opt.num_workers, pin)),
+            EvalBlocks(device, opt.eval_query_bsz,
+                       packed=pack_queries(queries, dtype, where, query_share, opt.num_workers, pin)))
+    common = {"num_workers": opt.num_workers, "pin_memory": device.type == "cuda", "shuffle": False,
+              "persistent_workers": persistent and opt.num_workers > 0}
+
+    def part(dataset, indices):
+        return dataset if len(indices) == len(dataset) else Subset(dataset, indices)
+
+    return EvalFeed(
+        EvalBlocks(device, video_block, loader=DataLoader(part(videos, video_share), batch_size=video_block,
+                                                         collate_fn=collate_videos, **common)),
+        EvalBlocks(device, opt.eval_query_bsz, loader=DataLoader(part(queries, query_share),
+                                                                batch_size=opt.eval_query_bsz,
+                                                                collate_fn=collate_queries, **common)))
+
+
+def make_eval_loaders(split, opt, device: torch.device, model: DLDKD):
+    """(videos, queries) of a whole split for one process: ``make_eval_feed``'s two block iterables."""
+    feed = make_eval_feed(split, opt, device, model)
+    return feed.videos, feed.queries
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -174,8 +264,12 @@ def resolve_model_dir(model_dir: str, root_path: str | None, collection: str | N
 
 
 def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, model_dir: Path, info: dict,
-                   save_scores: bool = False) -> dict:
-    """Evaluate ``model`` on a split, print the tables and write ``<model_dir>/eval_<split>.json``."""
+                   save_scores: bool = False, dist: Optional[Dist] = None) -> dict:
+    """Evaluate ``model`` on a split, print the tables and write ``<model_dir>/eval_<split>.json``.
+
+    ``dist``: several processes, each evaluating its share (process 0 prints and writes).
+    """
+    d = dist or Dist()
     try:
         split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
                             max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
@@ -183,21 +277,23 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
     fusion = fusion_weights(opt)
-    videos, queries = make_eval_loaders(split, opt, device, model)
+    feed = make_eval_feed(split, opt, device, model, d)
     t0 = time.time()
     scores_path = model_dir / f"scores_{split_name}.npy" if save_scores else None
-    res = evaluate(model, videos, queries, device, fusion, opt.eval_query_bsz, scores_path)
-    if scores_path is not None:
-        with open(model_dir / f"scores_{split_name}_ids.json", "w") as f:
-            json.dump({"query_ids": res["cap_ids"], "video_ids": res["video_ids"]}, f)
+    res = evaluate(model, feed.videos, feed.queries, device, fusion, opt.eval_query_bsz, scores_path, d)
     result = {"split": split_name, "n_queries": res["n_queries"], "n_videos": res["n_videos"],
               "checkpoint_epoch": info["epoch"], "released_checkpoint": info["released"],
               "checkpoint_format": info["format"],
               "t2v": res["t2v"], "v2t": res["v2t"]}
+    if not d.is_main:
+        return result
+    if scores_path is not None:
+        with open(model_dir / f"scores_{split_name}_ids.json", "w") as f:
+            json.dump({"query_ids": res["cap_ids"], "video_ids": res["video_ids"]}, f)
     with open(model_dir / f"eval_{split_name}.json", "w") as f:
         json.dump(result, f, indent=2)
     print(f"{model_dir} | split {split_name}: {res['n_queries']} queries, {res['n_videos']} videos, "
-          f"checkpoint epoch {info['epoch']}, {time.time() - t0:.1f}s")
+          f"checkpoint epoch {info['epoch']}, {time.time() - t0:.1f}s" + (f", {d.world} processes" if d.enabled else ""))
     print("text-to-video\n" + metrics.format_table(res["t2v"]))
     print("video-to-text\n" + metrics.format_table(res["v2t"]))
     return result
@@ -221,11 +317,11 @@ def run_options(model_dir: Path, overrides: dict) -> tuple[argparse.Namespace, d
     the machine's flags) win over both.
     """
     stored = stored_options(model_dir)
-    settings = {k: v for k, v in stored.items() if k not in EVAL_RUNTIME_KEYS}
+    settings = {k: v for k, v in stored.items() if k not in (*EVAL_RUNTIME_KEYS, *EVAL_OWN_KEYS)}
     opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings, **overrides})
     if not opt.root_path:
         raise SystemExit("--root_path is required (the run's opt.json does not name one)")
-    return resolve_student_flags(fill_collection_defaults(opt)), stored
+    return check_preload(resolve_student_flags(fill_collection_defaults(opt))), stored
 
 
 def main(argv=None) -> dict:
@@ -236,8 +332,11 @@ def main(argv=None) -> dict:
         model, info = load_model(model_file(model_dir), stored)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-    device = resolve_device(opt.device)
-    return evaluate_split(model.to(device), opt.eval_split, opt, device, model_dir, info, opt.save_scores)
+    d, device = distributed.setup(resolve_device(opt.device), opt.dist_timeout)  # NPROC=N ./do_test.sh: torchrun
+    try:
+        return evaluate_split(model.to(device), opt.eval_split, opt, device, model_dir, info, opt.save_scores, d)
+    finally:
+        d.close()
 
 
 def check_feature_sizes(model: DLDKD, split, ckpt_path: Path) -> None:

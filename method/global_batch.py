@@ -59,9 +59,14 @@ class ShareSizes:
     ot_pairs: int  # matched (caption, clip) pairs of the whole batch (GMMFormerV2's OT term)
 
 
-def share_sizes(d: Dist, batch: dict, n_clips: int) -> ShareSizes:
-    """Exchange the shares' sizes (one small collective; none with one process)."""
-    counts = torch.bincount(batch["query_labels"], minlength=batch["video_mask"].shape[0]).tolist()
+def share_sizes(d: Dist, batch: dict, n_clips: int, counts: Optional[list] = None) -> ShareSizes:
+    """Exchange the shares' sizes (one small collective; none with one process).
+
+    ``counts``: each video's caption count as host ints (the feed's); without
+    them they are read from the batch's labels (a device read when on the GPU).
+    """
+    if counts is None:
+        counts = torch.bincount(batch["query_labels"], minlength=batch["video_mask"].shape[0]).tolist()
     local = [batch["video_mask"].shape[0], len(batch["query_labels"]), batch["video_mask"].shape[1],
              ot_pair_count(counts, n_clips)]
     sizes = d.all_gather_ints(local)

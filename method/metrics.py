@@ -22,6 +22,9 @@ rows and summaries turning ranks into metrics:
 * ``v2t_rank_counts(chunk, chunk_query_index, query_video, pos)`` -> ``(n_q,)``
   partial counts; summed over all chunks and ``+ 1`` they are every caption's
   rank in its video's column (among all ``n_q`` captions).
+* ``t2v_rank_counts`` / ``v2t_share_counts``: the same counts from a share of
+  the video columns (a process's videos in sharded evaluation); summed over
+  the shares, plus 1, they are the ranks above.
 * ``summarize_t2v(ranks)`` / ``summarize_v2t(caption_ranks, query_video,
   n_videos)`` -> dict with ``r1 r5 r10 r100 sumr medr meanr map``.
 * ``t2v_metrics`` / ``v2t_metrics`` run the above over a full matrix, chunked.
@@ -41,6 +44,8 @@ __all__ = [
     "RECALL_KS",
     "t2v_ranks",
     "v2t_rank_counts",
+    "t2v_rank_counts",
+    "v2t_share_counts",
     "summarize_t2v",
     "summarize_v2t",
     "t2v_metrics",
@@ -157,6 +162,61 @@ def v2t_rank_counts(scores_chunk, chunk_query_index, query_video, pos) -> torch.
     self_hit = ge[qidx, rows].long()  # ge[qidx[c], c]
     counts.index_add_(0, qidx, -self_hit)
     return counts.long()
+
+
+def t2v_rank_counts(scores_chunk, gt_column, pos) -> torch.Tensor:
+    """Text-to-video rank counts of a chunk of query rows against a share of the video columns.
+
+    ``scores_chunk`` (C, n_cols): the rows' scores against the share's videos;
+    ``gt_column`` (C,): the column of each row's relevant video in the share,
+    any value outside [0, n_cols) when the share does not hold it; ``pos``
+    (C,): the rows' positive scores. Returns int64 (C,) ``#{v != gt: s[v] >= pos}``
+    over the share's columns (pessimistic, NaN as in ``t2v_ranks``); summed
+    over shares that partition the videos, plus 1, these are ``t2v_ranks``.
+    """
+    s = _to_tensor(scores_chunk)
+    _check_scores(s)
+    gt = _to_index(gt_column, s.device)
+    p = _to_tensor(pos, s.device)
+    if gt.shape != (s.shape[0],) or p.shape != gt.shape:
+        raise ValueError(f"gt_column and pos must have shape ({s.shape[0]},)")
+    if s.shape[1] == 0:
+        return torch.zeros(s.shape[0], dtype=torch.long, device=s.device)
+    ge = _not_less(s, p[:, None])  # (C, n_cols)
+    inside = (gt >= 0) & (gt < s.shape[1])
+    own = ge.gather(1, gt.clamp(0, s.shape[1] - 1)[:, None]).squeeze(1) & inside
+    return (ge.sum(dim=1) - own.long()).long()
+
+
+def v2t_share_counts(scores_chunk, chunk_query_index, captions, caption_column, caption_pos, n_q: int) -> torch.Tensor:
+    """Video-to-text rank counts of a chunk of query rows for the captions whose video a share of columns holds.
+
+    ``scores_chunk`` (C, n_cols) with global row indices ``chunk_query_index``
+    (C,); ``captions`` (m,): the global indices of the captions whose video is
+    in the share, ``caption_column`` (m,) that video's column, ``caption_pos``
+    (m,) their positive scores. Returns int64 (n_q,): at each such caption j,
+    the rows q' != j of the chunk with ``S[q', l_j] >= pos[j]``, 0 elsewhere.
+    With one share of all columns this is ``v2t_rank_counts``; with shares
+    that partition the videos, the shares' results add up to it.
+    """
+    s = _to_tensor(scores_chunk)
+    _check_scores(s)
+    qidx = _to_index(chunk_query_index, s.device)
+    caps = _to_index(captions, s.device)
+    cols = _to_index(caption_column, s.device)
+    p = _to_tensor(caption_pos, s.device)
+    out = torch.zeros(int(n_q), dtype=torch.long, device=s.device)
+    if caps.numel() == 0:
+        return out
+    ge = _not_less(s.t().contiguous().index_select(0, cols), p[:, None])  # (m, C): ge[k, c] = S[q'_c, l_k] >= pos_k
+    out.index_add_(0, caps, ge.sum(dim=1))
+    # remove each chunk row's comparison with itself (q' == j), where that caption is one of ``captions``
+    slot = torch.full((int(n_q),), -1, dtype=torch.long, device=s.device)
+    slot[caps] = torch.arange(caps.numel(), device=s.device)
+    k = slot[qidx]  # (C,) the row's caption among ``captions``, or -1
+    hit = (k >= 0).nonzero().squeeze(1)
+    out.index_add_(0, qidx[hit], -ge[k[hit], hit].long())
+    return out
 
 
 # --------------------------------------------------------------------------- #

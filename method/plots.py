@@ -14,7 +14,7 @@ import numpy as np
 
 # The training loop's loss terms (method.losses.objective.DLDKDLoss: [<level>_]<term>[_inh|_exp], kd) and their sum.
 LOSS_COLUMN = re.compile(r"loss|kd|((clip|frame)_)?(trip|nce|qdl|ot)(_inh|_exp)?")
-TIME_COLUMNS = ("epoch_seconds", "data_seconds")
+TIME_COLUMNS = ("epoch_seconds", "data_seconds", "compute_seconds")
 # metrics.csv columns shown elsewhere or not worth a curve; any other numeric column goes to "other".
 KNOWN_COLUMNS = {"epoch", "lr", "kd_factor", "hard_negative", *TIME_COLUMNS,
                  "val_r1", "val_r5", "val_r10", "val_r100", "val_medr", "val_meanr", "val_map"}

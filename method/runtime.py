@@ -7,6 +7,7 @@
 - ``policy_summary(device)``: one log line saying what is in force.
 - ``check_finite(terms, epoch, step)``: stops a run at the first NaN / Inf loss term.
 - ``device_timer(device)``: wall time of device work (synchronised on CUDA).
+- ``EpochClock(device)``: an epoch's split into waiting for data and computing (CUDA events on CUDA).
 """
 from __future__ import annotations
 
@@ -128,3 +129,54 @@ def device_timer(device: torch.device) -> Iterator[Timer]:
     yield timer
     _sync(device)
     timer.seconds = time.perf_counter() - start
+
+
+class EpochClock:
+    """An epoch's time split into waiting for batches (``data``) and computing steps (``compute``).
+
+    ``with clock.waiting(): batch = next(...)`` and ``with clock.computing(): step``.
+    On the CPU both are host timers (perf_counter). On CUDA the host runs ahead
+    of the GPU, so host timers would charge queued kernels to whatever waits
+    next: ``compute`` is the GPU time of the steps, from CUDA events recorded
+    on the current stream around each step (read once, by ``seconds``), and
+    ``data`` the rest of the epoch's synchronised wall time, i.e. the time the
+    GPU did not spend on a step (waiting for data, launches, collectives).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._host = {"data": 0.0, "compute": 0.0}
+        self._events: list = []
+        _sync(device)
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def _host_span(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self._host[key] += time.perf_counter() - t0
+
+    def waiting(self):
+        return self._host_span("data")
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        if not self.cuda:
+            with self._host_span("compute"):
+                yield
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._events.append((start, end))
+
+    def seconds(self) -> dict:
+        """{"data_seconds", "compute_seconds"} so far (on CUDA: synchronises once)."""
+        if not self.cuda:
+            return {"data_seconds": self._host["data"], "compute_seconds": self._host["compute"]}
+        _sync(self.device)
+        wall = time.perf_counter() - self._start
+        compute = sum(s.elapsed_time(e) for s, e in self._events) / 1000
+        return {"data_seconds": max(wall - compute, 0.0), "compute_seconds": compute}

@@ -6,7 +6,8 @@ same recipe on the same global batches (``--bsz`` videos); see ``method.distribu
 A run folder holds ``opt.json`` (every resolved flag), ``model.ckpt`` (best
 val SumR), ``latest.ckpt`` (everything needed by ``--resume``), ``metrics.csv``
 (one row per epoch), ``train.log.txt``, TensorBoard logs in ``tb/`` and, at
-the end, ``eval_test.json``. Process 0 writes them and evaluates.
+the end, ``eval_test.json``. Process 0 writes them; every process evaluates its
+share of the val and test splits (``method.eval``, sharded evaluation).
 """
 from __future__ import annotations
 
@@ -26,9 +27,12 @@ from tqdm import tqdm
 
 from . import distributed, rng, runtime
 from .checkpoint import atomic_save, load_model, model_payload, read_checkpoint
+from .compiled import CompiledForward, ShapePolicy
 from .config import fusion_weights, parse_train_args, resolve_device, save_opt
 from .data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
-from .eval import evaluate, evaluate_split, make_eval_loaders
+from .data.feed import TrainFeed
+from .data.preload import STORAGE_DTYPES, pack_train
+from .eval import EvalFeed, evaluate, evaluate_split, make_eval_feed
 from .global_batch import GlobalBatch, pad_share, share_sizes
 from .losses import DLDKDLoss, Objective, QueryDiversity, SoftNCEOptions
 from .model import DLDKD, ModelConfig
@@ -74,18 +78,18 @@ def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
     if d.is_main:
         save_opt(opt, run_dir)
     log.info("recipe %s | train %d videos, %d steps/epoch, %d processes, %d parameters, device %s", opt.recipe,
-             len(r.loader.dataset), len(r.loader), d.world, sum(p.numel() for p in r.model.parameters()), device)
+             r.loader.n_videos, len(r.loader), d.world, sum(p.numel() for p in r.model.parameters()), device)
     writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"]) if d.is_main else None
     fusion = fusion_weights(opt)
     with distributed.StopSignal() as stop:
         train_epochs(opt, r, state, run_dir, device, writer, fusion, stop)
-    if not d.is_main:
-        return None
-    writer.close()
-    if not (run_dir / "model.ckpt").is_file():
+    if d.is_main:
+        writer.close()
+    if not d.broadcast((run_dir / "model.ckpt").is_file()):
         raise SystemExit(f"no epoch reached a val SumR above 0, so {run_dir}/model.ckpt was never written")
-    best, info = load_model(run_dir / "model.ckpt")
-    return evaluate_split(best.to(device), "test", opt, device, run_dir, info)
+    best, info = load_model(run_dir / "model.ckpt")  # every process: each evaluates its share of the test split
+    result = evaluate_split(best.to(device), "test", opt, device, run_dir, info, dist=d)
+    return result if d.is_main else None
 
 
 def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: dict, stop) -> None:
@@ -100,9 +104,9 @@ def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: di
             log.warning("stopped by SIGTERM in epoch %d; latest.ckpt holds the epochs before it; continue with "
                         "--resume %s", epoch, run_dir)
             raise SystemExit(EXIT_STOPPED)
-        if d.is_main:  # process 0 evaluates and writes; the others wait for its verdict
-            with rng.evaluation_draws(r.sampling):
-                val = evaluate(r.model, r.val_videos, r.val_queries, device, fusion, opt.eval_query_bsz)["t2v"]
+        with rng.evaluation_draws(r.sampling):  # every process evaluates its share
+            val = evaluate(r.model, r.val.videos, r.val.queries, device, fusion, opt.eval_query_bsz, dist=d)["t2v"]
+        if d.is_main:  # process 0 writes; the others wait for its verdict
             row = epoch_row(epoch, lr, settings, losses, val, time.time() - t0)
             improved = end_of_epoch(state, row, r, run_dir, device, writer)
             log.info("epoch %d | loss %.4f | val SumR %.2f (best %.2f)%s | %.1fs", epoch, losses["loss"],
@@ -150,8 +154,8 @@ class Run:
     """Everything a training step and an epoch need."""
 
     model: DLDKD  # the module itself: checkpoints and evaluation
-    forward: torch.nn.Module  # what the step calls: the model, wrapped by DDP and / or compiled
-    loader: Optional[DataLoader]
+    forward: torch.nn.Module  # what the step calls: the model, wrapped by DDP and / or compiled (CompiledForward)
+    loader: Optional[TrainFeed]  # this process's shares of the epoch's global batches, on the device
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     loss_fn: DLDKDLoss
@@ -159,8 +163,8 @@ class Run:
     dist: distributed.Dist
     sampling: Optional[torch.Generator] = None  # negatives' stream of several processes (see method.rng)
     second_queries: bool = False  # encode the queries twice (query diversity and OT read the second, quirk Q5)
-    val_videos: Optional[DataLoader] = None
-    val_queries: Optional[DataLoader] = None
+    val: Optional[EvalFeed] = None  # this process's share of the val split, built once per run
+    shapes: Optional[ShapePolicy] = None  # --compile: frames and tokens padded to a few lengths
 
 
 def model_config(opt, visual_dim: int, text_dim: int) -> ModelConfig:
@@ -191,11 +195,11 @@ def make_loss(opt, levels: tuple) -> DLDKDLoss:
 
 
 def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
-    """Everything before the epoch loop: data check, loaders, model, optimiser, loss, teacher."""
+    """Everything before the epoch loop: data check, feeds, model, optimiser, loss, teacher."""
     try:
-        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher, preload=opt.preload,
+        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher,
                                   pool_to_teacher=opt.pool_to_teacher)
-        val_split = build_split(**split_args(opt, "val"), use_teacher=False, preload=opt.preload) if d.is_main else None
+        val_split = build_split(**split_args(opt, "val"), use_teacher=False)
     except DataError as e:
         raise SystemExit(f"data check failed: {e}") from None
     if opt.q_feat_size is None:
@@ -210,17 +214,20 @@ def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
     forward = model
     if d.enabled:
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    shapes = ShapePolicy.for_model(model.cfg) if opt.compile else None
+    if shapes is not None:
+        forward = CompiledForward(forward, shapes)
     loss_fn = make_loss(opt, model.levels)
-    loader = make_train_loader(train_split, opt, device, d, model.needs_clips)
+    loader = make_train_feed(train_split, opt, device, d, model.needs_clips)
     optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, len(loader) * opt.n_epoch,
                                            opt.lr_warmup_proportion, opt.exclude_all_norms_from_decay)
-    run = Run(model=model, forward=torch.compile(forward) if opt.compile else forward, loader=loader,
-              optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-              teacher=None if opt.no_teacher else PrecomputedTeacher(train_split.teacher_dims), dist=d,
+    run = Run(model=model, forward=forward, loader=loader, optimizer=optimizer, scheduler=scheduler,
+              loss_fn=loss_fn, teacher=None if opt.no_teacher else PrecomputedTeacher(train_split.teacher_dims),
+              dist=d,
               sampling=rng.sampling_generator(device) if d.enabled else None,
-              second_queries=loss_fn.objective.needs_second_queries and not opt.reuse_query_encoding)
-    if val_split is not None:
-        run.val_videos, run.val_queries = make_eval_loaders(val_split, opt, device, model)
+              second_queries=loss_fn.objective.needs_second_queries and not opt.reuse_query_encoding,
+              shapes=shapes)
+    run.val = make_eval_feed(val_split, opt, device, model, d, persistent=True)
     return run
 
 
@@ -228,29 +235,31 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     """One pass over the training videos, or None when SIGTERM asked to stop.
 
     Returns the epoch mean of every loss term and of their sum (``loss``) over
-    the global batches, and ``data_seconds``: the time process 0 spent waiting
-    for batches (the rest of the epoch is compute).
+    the global batches, ``data_seconds`` and ``compute_seconds``: process 0's
+    time waiting for batches and computing steps (``runtime.EpochClock``: on
+    CUDA the steps' GPU time, and the rest of the epoch).
     """
     r.model.train()
-    r.loader.batch_sampler.set_epoch(epoch)
+    r.loader.set_epoch(epoch)
     if r.dist.enabled:
         rng.seed_process_epoch(opt.seed, epoch, r.dist.rank)  # dropout streams differ per process
     sums: dict[str, torch.Tensor] = {}
-    data_seconds, t_ready = 0.0, time.perf_counter()
+    clock = runtime.EpochClock(device)
+    batches = iter(progress(r.dist, r.loader, desc="train", leave=False))
     with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
-        for step, batch in enumerate(progress(r.dist, r.loader, desc="train", leave=False)):
-            data_seconds += time.perf_counter() - t_ready
-            sizes = share_sizes(r.dist, batch, r.model.cfg.map_size)  # from the CPU batch: no device sync
-            b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            terms = train_step(r, b, settings, opt.amp, sizes)
-            runtime.check_finite(terms, epoch, step, r.dist)  # one bool read per step; stops at a NaN / Inf
-            for name, value in terms.items():  # summed on device
-                sums[name] = sums.get(name, 0.0) + value.detach()
+        for step in range(len(r.loader)):
+            with clock.waiting():
+                b, counts = next(batches)  # on the device; counts: host ints
+            with clock.computing():
+                sizes = share_sizes(r.dist, b, r.model.cfg.map_size, counts)  # no device read
+                terms = train_step(r, b, settings, opt.amp, sizes)
+                runtime.check_finite(terms, epoch, step, r.dist)  # one bool read per step; stops at a NaN / Inf
+                for name, value in terms.items():  # summed on device
+                    sums[name] = sums.get(name, 0.0) + value.detach()
             if stop.requested(r.dist):
                 return None
-            t_ready = time.perf_counter()
     totals = r.dist.all_reduce_sum(torch.stack(list(sums.values()))) / len(r.loader)  # processes' parts add up
-    return {**dict(zip(sums, totals.tolist())), "data_seconds": data_seconds}
+    return {**dict(zip(sums, totals.tolist())), **clock.seconds()}
 
 
 def train_step(r: Run, b: dict, settings: dict, amp: str, sizes=None) -> dict:
@@ -265,8 +274,10 @@ def train_step(r: Run, b: dict, settings: dict, amp: str, sizes=None) -> dict:
     """
     if sizes is None:
         sizes = share_sizes(r.dist, b, r.model.cfg.map_size)
-    if r.dist.enabled:  # every video is encoded padded to the global batch's longest, as in one process
-        b = pad_share(b, sizes.length)
+    # Every video is encoded padded to the global batch's longest, as in one process (--compile: to its bucket).
+    b = pad_share(b, sizes.length if r.shapes is None else r.shapes.frame_length(sizes.length))
+    if r.shapes is not None:
+        b = r.shapes.pad_tokens(b)
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
         emb = r.forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"], b.get("clip_feat"),
                         r.second_queries)
@@ -306,23 +317,32 @@ def split_args(opt, split: str) -> dict:
             "teachers": opt.teachers}
 
 
-def make_train_loader(split, opt, device: torch.device, d: distributed.Dist, clips: bool = False) -> DataLoader:
-    """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``).
+def make_train_feed(split, opt, device: torch.device, d: distributed.Dist, clips: bool = False) -> TrainFeed:
+    """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``), on the device.
 
     ``clips``: the items carry the student's ``map_size`` clips (and, when the
-    teacher is distilled over clips, the teacher's).
+    teacher is distilled over clips, the teacher's). ``--preload``: the split
+    packed once (here), batches gathered from it; otherwise a DataLoader reads
+    the files in ``--num_workers`` processes.
     """
     n_clips = opt.map_size if clips else None
     teacher_clips = clips and not opt.no_teacher and opt.kd_level == "clip"
     dataset = split.train_dataset(n_clips, teacher_clips)
     counts = dataset.caption_counts if opt.batch_sort == "captions" else dataset.frame_counts
     sampler = GlobalBatchSampler(counts, opt.bsz, opt.seed, d.rank, d.world)
+    if opt.preload != "none":
+        where = device if opt.preload == "device" else torch.device("cpu")
+        packed = pack_train(dataset, STORAGE_DTYPES[opt.preload_dtype], where, opt.num_workers,
+                            pin=where.type == "cpu" and device.type == "cuda")
+        log.info("preloaded the train split: %.2f GiB of %s on %s", packed.nbytes / 2 ** 30, opt.preload_dtype, where)
+        return TrainFeed(sampler, device, packed=packed, sort_by=opt.batch_sort)
     dims = (split.visual_dim, split.text_dim, split.teacher_dim, n_clips, teacher_clips)
     collate = functools.partial(collate_train, dims=dims, sort_by=opt.batch_sort)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                      num_workers=opt.num_workers, worker_init_fn=seed_worker,
-                      generator=torch.Generator().manual_seed(opt.seed), pin_memory=device.type == "cuda",
-                      persistent_workers=opt.num_workers > 0)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=opt.num_workers, worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(opt.seed), pin_memory=device.type == "cuda",
+                        persistent_workers=opt.num_workers > 0)
+    return TrainFeed(sampler, device, loader=loader)
 
 
 def restore(path, r: Run, device: torch.device) -> dict:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from method.bigfile import BigFile, parse_video2frames
 from method.data import (
-    DataError, H5Store, QueryDataset, TrainDataset, VideoDataset, align_frames, build_split,
+    DataError, H5Store, QueryDataset, TrainDataset, align_frames, build_split,
     caption_key_candidates, check_split, collate_queries, collate_train, collate_videos, dataset_paths,
     l2_normalize, open_video_store, read_caption_file, reduce_frames, resolve_caption_keys, seed_worker,
     student_frames, student_tokens, teacher_frames, uniform_pool,
@@ -323,22 +323,6 @@ def test_collate_without_teacher_and_eval(collection):
     qb = collate_queries([qds[i] for i in range(4)])
     assert set(qb) == {"query_feat", "query_mask", "cap_ids"}
     assert qb["cap_ids"] == split.captions.cap_ids[:4]
-
-
-def test_preload_gives_same_items(collection):
-    root, _ = collection
-    split = build_split(root, "tvr", "i3d_resnet", "train", True, 128, 30)
-    lazy = split.train_dataset()
-    split.preload = True
-    eager = split.train_dataset()
-    assert eager._cache is not None
-    for i in range(len(lazy)):
-        a, b = lazy[i], eager[i]
-        np.testing.assert_array_equal(a["video_feat"], b["video_feat"])
-        np.testing.assert_array_equal(a["teacher_video_feat"], b["teacher_video_feat"])
-    v_lazy, v_eager = VideoDataset(split.captions, split.video_store), VideoDataset(
-        split.captions, split.video_store, preload=True)
-    np.testing.assert_array_equal(v_lazy[2]["video_feat"], v_eager[2]["video_feat"])
 
 
 # ----------------------------------------------------------------------------

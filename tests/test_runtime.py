@@ -104,3 +104,29 @@ def test_device_timer_synchronises_cuda_around_the_block(monkeypatch):
     with runtime.device_timer(device) as t:
         calls.append("work")
     assert calls == [("sync", device), "work", ("sync", device)] and t.seconds >= 0
+
+
+def test_epoch_clock_on_the_cpu_adds_host_spans():
+    clock = runtime.EpochClock(torch.device("cpu"))
+    for _ in range(2):
+        with clock.waiting():
+            time.sleep(0.01)
+        with clock.computing():
+            time.sleep(0.02)
+    seconds = clock.seconds()
+    assert set(seconds) == {"data_seconds", "compute_seconds"}
+    assert 0.02 <= seconds["data_seconds"] < 0.2 and 0.04 <= seconds["compute_seconds"] < 0.3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.py on a GPU)")
+def test_epoch_clock_on_cuda_counts_queued_kernels_as_compute():
+    device = torch.device("cuda")
+    a = torch.randn(4096, 4096, device=device)
+    clock = runtime.EpochClock(device)
+    with clock.computing():
+        for _ in range(20):
+            a = a @ a / 64  # queued: the host leaves the block long before the GPU is done
+    with clock.waiting():
+        pass
+    seconds = clock.seconds()
+    assert seconds["compute_seconds"] > 10 * seconds["data_seconds"]

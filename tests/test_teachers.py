@@ -123,6 +123,10 @@ def test_two_teachers_in_dldkdpp_and_a_missing_teacher_file(data, tmp_path, caps
     result = train.main(["--root_path", str(base), "--results_dir", str(run_dir), *ARGS, "--recipe", "dldkdpp",
                          "--teachers", "clip,copy"])
     assert np.isfinite(result["t2v"]["fused"]["sumr"])
+    packed = tmp_path / "packed"  # the split packed once per run carries both teachers' features side by side
+    train.main(["--root_path", str(base), "--results_dir", str(packed), *ARGS, "--recipe", "dldkdpp",
+                "--teachers", "clip,copy", "--preload", "ram"])
+    assert losses(packed) == losses(run_dir)
     (base / "tvr" / "TextData" / "copy_tvr_query_feat.hdf5").unlink()
     with pytest.raises(DataError, match="copy_tvr_query_feat.hdf5"):
         build_split(str(base), "tvr", "i3d_resnet", "train", True, 128, 30, teachers=["clip", "copy"])

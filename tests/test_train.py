@@ -119,13 +119,16 @@ def test_bf16_autocast_runs_on_the_cpu(data, tmp_path, extra):
 @pytest.mark.parametrize("extra", STUDENTS.values(), ids=STUDENTS)
 def test_compile_trains_every_student(data, tmp_path, monkeypatch, extra):
     """--compile hands the model to torch.compile (here its eager backend: Dynamo's graph capture without
-    inductor's compile time); one step gives the losses of the plain model."""
+    inductor's compile time); one step gives the losses of the plain model. GMMFormer compiles only with
+    --gauss_own_length (quirk Q1 ties its numbers to the padded length, which the buckets change)."""
     real, compiled = torch.compile, []
 
     def eager_compile(model, **kwargs):
         compiled.append(model)
-        return real(model, backend="eager", **kwargs)
+        return real(model, **{**kwargs, "backend": "eager"})
 
+    if "gmmformer" in extra:
+        extra = [*extra, "--gauss_own_length"]
     run(data, tmp_path / "plain", "--n_epoch", "1", "--bsz", "9", *extra)  # 9 videos: one step
     monkeypatch.setattr(torch, "compile", eager_compile)
     run(data, tmp_path / "compiled", "--n_epoch", "1", "--bsz", "9", "--compile", *extra)

@@ -15,7 +15,9 @@ On-disk layout (DATA_AND_CHECKPOINTS.md), under `<root_path>/<collection>/`::
 Modules: `paths` (file names), `captions` (caption files), `stores` (HDF5 /
 BigFile stores, caption-key lookup), `transforms` (pooling, normalisation,
 teacher alignment), `datasets`, `collate`, `split` (the start-up data check and
-`build_split`), `sampler` (the seeded global batches and a process's share).
+`build_split`), `sampler` (the seeded global batches and a process's share),
+`preload` (a split computed once and packed, batches gathered from it:
+``--preload``), `feed` (batches on the device for training and evaluation).
 
 Typical use (train.py / eval.py)::
 

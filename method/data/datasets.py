@@ -1,23 +1,30 @@
-"""Datasets: training items (a video with all its captions), evaluation videos and queries."""
+"""Datasets: training items (a video with all its captions), evaluation videos and queries.
+
+Each item is computed from the feature files when it is read; ``method.data.preload``
+computes every item of a split once and packs them (``--preload``). The
+``frame_counts`` / ``token_counts`` properties give the items' lengths from the
+stores' shapes, without reading the features.
+"""
 import numpy as np
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from method.data.stores import resolve_or_raise
 from method.data.transforms import clip_features, student_frames, student_tokens, teacher_frames, teacher_sentence
 
 
 class _Items(Dataset):
-    """Base: items built by `_load(i)`, optionally all preloaded into RAM."""
+    """Base: items built by `_load(i)`."""
 
     def __len__(self):
         return len(self._keys)
 
-    def _preload(self, preload, desc):
-        self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=desc)] if preload else None
-
     def __getitem__(self, index):
-        return self._cache[index] if self._cache is not None else self._load(index)
+        return self._load(index)
+
+
+def _token_counts(cap_ids, text_store, text_keys, max_desc_l):
+    """Tokens of each caption after truncation to ``max_desc_l``, from the store's shapes."""
+    return [min(text_store.n_frames(text_keys[c]), max_desc_l) for c in cap_ids]
 
 
 class TrainDataset(_Items):
@@ -42,8 +49,7 @@ class TrainDataset(_Items):
     """
 
     def __init__(self, captions, video_store, text_store, teacher_text_store=None, teacher_video_store=None,
-                 max_ctx_l=128, max_desc_l=30, preload=False, frame_count_store=None, n_clips=None,
-                 teacher_clips=False):
+                 max_ctx_l=128, max_desc_l=30, frame_count_store=None, n_clips=None, teacher_clips=False):
         if (teacher_text_store is None) != (teacher_video_store is None):
             raise ValueError("give both teacher stores (text and video) or neither")
         if teacher_clips and n_clips is None:
@@ -59,7 +65,6 @@ class TrainDataset(_Items):
         self.use_teacher = teacher_text_store is not None
         if self.use_teacher:
             self.teacher_text_keys = resolve_or_raise(captions.cap_ids, teacher_text_store, "CLIP text feature")
-        self._preload(preload, "preload train")
 
     @property
     def caption_counts(self):
@@ -79,6 +84,13 @@ class TrainDataset(_Items):
                 n = min(n, self.frame_count_store.n_frames(vid))
             counts.append(min(n, self.max_ctx_l))
         return counts
+
+    @property
+    def token_counts(self):
+        """Tokens of every caption of every video (``query_feats``' lengths), videos in dataset order, each
+        video's captions in caption-file order; read from the store's shapes."""
+        return _token_counts([c for vid in self._keys for c in self.video2caps[vid]], self.text_store,
+                             self.text_keys, self.max_desc_l)
 
     def _load(self, index):
         vid = self._keys[index]
@@ -109,10 +121,14 @@ class TrainDataset(_Items):
 class VideoDataset(_Items):
     """Evaluation videos, one a item: dict(video_id, video_feat float32 (L_i, Dv)[, clip_feat float32 (K, Dv)])."""
 
-    def __init__(self, captions, video_store, max_ctx_l=128, preload=False, n_clips=None):
+    def __init__(self, captions, video_store, max_ctx_l=128, n_clips=None):
         self._keys = list(captions.video_ids)
         self.video_store, self.max_ctx_l, self.n_clips = video_store, max_ctx_l, n_clips
-        self._preload(preload, "preload videos")
+
+    @property
+    def frame_counts(self):
+        """Frames of each video after pooling (``video_feat``'s length), from the store's frame counts."""
+        return [min(self.video_store.n_frames(vid), self.max_ctx_l) for vid in self._keys]
 
     def _load(self, index):
         vid = self._keys[index]
@@ -126,11 +142,15 @@ class VideoDataset(_Items):
 class QueryDataset(_Items):
     """Evaluation captions, one a item: dict(cap_id, query_feat float32 (n_j, Dq))."""
 
-    def __init__(self, captions, text_store, max_desc_l=30, preload=False):
+    def __init__(self, captions, text_store, max_desc_l=30):
         self._keys = list(captions.cap_ids)
         self.text_store, self.max_desc_l = text_store, max_desc_l
         self.text_keys = resolve_or_raise(self._keys, text_store, "text feature")
-        self._preload(preload, "preload queries")
+
+    @property
+    def token_counts(self):
+        """Tokens of each caption after truncation (``query_feat``'s length), from the store's shapes."""
+        return _token_counts(self._keys, self.text_store, self.text_keys, self.max_desc_l)
 
     def _load(self, index):
         cap_id = self._keys[index]

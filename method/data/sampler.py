@@ -64,6 +64,19 @@ def share(batch, rank, world):
     return batch[start:start + base + (rank < extra)]
 
 
+def block_range(n, block, rank, world):
+    """Process ``rank``'s contiguous share of ``n`` items cut into blocks of ``block``: whole blocks, as ``share``.
+
+    Each block holds the same items as when one process takes them all (the
+    blocks start at multiples of ``block``), so a block is encoded exactly as
+    one process encodes it.
+    """
+    blocks = share(range(-(-n // block)), rank, world)
+    if not blocks:
+        return range(0)
+    return range(blocks[0] * block, min(n, (blocks[-1] + 1) * block))
+
+
 def seed_worker(worker_id):
     """DataLoader worker_init_fn: seed numpy and random from torch's per-worker seed."""
     seed = torch.initial_seed() % 2 ** 32

@@ -68,7 +68,6 @@ class Split:
     teacher_video_store: object    # H5Store or None
     max_ctx_l: int
     max_desc_l: int
-    preload: bool = False
     frame_count_store: object = None  # teacher frames whose counts the student is pooled to (--pool_to_teacher)
 
     @property
@@ -95,21 +94,21 @@ class Split:
     def train_dataset(self, n_clips=None, teacher_clips=False):
         """TrainDataset over this split (with the teacher when it is on; ``n_clips`` clips per video when given)."""
         return TrainDataset(self.captions, self.video_store, self.text_store, self.teacher_text_store,
-                            self.teacher_video_store, self.max_ctx_l, self.max_desc_l, self.preload,
-                            self.frame_count_store, n_clips, teacher_clips)
+                            self.teacher_video_store, self.max_ctx_l, self.max_desc_l,
+                            frame_count_store=self.frame_count_store, n_clips=n_clips, teacher_clips=teacher_clips)
 
     def video_dataset(self, n_clips=None):
         """VideoDataset over this split's videos (with ``n_clips`` clips per video when given)."""
-        return VideoDataset(self.captions, self.video_store, self.max_ctx_l, self.preload, n_clips)
+        return VideoDataset(self.captions, self.video_store, self.max_ctx_l, n_clips)
 
     def query_dataset(self):
         """QueryDataset over this split's captions."""
-        return QueryDataset(self.captions, self.text_store, self.max_desc_l, self.preload)
+        return QueryDataset(self.captions, self.text_store, self.max_desc_l)
 
 
 def build_split(root_path, collection, visual_feature, split, use_teacher, max_ctx_l, max_desc_l,
-                preload=False, teacher_video_file=None, teacher_query_file=None, check=True,
-                pool_to_teacher=False, teachers=None):
+                teacher_video_file=None, teacher_query_file=None, check=True, pool_to_teacher=False,
+                teachers=None):
     """Open one split: read its captions, open the stores, and (check=True) run check_split.
 
     Missing files raise DataError naming the path and what it should contain.
@@ -151,5 +150,5 @@ def build_split(root_path, collection, visual_feature, split, use_teacher, max_c
     if check and not (use_teacher and teachers):
         check_split(captions, video_store, text_store, teacher_text_store, teacher_video_store or frame_count_store)
     return Split(split, paths, captions, video_store, text_store, teacher_text_store, teacher_video_store,
-                 max_ctx_l, max_desc_l, preload, frame_count_store)
+                 max_ctx_l, max_desc_l, frame_count_store)
 

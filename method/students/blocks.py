@@ -176,8 +176,8 @@ class GaussianSelfAttention(nn.Module):
         b, t, d = x.shape
         dh = d // self.n_heads
 
-        def heads(h: torch.Tensor) -> torch.Tensor:  # (B, ·, d) -> (B, H, ·, d/H)
-            return h.view(b, h.shape[1], self.n_heads, dh).transpose(1, 2)  # explicit length: B may be 0
+        def heads(h: torch.Tensor) -> torch.Tensor:  # (B, ·, d) -> (B, H, ·, d/H); B may be 0 (an empty share)
+            return h.view(b, h.shape[1], self.n_heads, dh).transpose(1, 2)
 
         logits = heads(self.query(x)) @ heads(self.key(memory)).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
         if self.width is not None:
