@@ -199,6 +199,23 @@ def test_block_widths_and_length_check():
 # --------------------------------------------------------------------------- #
 # query losses (5.4-5.6)
 # --------------------------------------------------------------------------- #
+def test_nce_and_triplet_match_golden(gmmformer_golden):
+    """clip_nce (5.2) and get_clip_triplet_loss (5.3, hard negatives from a pool of 1) with a video of one caption."""
+    g = gmmformer_golden
+    labels = t(g, "loss_labels")
+    raw = t(g, "loss_nce_scores").requires_grad_()
+    loss = nce_loss(raw, labels)
+    loss.backward()
+    assert_close(loss, g["nce_value"])
+    assert_close(raw.grad, g["nce_grad"])
+    for margin in (0.1, 0.2):
+        cos = t(g, "loss_trip_scores").requires_grad_()
+        loss = triplet_loss(cos, labels, margin, hard_negative=True, hard_pool_size=1)
+        loss.backward()
+        assert_close(loss, g[f"trip_value_m{margin}"])
+        assert_close(cos.grad, g[f"trip_grad_m{margin}"])
+
+
 def test_qdl_v1_matches_golden(gmmformer_golden):
     g = gmmformer_golden
     labels = t(g, "loss_labels")
