@@ -4,7 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from method.schedules import DECAY_WAY_NAMES, SCHEDULES, kd_factor, resolve_schedule, warmup_linear
+from method.schedules import (
+    DECAY_WAY_NAMES, SCHEDULES, alpha_schedule, beta_schedule, kd_factor, resolve_schedule, warmup_linear,
+)
 
 
 @pytest.mark.parametrize("way", range(9))
@@ -97,3 +99,22 @@ def test_warmup_linear_formula():
     assert warmup_linear(1.0) == 0.0
     assert warmup_linear(0.05, warmup=0.1) == pytest.approx(0.5)
     assert warmup_linear(0.55, warmup=0.1) == pytest.approx(0.5)
+
+
+def test_dldkdpp_schedules_match_golden_exactly(dldkdpp_golden):
+    """alpha / beta for every --alpha_decay / --belta_decay mode and the KL weight w(e) for every
+    --distill_loss_decay (its 'None' and no option are w = 1: the ICCV 'fixed'), 120 epochs, bit for bit."""
+    g = dldkdpp_golden
+    epochs = g["sched_epochs"].tolist()
+    assert epochs == list(range(120))
+    modes = ("exp", "linear", "sigmoid", "cosine", "none")
+    for row, mode in zip(g["sched_alpha_modes_exp_linear_sigmoid_cosine_None"], modes):
+        assert [alpha_schedule(e, mode=mode, n_epoch=120) for e in epochs] == row.tolist(), mode
+    for row, mode in zip(g["sched_belta_modes_exp_linear_sigmoid_cosine_None"], modes):
+        assert [beta_schedule(e, mode=mode, n_epoch=120) for e in epochs] == row.tolist(), mode
+    kl = ("exp_decay", "linear_decay", "sigmoid_decay", "fixed", "fixed")
+    for row, name in zip(g["sched_klweight_modes_exp_linear_sigmoid_None_unset"], kl):
+        np.testing.assert_array_equal([kd_factor(e, name, scale=1.0, init=0.0) for e in epochs], row, err_msg=name)
+    assert [alpha_schedule(e) for e in epochs] == g["default_alpha"].tolist()
+    assert [beta_schedule(e) for e in epochs] == g["default_belta"].tolist()
+    np.testing.assert_allclose([kd_factor(e, "exp_decay") for e in epochs], g["default_kl_factor"], rtol=1e-15)
