@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from method import plots  # noqa: E402
+from method.analysis import plots  # noqa: E402
 from method.schedules import DECAY_WAY_NAMES, kd_factor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -73,9 +73,9 @@ def plot_training(run_dirs: list[Path], out: Path) -> None:
 
 def plot_panel(run_dir: Path, cap_id: str | None, out: Path) -> None:
     """The report's query panel of one test caption of the run."""
-    from method.explore import analyse, query_records, select_queries
-    from method.report import panel_figure
-    from method.retrieval import TeacherCurves, load_run
+    from method.analysis.explore import analyse, query_records, select_queries
+    from method.analysis.report import panel_figure
+    from method.analysis.retrieval import TeacherCurves, load_run
 
     an = analyse(load_run(str(run_dir), device="cpu"), "test")
     if cap_id:

@@ -6,8 +6,8 @@ writes ROOT/<collection>/{TextData,FeatureData,results} with the released file
 names (BigFile student frames, RoBERTa-like token HDF5, CLIP-like teacher
 HDF5s, three caption files) and, since the generator knows where each
 caption's moment is, a ground-truth moments file
-(TextData/<collection>_moments.txt, see method.moment_file) for the moment
-evaluation of method.explore. Only the sizes differ from the real packages (defaults: 1000 videos split 550/150/300, 12-48 frames each, student frames
+(TextData/<collection>_moments.txt, see method.analysis.moment_file) for the moment
+evaluation of method.analysis.explore. Only the sizes differ from the real packages (defaults: 1000 videos split 550/150/300, 12-48 frames each, student frames
 128-d, text 64-d, teacher 32-d) so that a run trains in about a minute on a
 CPU; the folder names stay those of the collection (e.g.
 FeatureData/i3d_resnet for tvr). Videos stay below the 128-frame cap (the
@@ -46,7 +46,7 @@ import h5py
 import numpy as np
 
 from method.data import caption_key_candidates
-from method.moment_file import moments_path, write_moments
+from method.analysis.moment_file import moments_path, write_moments
 
 __all__ = ["DEFAULT_VIDEOS", "DemoConfig", "VISUAL_FEATURES", "generate", "main"]
 

@@ -9,7 +9,7 @@ import pytest
 from method import demo_data
 from method.bigfile import BigFile
 from method.data import build_split, collate_train, read_caption_file
-from method.moment_file import moments_path, read_moments
+from method.analysis.moment_file import moments_path, read_moments
 from synthetic import read_tree
 
 N_VIDEOS = 60

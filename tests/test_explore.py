@@ -1,4 +1,4 @@
-"""Retrieval with moments (method/explore.py, method/retrieval.py) on a demo model trained for a few epochs."""
+"""Retrieval with moments (method/analysis/explore.py, method/analysis/retrieval.py) on a demo model trained for a few epochs."""
 import json
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from demo_run import STUDENT_RUNS, demo_runs, student_runs
-from method import explore, metrics
+from method import metrics
+from method.analysis import explore
 from method.data import build_split, collate_train
-from method.moment_file import moments_path
-from method.retrieval import TeacherCurves, load_run, pair_curves, video_scores
+from method.analysis.moment_file import moments_path
+from method.analysis.retrieval import TeacherCurves, load_run, pair_curves, video_scores
 from method.teacher import PrecomputedTeacher
 
 

@@ -5,7 +5,8 @@ import re
 import pytest
 
 import method.extract_teacher as extract_teacher
-from method import config, convert, explore, prepare, report, summarize, train
+from method import config, convert, prepare, train
+from method.analysis import explore, report, summarize
 from method import eval as evaluate
 
 COMMANDS = {  # module: (its main, the parser behind its --help)

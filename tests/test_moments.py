@@ -1,4 +1,4 @@
-"""Moment estimation and IoU metrics (method/moments.py) and the moments file (method/moment_file.py)."""
+"""Moment estimation and IoU metrics (method/analysis/moments.py) and the moments file (method/analysis/moment_file.py)."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from method.data import DataError
-from method.moment_file import check_known, moment_fractions, read_moments, write_moments
-from method.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
+from method.analysis.moment_file import check_known, moment_fractions, read_moments, write_moments
+from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
 
 
 def loop_estimate(curve, n, threshold):

@@ -1,4 +1,4 @@
-"""The HTML run report (method/report.py) and its figures (method/plots.py), checked in headless Chromium too."""
+"""The HTML run report (method/analysis/report.py) and its figures (method/analysis/plots.py), checked in headless Chromium too."""
 import base64
 import json
 import os
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from demo_run import demo_runs, student_runs
-from method import explore, plots, report
-from method.retrieval import TeacherCurves, load_run, video_scores
+from method.analysis import explore, plots, report
+from method.analysis.retrieval import TeacherCurves, load_run, video_scores
 
 PANELS = 2
 

@@ -1,4 +1,4 @@
-"""Tables over runs (method/summarize.py) on run folders with known metrics."""
+"""Tables over runs (method/analysis/summarize.py) on run folders with known metrics."""
 import csv
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from method import summarize
+from method.analysis import summarize
 
 KEYS = ("r1", "r5", "r10", "r100", "sumr", "medr", "meanr", "map")
 

@@ -1,6 +1,6 @@
 """The ground-truth moments file: where in its video each caption's moment lies.
 
-Used by the moment evaluation of ``method.explore`` and ``method.report``;
+Used by the moment evaluation of ``method.analysis.explore`` and ``method.analysis.report``;
 ``method.demo_data`` writes one for the demo data. Default location:
 ``<root_path>/<collection>/TextData/<collection>_moments.txt``. Plain text, one
 caption a line, fields separated by whitespace, ``#`` starting a comment line::
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import DataError
+from ..data import DataError
 
 N_SHOWN = 5  # unknown ids quoted in an error message
 

@@ -1,6 +1,6 @@
 """A trained model on one split: loading a run, encoding the split once, ranks, top-k and per-frame curves.
 
-The building blocks of ``method.explore`` and ``method.report``. Shapes:
+The building blocks of ``method.analysis.explore`` and ``method.analysis.report``. Shapes:
 Q captions, V videos, L padded frames (<= max_ctx_l), d hidden size, P
 (query, video) pairs. Scores are those of evaluation (``method.eval``):
 per-position cosine, video score = max over a level's positions, a branch's
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics
-from .checkpoint import CheckpointError, load_model, model_file
-from .config import fusion_weights, resolve_device
-from .data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
+from .. import metrics
+from ..checkpoint import CheckpointError, load_model, model_file
+from ..config import fusion_weights, resolve_device
+from ..data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
                    teacher_frames, teacher_sentence)
-from .eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
-from .eval import encode_split as eval_encode_split
-from .model import DLDKD, cosine_video_scores, frame_dot
+from ..eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
+from ..eval import encode_split as eval_encode_split
+from ..model import DLDKD, cosine_video_scores, frame_dot
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes for encoding the split")
     p.add_argument("--moments", default=None,
-                   help="ground-truth moments file (see method/moment_file.py; default "
+                   help="ground-truth moments file (see method/analysis/moment_file.py; default "
                         "<root_path>/<collection>/TextData/<collection>_moments.txt when it exists)")
     p.add_argument("--moment_threshold", type=float, default=0.5,
                    help="moment rule: the positions (frames, or clips) around the peak scoring at least "
