@@ -14,12 +14,12 @@ DL-DKD++ soft targets): the mean of the teachers' softmax distributions.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .losses.distill import mixture_log_softmax
 from .model import MASK_VALUE, frame_dot
 
 
@@ -78,4 +78,4 @@ def mixture_scores(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """
     if scores.dim() == 2:
         return scores
-    return torch.logsumexp(torch.log_softmax(scores, dim=dim + 1), dim=0) - math.log(scores.shape[0])
+    return mixture_log_softmax(scores, dim)

@@ -18,13 +18,19 @@ from torch import Tensor
 _MASK_FILL = -1e10
 
 
+def mixture_log_softmax(scores: Tensor, dim: int) -> Tensor:
+    """``log mean_k softmax(scores_k)`` over ``dim`` (>= 0, an axis of one teacher's scores) of K teachers'
+    scores (K, ...) -> (...): the log of the mixture of their distributions."""
+    return torch.logsumexp(F.log_softmax(scores, dim=dim + 1), dim=0) - math.log(scores.shape[0])
+
+
 def teacher_log_target(teacher: Tensor, valid: Tensor, temperature: float) -> Tensor:
     """Log of the target distribution over the valid frames: ``log softmax(t / T)`` of one teacher (R, L),
     or ``log mean_k softmax(t_k / T)`` of several (K, R, L). No gradient."""
     logits = (teacher.detach() / temperature).masked_fill(~valid, _MASK_FILL)
     if teacher.dim() == 2:
         return F.log_softmax(logits, dim=-1)
-    return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(teacher.shape[0])
+    return mixture_log_softmax(logits, 1)
 
 
 def kl_distill_loss(student: Tensor, teacher: Tensor, mask: Tensor, temperature: float = 0.2) -> Tensor:
