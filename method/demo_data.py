@@ -45,8 +45,10 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 
-from method.data import caption_key_candidates
 from method.analysis.moment_file import moments_path, write_moments
+from method.data import caption_key_candidates
+from method.data.paths import teacher_file_names
+from method.extract.cli import HelpFormatter
 
 __all__ = ["DEFAULT_VIDEOS", "DemoConfig", "VISUAL_FEATURES", "generate", "main"]
 
@@ -354,11 +356,13 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, second_tea
 
     _write_bigfile(os.path.join(feat_dir, VISUAL_FEATURES.get(collection, "features")), video_ids, student)
     _write_h5(os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"), token_feats)
-    _write_h5(os.path.join(text_dir, f"clip_ViT_B_32_{collection}_query_feat.hdf5"), sentence_feats)
-    _write_h5(os.path.join(feat_dir, f"new_clip_vit_32_{collection}_vid_features.hdf5"), teacher)
+    clip_video, clip_text = teacher_file_names(collection)
+    _write_h5(os.path.join(text_dir, clip_text), sentence_feats)
+    _write_h5(os.path.join(feat_dir, clip_video), teacher)
     if second is not None:
-        _write_h5(os.path.join(feat_dir, f"{second_teacher}_{collection}_vid_features.hdf5"), second_frames)
-        _write_h5(os.path.join(text_dir, f"{second_teacher}_{collection}_query_feat.hdf5"), second_sentences)
+        second_video, second_text = teacher_file_names(collection, second_teacher)
+        _write_h5(os.path.join(feat_dir, second_video), second_frames)
+        _write_h5(os.path.join(text_dir, second_text), second_sentences)
     write_moments(moments_path(root, collection),
                   {c: (int(a), int(b)) for c, (a, b) in moments.items()},
                   "ground truth of the demo data: the student frames [start, end) of each caption's moment")
@@ -372,7 +376,7 @@ def generate(root, collection="tvr", n_videos=DEFAULT_VIDEOS, seed=0, second_tea
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the DL-DKD demo dataset in the released layout.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("root", help="ROOTPATH; the data goes to ROOT/<collection>/")
     parser.add_argument("--collection", default="tvr", choices=sorted(VISUAL_FEATURES), help="collection name")
     parser.add_argument("--videos", type=int, default=DEFAULT_VIDEOS, help="videos in all splits")

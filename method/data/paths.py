@@ -26,16 +26,21 @@ class DatasetPaths:
     teacher_video_feat: str   # CLIP frame features
 
 
+def teacher_file_names(collection, name=None):
+    """(frame file in FeatureData/, sentence file in TextData/) of a teacher: the released CLIP ViT-B/32 names
+    without ``name``; else ``<name>_<collection>_vid_features.hdf5`` and ``<name>_<collection>_query_feat.hdf5``,
+    as the extractors write another teacher's."""
+    if name is None:
+        return f"new_clip_vit_32_{collection}_vid_features.hdf5", f"clip_ViT_B_32_{collection}_query_feat.hdf5"
+    return f"{name}_{collection}_vid_features.hdf5", f"{name}_{collection}_query_feat.hdf5"
+
+
 def teacher_paths(root_path, collection, name):
-    """(frame file, sentence file) of the teacher ``name``, as the extractors name them: ``clip`` is the
-    released CLIP ViT-B/32 pair; any other name ``FeatureData/<name>_<collection>_vid_features.hdf5`` and
-    ``TextData/<name>_<collection>_query_feat.hdf5``."""
+    """(frame file, sentence file) of the teacher ``name`` of ``--teachers``: ``clip`` is the released CLIP
+    ViT-B/32 pair, any other name the files ``teacher_file_names`` gives it."""
     base = os.path.join(root_path, collection)
-    if name == "clip":
-        return (os.path.join(base, "FeatureData", f"new_clip_vit_32_{collection}_vid_features.hdf5"),
-                os.path.join(base, "TextData", f"clip_ViT_B_32_{collection}_query_feat.hdf5"))
-    return (os.path.join(base, "FeatureData", f"{name}_{collection}_vid_features.hdf5"),
-            os.path.join(base, "TextData", f"{name}_{collection}_query_feat.hdf5"))
+    video, text = teacher_file_names(collection, None if name == "clip" else name)
+    return os.path.join(base, "FeatureData", video), os.path.join(base, "TextData", text)
 
 
 def dataset_paths(root_path, collection, visual_feature, teacher_video_file=None, teacher_query_file=None):
@@ -48,15 +53,14 @@ def dataset_paths(root_path, collection, visual_feature, teacher_video_file=None
     base = os.path.join(root_path, collection)
     text_dir = os.path.join(base, "TextData")
     feat_dir = os.path.join(base, "FeatureData")
+    clip_video, clip_text = teacher_file_names(collection)
     return DatasetPaths(
         collection_dir=base,
         captions={s: os.path.join(text_dir, f"{collection}{s}.caption.txt") for s in SPLITS},
         text_feat=os.path.join(text_dir, f"roberta_{collection}_query_feat.hdf5"),
-        teacher_text_feat=os.path.join(
-            text_dir, teacher_query_file or f"clip_ViT_B_32_{collection}_query_feat.hdf5"),
+        teacher_text_feat=os.path.join(text_dir, teacher_query_file or clip_text),
         video_bigfile=os.path.join(feat_dir, visual_feature),
         video_hdf5=os.path.join(feat_dir, f"{visual_feature}.hdf5"),
-        teacher_video_feat=os.path.join(
-            feat_dir, teacher_video_file or f"new_clip_vit_32_{collection}_vid_features.hdf5"),
+        teacher_video_feat=os.path.join(feat_dir, teacher_video_file or clip_video),
     )
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from method.bigfile import parse_video2frames
 from method.config import COLLECTIONS, resolve_device
+from method.data.paths import teacher_file_names
 from method.extract.captions import SPLITS, read_captions
 from method.extract.cli import HelpFormatter
 from method.extract.decode import load_frames
@@ -67,12 +68,7 @@ def output_paths(root_path, collection, teacher_name=None):
     by default; with it, ``FeatureData/<teacher_name>_<collection>_vid_features.hdf5``
     and ``TextData/<teacher_name>_<collection>_query_feat.hdf5``.
     """
-    if teacher_name is None:
-        video_name = f"new_clip_vit_32_{collection}_vid_features.hdf5"
-        text_name = f"clip_ViT_B_32_{collection}_query_feat.hdf5"
-    else:
-        video_name = f"{teacher_name}_{collection}_vid_features.hdf5"
-        text_name = f"{teacher_name}_{collection}_query_feat.hdf5"
+    video_name, text_name = teacher_file_names(collection, teacher_name)
     base = os.path.join(root_path, collection)
     return os.path.join(base, "FeatureData", video_name), os.path.join(base, "TextData", text_name)
 
