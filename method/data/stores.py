@@ -182,7 +182,7 @@ class TeacherSentences:
         return set().union(*(s.keys() for s in self.stores))
 
     def __contains__(self, key):
-        return key in self.keys()
+        return any(key in s for s in self.stores)
 
     def get(self, key):
         parts = []
