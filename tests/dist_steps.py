@@ -5,9 +5,10 @@ objective, from the training flags through ``method.train.model_config`` and
 ``make_loss``) on fixed global batches through the training loop's own
 ``train_step``; each process takes its share of every batch with
 ``GlobalBatchSampler``'s own ``share``. ``spawn_worker`` is the entry point of a
-spawned process.
+spawned process; ``free_port`` a port for the process group's rendezvous (also tests/test_eval_sharded.py).
 """
 import os
+import socket
 
 import numpy as np
 import torch
@@ -41,6 +42,13 @@ CASES = {
 # at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
 # float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
 FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2"}
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a spawned group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def case_options(case: str):

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import RandomSampler
 
-from dist_steps import noise_only, run_steps, spawn_worker
+from dist_steps import free_port, noise_only, run_steps, spawn_worker
 from method import train
 from method.data import GlobalBatchSampler
 from method.distributed import Dist
@@ -59,12 +58,6 @@ def test_bsz_must_be_a_multiple_of_the_processes(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- #
 # the same loss, gradients and weights as one process (spawned, gloo)
 # --------------------------------------------------------------------------- #
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 

@@ -1,7 +1,6 @@
 """Sharded evaluation: several processes (gloo, spawned) give exactly the one-process metrics; NPROC=N do_test.sh."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dist_steps import free_port
 from eval_shards import evaluate_share, spawn_eval, tiny_model
 from method import metrics
 from method.checkpoint import atomic_save, model_payload
@@ -20,11 +20,6 @@ from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 # 7 videos and 19 captions; blocks of 2 / 3 (GMMFormer v1: groups of 3 or 4 videos, quirk Q1) split unevenly.
 CASES = {
