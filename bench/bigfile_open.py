@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from method.bigfile import BigFile  # noqa: E402
+from method.data.bigfile import BigFile  # noqa: E402
 from method.data import H5Store, TrainDataset, collate_train, read_caption_file  # noqa: E402
 
 CHUNK_ROWS = 2048

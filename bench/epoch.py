@@ -2,7 +2,7 @@
 
 Generates the demo dataset at the chosen size (``--dims tvr`` gives TVR's feature
 sizes: 3072-d frames, 768-d text, 512-d teacher) and runs the real training
-pieces (``method.train.build_run`` / ``train_one_epoch``, ``method.eval.evaluate``).
+pieces (``method.training.loop.build_run`` / ``train_one_epoch``, ``method.evaluation.evaluate.evaluate``).
 
     python bench/epoch.py --videos 640 --dims tvr --device cpu --num_workers 2
 """
@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 from common import bench_parser, device_timer, emit, machine, peak_rss_mb
-from method import demo_data, rng
-from method.config import parse_train_args, resolve_device
-from method.distributed import Dist, StopSignal
-from method.eval import evaluate
-from method.schedules import epoch_settings
-from method.train import build_run, train_one_epoch
+from method.data import demo as demo_data
+from method.training import rng
+from method.config.flags import parse_train_args, resolve_device
+from method.parallel.distributed import Dist, StopSignal
+from method.evaluation.evaluate import evaluate
+from method.training.schedules import epoch_settings
+from method.training.loop import build_run, train_one_epoch
 
 DIMS = {"demo": {}, "tvr": {"visual_dim": 3072, "text_dim": 768, "teacher_dim": 512}}
 

@@ -1,7 +1,7 @@
 """Evaluation at TVR test size (2,179 videos of 128 frames, 10,895 queries) and multiples of it.
 
 Items are generated on the fly (seeded random features at TVR sizes) and go
-through the real path: DataLoader + collate, ``method.eval.evaluate`` (encode
+through the real path: DataLoader + collate, ``method.evaluation.evaluate.evaluate`` (encode
 every video once, score query chunks against all videos, t2v and v2t metrics
 for the fused score and both branches). Also measures the "pure matmul" time:
 the same scoring matmuls (chunk x d @ d x frames) alone, for the ratio.
@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import bench_parser, device_timer, emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
-from method.config import resolve_device
+from method.config.flags import resolve_device
 from method.data import collate_queries, collate_videos
-from method.eval import evaluate
-from method.model import DLDKD, ModelConfig
+from method.evaluation.evaluate import evaluate
+from method.models.model import DLDKD, ModelConfig
 
 TVR_TEST = {"videos": 2179, "queries": 10895, "frames": 128, "visual_dim": 3072, "tokens": 30, "text_dim": 768}
 

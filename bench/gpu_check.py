@@ -7,7 +7,7 @@ Prints one JSON line per check, in this order, then a summary line:
 
 - ``env``: device, torch, CUDA, cuDNN, the SDPA backends, TF32 / bf16 support.
 - ``nccl``: a one-process NCCL group (gloo on the CPU) through env:// on
-  localhost, driven as a distributed run: ``method.distributed.gather`` and
+  localhost, driven as a distributed run: ``method.parallel.distributed.gather`` and
   its backward, broadcast and all-gathers, and one DDP training step of the
   distributed code path (``GlobalBatch`` gathers) against the plain step.
 - ``parity_<recipe>``: a training step of iccv, dldkdpp, gmmformer,
@@ -61,18 +61,19 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, synthetic_batch, write_collection
-from method import rng, runtime
-from method.compiled import FRAME_BUCKETS, TOKEN_BUCKETS, CompiledForward, ShapePolicy, bucket
-from method.config import parse_train_args, resolve_device
+from method.training import rng
+from method.training import runtime
+from method.training.compiled import FRAME_BUCKETS, TOKEN_BUCKETS, CompiledForward, ShapePolicy, bucket
+from method.config.flags import parse_train_args, resolve_device
 from method.data import collate_queries, collate_train, collate_videos
 from method.data.feed import EvalBlocks
-from method.distributed import Dist, StopSignal, gather
-from method.eval import evaluate
-from method.model import DLDKD
-from method.optim import build_optimizer
-from method.schedules import epoch_settings
-from method.teacher import PrecomputedTeacher
-from method.train import Run, build_run, make_loss, model_config, train_one_epoch, train_step
+from method.parallel.distributed import Dist, StopSignal, gather
+from method.evaluation.evaluate import evaluate
+from method.models.model import DLDKD
+from method.training.optim import build_optimizer
+from method.training.schedules import epoch_settings
+from method.models.teacher import PrecomputedTeacher
+from method.training.loop import Run, build_run, make_loss, model_config, train_one_epoch, train_step
 
 PARITY_TOL = 1e-4
 PRECISION_TOL = {"bf16": 3e-2, "tf32": 5e-3, "compile": 1e-4}  # max relative loss delta against float32

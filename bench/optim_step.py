@@ -8,7 +8,7 @@ small ones are not). Variants, each from the same start:
 - ``loop``: the released rule one tensor at a time (the oracle of tests/test_optim.py);
 - ``previous``: ``BertAdam.step`` before it was vectorised: foreach updates, but
   the per-tensor clip factors built in a Python loop;
-- ``foreach``: ``method.optim.BertAdam``, a fixed number of foreach calls per group.
+- ``foreach``: ``method.training.optim.BertAdam``, a fixed number of foreach calls per group.
 
 Prints one JSON line per variant: median step milliseconds over ``--steps``
 steps, and whether its parameters after those steps equal the loop's bit for
@@ -23,9 +23,9 @@ import functools
 import torch
 
 from common import bench_parser, emit, machine, median_seconds
-from method.config import resolve_device
-from method.model import DLDKD, ModelConfig
-from method.optim import BertAdam, param_groups
+from method.config.flags import resolve_device
+from method.models.model import DLDKD, ModelConfig
+from method.training.optim import BertAdam, param_groups
 
 LR, BETAS, EPS, MAX_NORM = 2.5e-4, (0.9, 0.999), 1e-6, 1.0
 

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from common import bench_parser, emit, machine, peak_rss_mb  # noqa: E402
-from method.bigfile import BigFile  # noqa: E402
-from method.config import resolve_device  # noqa: E402
+from method.data.bigfile import BigFile  # noqa: E402
+from method.config.flags import resolve_device  # noqa: E402
 from tiny_models import make_tiny_models, write_pattern_video  # noqa: E402
 
 

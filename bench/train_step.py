@@ -17,17 +17,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
-from method.compiled import CompiledForward, ShapePolicy
-from method.config import parse_train_args, resolve_device
+from method.training.compiled import CompiledForward, ShapePolicy
+from method.config.flags import parse_train_args, resolve_device
 from method.data import clip_features
-from method.distributed import Dist
+from method.parallel.distributed import Dist
 from method.losses import objective
-from method.model import DLDKD
-from method.optim import build_optimizer
-from method.recipes import RECIPES
-from method.students import STUDENTS
-from method.teacher import PrecomputedTeacher
-from method.train import Run, make_loss, model_config, train_step
+from method.models.model import DLDKD
+from method.training.optim import build_optimizer
+from method.config.recipes import RECIPES
+from method.models.students import STUDENTS
+from method.models.teacher import PrecomputedTeacher
+from method.training.loop import Run, make_loss, model_config, train_step
 
 
 class MatchingTimer:

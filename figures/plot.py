@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from method.analysis import plots  # noqa: E402
-from method.schedules import DECAY_WAY_NAMES, kd_factor  # noqa: E402
+from method.training.schedules import DECAY_WAY_NAMES, kd_factor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,7 +1,7 @@
 """Training steps of one process or of several (gloo on the CPU), for tests/test_distributed.py.
 
 ``run_steps`` trains a tiny model of a recipe (``CASES``: the student and its
-objective, from the training flags through ``method.train.model_config`` and
+objective, from the training flags through ``method.training.loop.model_config`` and
 ``make_loss``) on fixed global batches through the training loop's own
 ``train_step``; each process takes its share of every batch with
 ``GlobalBatchSampler``'s own ``share``. ``spawn_worker`` is the entry point of a
@@ -14,15 +14,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from method import distributed, rng, train
-from method.config import parse_train_args
+from method.parallel import distributed
+from method.training import rng
+from method.training import loop
+from method.config.flags import parse_train_args
 from method.data import clip_features, collate_train
 from method.data.collate import sort_key
 from method.data.sampler import share
-from method.model import DLDKD
-from method.optim import build_optimizer
-from method.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
-from method.teacher import PrecomputedTeacher
+from method.models.model import DLDKD
+from method.training.optim import build_optimizer
+from method.models.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
+from method.models.teacher import PrecomputedTeacher
 
 DV, DQ, DT = 6, 5, 4
 TINY = ["--root_path", "unused", "--collection", "tvr", "--hidden_size", "8", "--n_heads", "2",
@@ -117,12 +119,12 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
     opt = case_options(case)
     dtype = torch.float64 if case in FLOAT64 else torch.float32
     rng.set_seed(0)
-    model = DLDKD(train.model_config(opt, DV, DQ)).to(dtype)
+    model = DLDKD(loop.model_config(opt, DV, DQ)).to(dtype)
     forward = DistributedDataParallel(model) if d.enabled else model
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-3, 0.01, total_steps=20, warmup=0.1)
     teacher = not opt.no_teacher
-    loss_fn = train.make_loss(opt, model.levels)
-    run = train.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
+    loss_fn = loop.make_loss(opt, model.levels)
+    run = loop.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
                     loss_fn=loss_fn, teacher=PrecomputedTeacher() if teacher else None, dist=d,
                     sampling=rng.sampling_generator(torch.device("cpu")) if d.enabled else None,
                     second_queries=loss_fn.objective.needs_second_queries)
@@ -138,7 +140,7 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
         out["caption_counts"].append([len(it["cap_ids"]) for it in items])
         local = collate_train(share(items, d.rank, d.world), dims=dims, sort_by=opt.batch_sort)
         local = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in local.items()}
-        terms = train.train_step(run, local, settings, "none")
+        terms = loop.train_step(run, local, settings, "none")
         out["terms"].append({k: d.all_reduce_sum(v.detach().clone()).item() for k, v in terms.items()})
         out["grads"].append({name: p.grad.clone() for name, p in model.named_parameters()})
     out["weights"] = {k: v.clone() for k, v in model.state_dict().items()}

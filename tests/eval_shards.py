@@ -10,10 +10,10 @@ import os
 
 import torch
 
-from method import distributed
+from method.parallel import distributed
 from method.data import build_split
-from method.eval import evaluate, make_eval_feed
-from method.model import DLDKD, ModelConfig
+from method.evaluation.evaluate import evaluate, make_eval_feed
+from method.models.model import DLDKD, ModelConfig
 from synthetic import DQ, DV
 
 FUSION = {"exploration": 0.3, "inheritance": 0.7, "clip": 0.7, "frame": 0.3}

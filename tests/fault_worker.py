@@ -1,4 +1,4 @@
-"""torchrun worker of the fault test: ``method.train`` whose process ``KILL_RANK`` dies by SIGKILL.
+"""torchrun worker of the fault test: ``method.training.loop`` whose process ``KILL_RANK`` dies by SIGKILL.
 
 With ``DLDKD_TEST_KILL=RANK:EPOCH`` in the environment, process RANK kills
 itself at the start of epoch EPOCH on the group's first attempt only
@@ -11,13 +11,14 @@ import signal
 import sys
 
 from method import train
+from method.training import loop
 
 
 def main() -> None:
     spec = os.environ.get("DLDKD_TEST_KILL")
     if spec:
         kill_rank, kill_epoch = map(int, spec.split(":"))
-        real = train.train_one_epoch
+        real = loop.train_one_epoch
 
         def dying(r, epoch, *args, **kwargs):
             first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
@@ -25,7 +26,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(r, epoch, *args, **kwargs)
 
-        train.train_one_epoch = dying
+        loop.train_one_epoch = dying
     train.main(sys.argv[1:])
 
 

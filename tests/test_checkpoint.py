@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from method.checkpoint import (CheckpointError, atomic_save, load_model, own_to_released, read_checkpoint,
+from method.models.checkpoint import (CheckpointError, atomic_save, load_model, own_to_released, read_checkpoint,
                                released_to_own)
-from method.model import DLDKD, ModelConfig
+from method.models.model import DLDKD, ModelConfig
 
 easydict = pytest.importorskip("easydict")
 KEYS_TSV = Path(__file__).resolve().parents[2] / "shared" / "spec" / "released_checkpoint_keys_tvr.tsv"

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from method import rng, train
-from method.compiled import CompiledForward, ShapePolicy, bucket
-from method.config import parse_train_args
+from method.training import rng
+from method.training import loop
+from method.training.compiled import CompiledForward, ShapePolicy, bucket
+from method.config.flags import parse_train_args
 from method.data import collate_train
-from method.distributed import Dist
+from method.parallel.distributed import Dist
 from method.losses import DLDKDLoss, Objective
-from method.model import DLDKD, ModelConfig
-from method.optim import build_optimizer
+from method.models.model import DLDKD, ModelConfig
+from method.training.optim import build_optimizer
 
 DV, DQ = 6, 5
 K = 32  # clips of the GMMFormer family
@@ -68,7 +69,7 @@ def epoch_batches(student: str, n_batches: int, seed: int = 0, max_frames: int =
     return batches
 
 
-def make_run(student: str, forward_of) -> train.Run:
+def make_run(student: str, forward_of) -> loop.Run:
     rng.set_seed(0)
     cfg = ModelConfig(DV, DQ, hidden_size=8, n_heads=2, input_drop=0.0, drop=0.0, student=student,
                       share_query_proj=student == "dldkd", single_branch=student != "dldkd",
@@ -78,14 +79,14 @@ def make_run(student: str, forward_of) -> train.Run:
     levels = model.levels
     objective = Objective(nce_weights={lv: 0.04 for lv in levels})
     forward, shapes = forward_of(model)
-    return train.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
+    return loop.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
                      loss_fn=DLDKDLoss(0.1, 2, objective=objective), teacher=None, dist=Dist(), shapes=shapes)
 
 
-def run_epoch(run: train.Run, batches: list) -> list:
+def run_epoch(run: loop.Run, batches: list) -> list:
     out = []
     for b in batches:
-        terms = train.train_step(run, b, {"kd_factor": 0.0, "hard_negative": True}, "none")
+        terms = loop.train_step(run, b, {"kd_factor": 0.0, "hard_negative": True}, "none")
         out.append({k: v.item() for k, v in terms.items()})
     return out
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from method.bigfile import BigFile, parse_video2frames
+from method.data.bigfile import BigFile, parse_video2frames
 from method.data import (
     DataError, H5Store, QueryDataset, TrainDataset, align_frames, build_split,
     caption_key_candidates, check_split, collate_queries, collate_train, collate_videos, dataset_paths,

@@ -13,9 +13,10 @@ from torch.utils.data import RandomSampler
 
 from dist_steps import free_port, noise_only, run_steps, spawn_worker
 from method import train
+from method.training import loop
 from method.data import GlobalBatchSampler
-from method.distributed import Dist
-from method.model import DLDKD, ModelConfig
+from method.parallel.distributed import Dist
+from method.models.model import DLDKD, ModelConfig
 from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +163,7 @@ def test_do_tvr_with_two_processes_matches_one_process(data):
     assert abs(sumr[0] - sumr[1]) <= 0.5, sumr
     ckpt = torch.load(two_dir / "model.ckpt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    assert "2 processes" in (two_dir / "train.log.txt").read_text()
+    assert "2 processes" in (two_dir / "loop.log.txt").read_text()
 
 
 def torchrun(*extra, run_dir, kill=None, restarts=0):
@@ -183,7 +184,7 @@ def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data
     # Process 1 is SIGKILLed at the start of epoch 1; torchrun restarts the group, which resumes.
     hit = torchrun(*args, run_dir=tmp_path / "killed", kill="1:1", restarts=1)
     assert hit.returncode == 0, hit.stderr[-3000:]
-    assert "resumed" in (tmp_path / "killed" / "train.log.txt").read_text()
+    assert "resumed" in (tmp_path / "killed" / "loop.log.txt").read_text()
     a = torch.load(tmp_path / "uninterrupted" / "latest.ckpt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "latest.ckpt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
@@ -208,7 +209,7 @@ def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data
 def test_sigterm_stops_after_the_step_and_the_run_resumes_exactly(data, tmp_path, monkeypatch, extra):
     args = ["--root_path", str(data), "--collection", "tvr", *TINY, "--n_epoch", "3", "--resume_if_exists", *extra]
     train.main([*args, "--results_dir", str(tmp_path / "whole")])
-    real, steps = train.train_step, []
+    real, steps = loop.train_step, []
 
     def preempted(*a, **k):
         out = real(*a, **k)
@@ -220,7 +221,7 @@ def test_sigterm_stops_after_the_step_and_the_run_resumes_exactly(data, tmp_path
     monkeypatch.setattr(train, "train_step", preempted)
     with pytest.raises(SystemExit) as stopped:
         train.main([*args, "--results_dir", str(tmp_path / "cut")])
-    assert stopped.value.code == train.EXIT_STOPPED and len(steps) == 5  # stopped right after that step
+    assert stopped.value.code == loop.EXIT_STOPPED and len(steps) == 5  # stopped right after that step
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
     assert torch.load(tmp_path / "cut" / "latest.ckpt", weights_only=True)["epoch"] == 1  # the complete epoch
     monkeypatch.undo()

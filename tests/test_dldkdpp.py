@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from method import train
-from method.checkpoint import dldkdpp_to_own, load_model
-from method.config import parse_train_args
+from method.models.checkpoint import dldkdpp_to_own, load_model
+from method.config.flags import parse_train_args
 from method.data import build_split, collate_queries, collate_train, collate_videos
-from method.distributed import Dist
-from method.global_batch import GlobalBatch, share_sizes
+from method.parallel.distributed import Dist
+from method.parallel.global_batch import GlobalBatch, share_sizes
 from method.losses import DLDKDLoss, SoftNCEOptions
-from method.model import DLDKD, ModelConfig
-from method.schedules import alpha_schedule, beta_schedule, kd_factor
-from method.teacher import PrecomputedTeacher
+from method.models.model import DLDKD, ModelConfig
+from method.training.schedules import alpha_schedule, beta_schedule, kd_factor
+from method.models.teacher import PrecomputedTeacher
 from synthetic import write_bigfile, write_collection, write_h5
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from method import eval as evaluation
-from method import metrics
-from method.checkpoint import released_to_own
+from method.evaluation import evaluate as evaluation
+from method.evaluation import metrics
+from method.models.checkpoint import released_to_own
 from method.data import build_split, collate_queries, collate_videos
-from method.model import DLDKD, ModelConfig
+from method.models.model import DLDKD, ModelConfig
 from synthetic import DQ, DV, write_collection
 from test_checkpoint import released_cfg, released_state
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from demo_run import STUDENT_RUNS, demo_runs, student_runs
-from method import metrics
+from method.evaluation import metrics
 from method.analysis import explore
 from method.data import build_split, collate_train
-from method.analysis.moment_file import moments_path
+from method.data.moment_file import moments_path
 from method.analysis.retrieval import TeacherCurves, load_run, pair_curves, video_scores
-from method.teacher import PrecomputedTeacher
+from method.models.teacher import PrecomputedTeacher
 
 
 @pytest.fixture(scope="module")

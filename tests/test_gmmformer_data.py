@@ -13,7 +13,7 @@ import torch
 
 from method.data import build_split, clip_features, collate_queries, collate_train, collate_videos
 from method.data.transforms import l2_normalize, reduce_frames
-from method.metrics import t2v_metrics
+from method.evaluation.metrics import t2v_metrics
 from synthetic import write_bigfile, write_h5
 
 POOL_SIZES = (1, 3, 5, 31, 32, 33, 47, 100, 129, 200, 300)

@@ -2,8 +2,8 @@
 
 tests/test_gmmformer.py checks the networks and the pure losses against the
 authors' numbers; here the same golden tiny models go through what a run
-uses: ``method.train``'s objective and ``train_step`` (loss, gradients, two
-BertAdam steps), ``method.eval.evaluate`` (the authors' evaluator groups) and
+uses: ``method.training.loop``'s objective and ``train_step`` (loss, gradients, two
+BertAdam steps), ``method.evaluation.evaluate.evaluate`` (the authors' evaluator groups) and
 an authors' run folder (best.ckpt) through ``./do_test.sh``.
 """
 import json
@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from method import train
-from method.config import parse_train_args
+from method.training import loop
+from method.config.flags import parse_train_args
 from method.data import collate_queries, collate_videos
-from method.distributed import Dist
-from method.eval import evaluate
-from method.model import DLDKD, ModelConfig
-from method.optim import build_optimizer, param_groups
+from method.parallel.distributed import Dist
+from method.evaluation.evaluate import evaluate
+from method.models.model import DLDKD, ModelConfig
+from method.training.optim import build_optimizer, param_groups
 from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def tiny_batch(g) -> dict:
             "query_labels": t["tiny_text_labels"].long(), "clip_feat": t["tiny_clip_video_features"]}
 
 
-def recipe_run(g, version) -> train.Run:
+def recipe_run(g, version) -> loop.Run:
     """The run a ``--recipe gmmformer[_v2]`` TVR command builds, on the tiny model: its objective and optimiser.
 
     The authors' golden run: hard negatives from a pool of 1 (deterministic), margin 0.1, dropout 0, BertAdam
@@ -70,8 +70,8 @@ def recipe_run(g, version) -> train.Run:
     model = tiny_model(g, version)
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-2, opt.wd, total_steps=100,
                                            warmup=opt.lr_warmup_proportion)
-    loss_fn = train.make_loss(opt, model.levels)
-    return train.Run(model=model, forward=model, loader=None, optimizer=optimizer, scheduler=scheduler,
+    loss_fn = loop.make_loss(opt, model.levels)
+    return loop.Run(model=model, forward=model, loader=None, optimizer=optimizer, scheduler=scheduler,
                      loss_fn=loss_fn, teacher=None, dist=Dist(), second_queries=loss_fn.objective.needs_second_queries)
 
 
@@ -85,7 +85,7 @@ def test_recipe_objective_and_two_steps_match_the_authors(g, version):
     batch = tiny_batch(g)
     losses = []
     for step in range(2):  # the first update has learning-rate multiplier 0: both steps see the same gradient
-        terms = train.train_step(run, batch, {"hard_negative": True}, "none")
+        terms = loop.train_step(run, batch, {"hard_negative": True}, "none")
         losses.append(terms.pop("loss").item())
         if step == 0:
             assert list(terms) == names
@@ -146,7 +146,7 @@ def eval_loaders(g, group: int):
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("group", [4, 2])
 def test_evaluator_scores_match_the_authors(g, version, group, tmp_path):
-    """method.eval with the authors' evaluation groups (--eval_context_bsz) gives their fused scores."""
+    """method.evaluation.evaluate with the authors' evaluation groups (--eval_context_bsz) gives their fused scores."""
     model = tiny_model(g, version, eval_context_bsz=group).eval()
     videos, queries = eval_loaders(g, model.eval_video_group() or group)
     weights = {"clip": 0.7, "frame": 0.3, "exploration": 0.3, "inheritance": 0.7}

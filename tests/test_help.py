@@ -4,8 +4,11 @@ import re
 
 import pytest
 
-import method.extract_teacher as extract_teacher
-from method import config, convert, prepare, train
+from method.extraction import teacher as extract_teacher
+from method.config import flags as config
+from method.extraction import convert
+from method.extraction import prepare
+from method import train
 from method.analysis import explore, report, summarize
 from method import eval as evaluate
 

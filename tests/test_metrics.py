@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from method.metrics import (
+from method.evaluation.metrics import (
     format_table,
     summarize_t2v,
     summarize_v2t,

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from method.checkpoint import released_to_own
-from method.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_level
+from method.models.checkpoint import released_to_own
+from method.models.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_level
 
 
 def tiny_released_model(golden) -> DLDKD:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from method.data import DataError
-from method.analysis.moment_file import check_known, moment_fractions, read_moments, write_moments
+from method.data.moment_file import check_known, moment_fractions, read_moments, write_moments
 from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
 
 

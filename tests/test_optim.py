@@ -8,8 +8,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from method.optim import BertAdam, build_optimizer, param_groups
-from method.schedules import warmup_linear
+from method.training.optim import BertAdam, build_optimizer, param_groups
+from method.training.schedules import warmup_linear
 
 
 class LoopBertAdam:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from method.config import parse_train_args
-from method.recipes import RECIPES
+from method.config.flags import parse_train_args
+from method.config.recipes import RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"tvr": "do_tvr.sh", "activitynet": "do_activitynet.sh", "charades": "do_charades.sh"}

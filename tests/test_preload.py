@@ -167,7 +167,7 @@ def test_training_run_gives_identical_weights_preloaded_or_not(root, tmp_path):
 
 
 def test_plain_preload_is_ram_and_16_bit_storage_needs_preload(root, tmp_path):
-    from method.config import parse_train_args
+    from method.config.flags import parse_train_args
     opt = parse_train_args(["--root_path", root, "--collection", "tvr", "--preload"])
     assert (opt.preload, opt.preload_dtype) == ("ram", "float32")
     with pytest.raises(SystemExit, match="--preload_dtype bfloat16 needs --preload ram or --preload device"):
@@ -209,7 +209,7 @@ def test_ram_split_for_a_gpu_run_gathers_into_pinned_memory_and_prefetches(root)
 
 def test_a_16_bit_run_resumes_only_preloaded(root, tmp_path):
     """--preload_dtype is the run's (opt.json, restored on --resume); --preload is the machine's."""
-    from method.config import parse_train_args, save_opt
+    from method.config.flags import parse_train_args, save_opt
     tmp_path.mkdir(exist_ok=True)
     save_opt(parse_train_args(["--root_path", root, "--collection", "tvr", "--preload", "ram",
                                "--preload_dtype", "float16"]), tmp_path)

@@ -1,4 +1,4 @@
-"""``python -m method.prepare`` (and ``method.convert``) on generated videos with tiny local models.
+"""``python -m method.prepare`` (and ``method.extraction.convert``) on generated videos with tiny local models.
 
 Nothing is downloaded: VideoMAE, ResNet, RoBERTa, CLIP and SigLIP are tiny random
 models saved to a temporary folder and loaded with ``from_pretrained``. The raw
@@ -19,13 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 pytest.importorskip("av")
 
-from method import convert, prepare  # noqa: E402  (after the optional-dependency skips)
-from method.bigfile import BigFile  # noqa: E402
-from method.extract import encoders, prefetch, writers  # noqa: E402
-from method.extract.captions import parse_split_rule, read_single_file, split_captions  # noqa: E402
-from method.extract.clips import Part  # noqa: E402
-from method.extract.decode import FrameSource  # noqa: E402
-from method.extract.sampling import clip_grid, grid_indices  # noqa: E402
+from method.extraction import convert
+from method.extraction import prepare# noqa: E402  (after the optional-dependency skips)
+from method.data.bigfile import BigFile  # noqa: E402
+from method.extraction import encoders, prefetch, writers  # noqa: E402
+from method.extraction.captions import parse_split_rule, read_single_file, split_captions  # noqa: E402
+from method.extraction.clips import Part  # noqa: E402
+from method.extraction.decode import FrameSource  # noqa: E402
+from method.extraction.sampling import clip_grid, grid_indices  # noqa: E402
 from synthetic import read_tree, write_bigfile  # noqa: E402
 from tiny_models import (IMAGE_DIM, SIGLIP_DIM, TEXT_DIM, VIDEO_DIM, make_tiny_models,  # noqa: E402
                          write_pattern_frames, write_pattern_video)
@@ -265,8 +266,8 @@ def test_trains_one_epoch_and_evaluates(prepared, tmp_path):
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python: method.prepare prints its last line, method.train its arguments one a line.
-if [ "$2" = method.prepare ]; then echo "prepare $*"; echo "train with: $TRAIN_LINE"; exit 0; fi
+# Stands in for python: method.extraction.prepare prints its last line, method.training.loop its arguments one a line.
+if [ "$2" = method.extraction.prepare ]; then echo "prepare $*"; echo "train with: $TRAIN_LINE"; exit 0; fi
 shift 2; printf '%s\\n' "$@"
 """
 

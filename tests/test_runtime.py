@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from method import runtime
+from method.training import runtime
 
 
 @pytest.fixture

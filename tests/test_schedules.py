@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from method.schedules import (
+from method.training.schedules import (
     DECAY_WAY_NAMES, SCHEDULES, alpha_schedule, beta_schedule, kd_factor, resolve_schedule, warmup_linear,
 )
 

@@ -12,7 +12,7 @@ from method import train
 from method.data import DataError, build_split
 from method.data.stores import H5Store, TeacherFrames, TeacherSentences
 from method.losses import kl_distill_loss
-from method.teacher import PrecomputedTeacher, mixture_scores
+from method.models.teacher import PrecomputedTeacher, mixture_scores
 from synthetic import write_collection, write_h5
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",

@@ -8,8 +8,10 @@ import shutil
 import pytest
 import torch
 
-from method import runtime, train
-from method.model import DLDKD
+from method.training import runtime
+from method import train
+from method.training import loop
+from method.models.model import DLDKD
 from synthetic import write_collection
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
@@ -40,7 +42,7 @@ def final_weights(run_dir):
 def test_two_epoch_run_writes_its_files(data, tmp_path):
     run_dir = tmp_path / "run"
     result = run(data, run_dir, "--n_epoch", "2")
-    for name in ("opt.json", "model.ckpt", "latest.ckpt", "metrics.csv", "train.log.txt", "eval_test.json"):
+    for name in ("opt.json", "model.ckpt", "latest.ckpt", "metrics.csv", "loop.log.txt", "eval_test.json"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tb").iterdir())
     opt = json.loads((run_dir / "opt.json").read_text())
@@ -66,7 +68,7 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extr
     full = tmp_path / "full"
     run(data, full, "--n_epoch", "2", *extra)
 
-    real, calls = train.train_one_epoch, []
+    real, calls = loop.train_one_epoch, []
 
     def interrupted_in_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -193,7 +195,7 @@ def test_existing_run_folder_is_not_overwritten(data, tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_epoch(data, tmp_path, monkeypatch):
-    real_epoch, real_loss = train.train_one_epoch, train.DLDKDLoss.forward
+    real_epoch, real_loss = loop.train_one_epoch, loop.DLDKDLoss.forward
     now = {"epoch": None, "step": 0}
 
     def tracked_epoch(r, epoch, *args, **kwargs):
@@ -208,7 +210,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_epoch(data, tmp_p
         return terms
 
     monkeypatch.setattr(train, "train_one_epoch", tracked_epoch)
-    monkeypatch.setattr(train.DLDKDLoss, "forward", kd_nan_at_epoch_1_step_0)
+    monkeypatch.setattr(loop.DLDKDLoss, "forward", kd_nan_at_epoch_1_step_0)
     with pytest.raises(SystemExit, match=r"non-finite loss at epoch 1, step 0 \(0-based, within the epoch\): "
                                          r"kd=nan, loss=nan;"):
         run(data, tmp_path / "run", "--n_epoch", "3")
@@ -230,8 +232,8 @@ def test_deterministic_and_tf32_are_recorded_and_change_nothing_on_the_cpu(data,
     assert opt["deterministic"] is True and opt["tf32"] is True
     assert json.loads((tmp_path / "plain" / "opt.json").read_text())["deterministic"] is False
     assert "(--tf32 has no effect on the CPU); deterministic algorithms: on" in (
-        tmp_path / "policy" / "train.log.txt").read_text()
-    assert "matmuls: exact float32; deterministic algorithms: off" in (tmp_path / "plain" / "train.log.txt").read_text()
+        tmp_path / "policy" / "loop.log.txt").read_text()
+    assert "matmuls: exact float32; deterministic algorithms: off" in (tmp_path / "plain" / "loop.log.txt").read_text()
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "policy")
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -9,7 +9,7 @@ videos with those scores, and in each a moment estimate (the rule of
 ``method.analysis.moments``, on the fused per-position curve of the student's
 positional level: frames, or GMMFormer's 32 clips, converted to stored frames
 by fraction).
-Where a ground-truth moments file exists (``method.analysis.moment_file``) it also
+Where a ground-truth moments file exists (``method.data.moment_file``) it also
 prints the moment evaluation over all captions of the split: mean IoU and
 R@1 at IoU 0.3 / 0.5 / 0.7 of the estimate in the true video, next to the
 expected IoU of a random span of the same length. Writes one JSON line per
@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import HelpFormatter
-from ..data import DataError, Split, read_caption_file
-from .moment_file import check_known, moment_fractions, moments_path, read_moments
-from .moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
-from .retrieval import (EncodedSplit, Run, add_run_args, all_ranks, encode_split, load_run, open_split,
+from method.config.flags import HelpFormatter
+from method.data import DataError, Split, read_caption_file
+from method.data.moment_file import check_known, moment_fractions, moments_path, read_moments
+from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
+from method.analysis.retrieval import (EncodedSplit, Run, add_run_args, all_ranks, encode_split, load_run, open_split,
                         pair_curves, stored_frame_counts, video_scores)
 
 

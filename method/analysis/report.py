@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import plots
-from ..config import HelpFormatter
-from .explore import Analysis, analyse, query_records, select_queries
-from .moments import estimate_moments
-from .retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves
+from method.analysis import plots
+from method.config.flags import HelpFormatter
+from method.analysis.explore import Analysis, analyse, query_records, select_queries
+from method.analysis.moments import estimate_moments
+from method.analysis.retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves
 
 METRIC_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("R@100", "r100"), ("SumR", "sumr"),
                   ("MedR", "medr"), ("MnR", "meanr"), ("mAP", "map"))

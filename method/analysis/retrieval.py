@@ -2,7 +2,7 @@
 
 The building blocks of ``method.analysis.explore`` and ``method.analysis.report``. Shapes:
 Q captions, V videos, L padded frames (<= max_ctx_l), d hidden size, P
-(query, video) pairs. Scores are those of evaluation (``method.eval``):
+(query, video) pairs. Scores are those of evaluation (``method.evaluation.evaluate``):
 per-position cosine, video score = max over a level's positions, a branch's
 score = the weighted sum of its levels' (GMMFormer family: 0.7 clip + 0.3
 frame), fused = weighted sum of the branches'. The per-position curves of
@@ -19,14 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import metrics
-from ..checkpoint import CheckpointError, load_model, model_file
-from ..config import fusion_weights, resolve_device
-from ..data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
+from method.evaluation import metrics
+from method.models.checkpoint import CheckpointError, load_model, model_file
+from method.config.flags import fusion_weights, resolve_device
+from method.data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
                    teacher_frames, teacher_sentence)
-from ..eval import check_feature_sizes, make_eval_loaders, resolve_model_dir, run_options
-from ..eval import encode_split as eval_encode_split
-from ..model import DLDKD, cosine_video_scores, frame_dot
+from method.config.run_options import resolve_model_dir, run_options
+from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders
+from method.evaluation.evaluate import encode_split as eval_encode_split
+from method.models.model import DLDKD, cosine_video_scores, frame_dot
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ class Run:
     path: Path
     opt: argparse.Namespace
     model: DLDKD
-    info: dict  # checkpoint epoch, released flag, model config (see method.checkpoint.load_model)
+    info: dict  # checkpoint epoch, released flag, model config (see method.models.checkpoint.load_model)
     device: torch.device
 
     @property
@@ -120,7 +121,7 @@ def _lay_blocks(blocks: list, n_pad: int) -> torch.Tensor:
 def encode_split(run: Run, split: Split) -> EncodedSplit:
     """Encode all videos and captions of ``split`` (memory: V x P x d floats per branch and level).
 
-    ``method.eval.encode_split`` encodes them in loader blocks; here the
+    ``method.evaluation.evaluate.encode_split`` encodes them in loader blocks; here the
     blocks are laid into one (V, P, d) tensor per branch and level, each
     block's extra positions holding its videos' first position, as within a block.
     """
@@ -190,7 +191,7 @@ class TeacherCurves:
 
     Cosine of the CLIP sentence vector with the CLIP frames on the student's
     positions, as the distillation targets of training
-    (``method.teacher.PrecomputedTeacher``): the frames aligned to the
+    (``method.models.teacher.PrecomputedTeacher``): the frames aligned to the
     student's frames, or mean-pooled to its clips from the teacher's stored
     frames (``clip_features``, not normalised), as ``--kd_level clip`` pools them.
     """

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import HelpFormatter, build_train_parser, load_opt, resolve_student_flags
-from ..eval import EVAL_RUNTIME_KEYS
+from method.config.flags import HelpFormatter, build_train_parser, load_opt, resolve_student_flags
+from method.config.run_options import EVAL_RUNTIME_KEYS
 
 METRICS = (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("r100", "R@100"), ("sumr", "SumR"),
            ("medr", "MedR"), ("meanr", "MnR"), ("map", "mAP"), ("best_epoch", "best epoch"),

@@ -28,7 +28,7 @@ Typical use (train.py / eval.py)::
                         collate_fn=collate_train, worker_init_fn=seed_worker)
     dims = split.visual_dim, split.text_dim, split.teacher_dim
 """
-from method.bigfile import DataError
+from method.data.bigfile import DataError
 from method.data.captions import Captions, read_caption_file
 from method.data.collate import collate_queries, collate_train, collate_videos, pad_sequences
 from method.data.datasets import QueryDataset, TrainDataset, VideoDataset

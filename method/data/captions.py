@@ -1,7 +1,7 @@
 """Caption files: one `<cap_id> <caption text>` a line."""
 from dataclasses import dataclass
 
-from method.bigfile import DataError
+from method.data.bigfile import DataError
 from method.data.paths import require_file
 
 

@@ -2,9 +2,15 @@
 import os
 from dataclasses import dataclass
 
-from method.bigfile import DataError
+from method.data.bigfile import DataError
 
 SPLITS = ("train", "val", "test")
+# The released feature packages: the student frame features' name and the text features' size per collection.
+COLLECTIONS = {
+    "tvr": {"visual_feature": "i3d_resnet", "q_feat_size": 768},
+    "activitynet": {"visual_feature": "i3d", "q_feat_size": 1024},
+    "charades": {"visual_feature": "i3d_rgb_lgi", "q_feat_size": 1024},
+}
 
 
 def require_file(path, what):

@@ -1,7 +1,7 @@
 """One split of a collection: the start-up data check and the split builder."""
 from dataclasses import dataclass
 
-from method.bigfile import BigFile, DataError
+from method.data.bigfile import BigFile, DataError
 from method.data.captions import Captions, read_caption_file
 from method.data.datasets import QueryDataset, TrainDataset, VideoDataset
 from method.data.paths import SPLITS, DatasetPaths, dataset_paths, teacher_paths

@@ -4,7 +4,7 @@ import os
 import h5py
 import numpy as np
 
-from method.bigfile import BigFile, DataError
+from method.data.bigfile import BigFile, DataError
 from method.data.paths import require_file
 from method.data.transforms import align_frames, teacher_sentence
 
@@ -132,7 +132,7 @@ class TeacherFrames:
     Each teacher after the first is resampled onto the first teacher's frames
     (``align_frames``; teachers extracted on one time grid have equal counts and
     are not resampled), then the features are concatenated; ``dims`` splits
-    them again (``method.teacher.PrecomputedTeacher``).
+    them again (``method.models.teacher.PrecomputedTeacher``).
     """
 
     def __init__(self, stores):

@@ -1,7 +1,7 @@
 """Input transforms of frames, tokens and sentence vectors (numpy, vectorised)."""
 import numpy as np
 
-from method.bigfile import DataError
+from method.data.bigfile import DataError
 
 
 def uniform_pool(x, n_out, exact_ties=False):

@@ -5,10 +5,10 @@ Modules: ``ranking`` (triplet, InfoNCE, DL-DKD++ soft-target InfoNCE as per-row
 (the GMMFormer family's query-diversity and matching losses), ``objective``
 (``DLDKDLoss``: every term of a training step, weighted and named).
 """
-from .distill import kl_distill_loss
-from .objective import BatchLayout, DLDKDLoss, LocalBatch, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
-from .query import ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms
-from .ranking import (
+from method.losses.distill import kl_distill_loss
+from method.losses.objective import BatchLayout, DLDKDLoss, LocalBatch, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
+from method.losses.query import ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms
+from method.losses.ranking import (
     draw_t2v, draw_v2t, hard_count, nce_loss, nce_t2v_terms, nce_v2t_terms, positive_mask, sample_t2v_negatives,
     sample_v2t_negatives, soft_nce_loss, soft_nce_reduce, soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives,
     triplet_loss, triplet_t2v_terms, triplet_v2t_terms, v2t_negatives,

@@ -15,9 +15,9 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from .distill import kl_distill_loss
-from .query import ot_loss, qdl_v1, qdl_v2
-from .ranking import (draw_t2v, draw_v2t, hard_count, nce_t2v_terms, nce_v2t_terms, soft_nce_reduce,
+from method.losses.distill import kl_distill_loss
+from method.losses.query import ot_loss, qdl_v1, qdl_v2
+from method.losses.ranking import (draw_t2v, draw_v2t, hard_count, nce_t2v_terms, nce_v2t_terms, soft_nce_reduce,
                       soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives, triplet_t2v_terms, triplet_v2t_terms,
                       v2t_negatives)
 

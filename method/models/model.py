@@ -1,0 +1,198 @@
+"""The model: DL-DKD's two branches (inheritance, exploration) around any student, and its scores.
+
+Each branch is a student network (``method.models.students``, ``cfg.student``); with
+``single_branch`` the model is one student (the ablation, and the GMMFormer
+recipes). The model returns embeddings; scores are computed outside it
+(``score_level``, ``method.parallel.global_batch``) so that the processes of a
+distributed run can score every query against every video of the global
+batch. Shapes: V videos, Q queries, L padded frames, P positions of a level
+(frames, clips), N padded tokens, d hidden size. Parameter names below a
+branch are the student's (for the DL-DKD student: the released names without
+the ``B_`` / ``A_`` prefix).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from method.models.students import ModelConfig, student_class, build_student
+from method.models.students.blocks import MASK_VALUE
+
+BRANCHES = ("inheritance", "exploration")
+
+__all__ = ["BRANCHES", "MASK_VALUE", "ModelConfig", "DLDKD", "ScoreOutput", "frame_dot", "score_level",
+           "normalize_frames", "cosine_video_scores"]
+
+
+@dataclass
+class ScoreOutput:
+    """Scores of one level of one branch for Q queries against V videos of P positions."""
+
+    video_scores: torch.Tensor  # (Q, V) max over counted positions of the cosine
+    video_scores_raw: torch.Tensor  # (Q, V) max over counted positions of the dot product
+    frame_scores: torch.Tensor | None  # (Q, V, P) cosine, uncounted positions = MASK_VALUE (None: video level only)
+
+    def float(self) -> "ScoreOutput":
+        """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
+        frames = None if self.frame_scores is None else self.frame_scores.float()
+        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), frames)
+
+
+def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """query: (Q, d), frames: (V, P, d) -> dot products (Q, V, P), one matmul."""
+    v, p, d = frames.shape
+    return (query @ frames.reshape(v * p, d).t()).view(query.shape[0], v, p)
+
+
+def score_level(query: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> ScoreOutput:
+    """Cosine and dot-product scores of queries (Q, d) against positions (V, P, d) counted by ``mask`` (V, P).
+
+    Two matmuls, as released: unit vectors for the cosine, raw vectors for the
+    NCE scores; uncounted positions are masked in place on the fresh matmul outputs.
+    """
+    pad = (mask == 0)[None]  # (1, V, P)
+    cos = frame_dot(F.normalize(query, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12))
+    raw = frame_dot(query, frames)
+    cos = cos.masked_fill_(pad, MASK_VALUE)
+    raw = raw.masked_fill_(pad, MASK_VALUE)
+    return ScoreOutput(cos.amax(dim=-1), raw.amax(dim=-1), cos)
+
+
+def normalize_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length positions (V, P, d) for inference, uncounted ones replaced by the video's first position.
+
+    A repeated counted position never changes a max, so scoring needs no mask.
+    """
+    unit = F.normalize(frames, dim=-1, eps=1e-12)
+    return torch.where(mask[..., None] > 0, unit, unit[:, :1])
+
+
+def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch.Tensor:
+    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, P, d) -> max cosine over positions (Q, V)."""
+    return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
+
+
+class DLDKD(nn.Module):
+    """Two branches of one student architecture (or one, ``single_branch``). Returns embeddings."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.inheritance = build_student(cfg)
+        if not cfg.single_branch:
+            self.exploration = build_student(cfg, with_query_proj=not cfg.share_query_proj)
+        self.apply(self._init_weights)
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        return BRANCHES[:1] if self.cfg.single_branch else BRANCHES
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The student's score levels, e.g. ("frame",) or ("clip", "frame")."""
+        return student_class(self.cfg.student).levels
+
+    @property
+    def needs_clips(self) -> bool:
+        return student_class(self.cfg.student).needs_clips
+
+    @property
+    def position_level(self) -> str:
+        """The level whose positions follow the video's time (frames; GMMFormer: its clips), for curves and moments."""
+        return student_class(self.cfg.student).kd_levels[0]
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def encode_queries(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """feat: (Q, N, Dq), mask: (Q, N) -> {branch: (Q, d)}."""
+        out = {"inheritance": self.inheritance.encode_query(feat, mask)}
+        if not self.cfg.single_branch:
+            shared = self.inheritance.query_input_proj if self.cfg.share_query_proj else None
+            out["exploration"] = self.exploration.encode_query(feat, mask, shared)
+        return out
+
+    def encode_videos(self, feat: torch.Tensor, mask: torch.Tensor,
+                      clips: Optional[torch.Tensor] = None) -> dict[str, dict[str, torch.Tensor]]:
+        """feat: (V, L, Dv), mask: (V, L), clips: (V, K, Dv) or None -> {branch: {level: (V, P, d)}}."""
+        return {name: getattr(self, name).encode_video(feat, mask, clips) for name in self.branch_names}
+
+    def score_masks(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{level: (V, P)} positions counted by the video-level max, from the frame mask (V, L)."""
+        return self.inheritance.score_masks(mask)
+
+    def eval_video_group(self) -> Optional[int]:
+        """Videos that must be encoded together at evaluation (GMMFormer's quirk Q1), or None."""
+        return self.inheritance.eval_video_group()
+
+    def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
+                query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None,
+                second_queries: bool = False) -> dict:
+        """Training embeddings of a batch.
+
+        Returns {"queries": {branch: (Q, d)}, "videos": {branch: {level: (V, P, d)}},
+        "masks": {level: (V, P)}} and, with ``second_queries``, "queries2": a
+        second encoding of the queries (another dropout sample; the GMMFormer
+        family's query-diversity and matching losses read it).
+        """
+        out = {"queries": self.encode_queries(query_feat, query_mask),
+               "videos": self.encode_videos(video_feat, video_mask, clip_feat),
+               "masks": self.score_masks(video_mask)}
+        if second_queries:
+            out["queries2"] = self.encode_queries(query_feat, query_mask)
+        return out
+
+    def score(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
+              query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None) -> dict[str, dict[str, ScoreOutput]]:
+        """Scores of every query against every video of one batch, per branch and level (one process)."""
+        emb = self(video_feat, video_mask, query_feat, query_mask, clip_feat)
+        return {name: {level: score_level(emb["queries"][name], feats, emb["masks"][level])
+                       for level, feats in emb["videos"][name].items()} for name in self.branch_names}
+
+    def branch_score(self, levels: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+        """A branch's inference score from its level scores: e.g. 0.7 clip + 0.3 frame (one level: itself)."""
+        if len(self.levels) == 1:
+            return levels[self.levels[0]]
+        return sum(weights[level] * levels[level] for level in self.levels)
+
+    def fuse(self, scores: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+        """Fused inference score of the branches, e.g. 0.3 exploration + 0.7 inheritance (one branch: itself)."""
+        if self.cfg.single_branch:
+            return scores["inheritance"]
+        return weights["exploration"] * scores["exploration"] + weights["inheritance"] * scores["inheritance"]
+
+    def named_scores(self, level_scores: dict[str, dict[str, torch.Tensor]],
+                     weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Every reported score from {branch: {level: scores}}: "fused" first, then branches, then levels.
+
+        One-level students report the branches (DL-DKD: fused, inheritance,
+        exploration). Several levels add ``<level>`` (one branch) or
+        ``<branch>_<level>`` (two branches); a single branch is then not
+        repeated beside "fused".
+        """
+        branches = {name: self.branch_score(levels, weights) for name, levels in level_scores.items()}
+        out = {"fused": self.fuse(branches, weights)}
+        if len(self.levels) == 1 or not self.cfg.single_branch:
+            out.update(branches)
+        if len(self.levels) > 1:
+            for name, levels in level_scores.items():
+                for level, s in levels.items():
+                    out[level if self.cfg.single_branch else f"{name}_{level}"] = s
+        return out
+
+    def score_names(self) -> list[str]:
+        """The keys of ``named_scores``, in its order."""
+        dummy = {name: {level: torch.zeros(()) for level in self.levels} for name in self.branch_names}
+        weights = {"exploration": 0.0, "inheritance": 0.0, **{level: 0.0 for level in self.levels}}
+        return list(self.named_scores(dummy, weights))

@@ -1,0 +1,94 @@
+"""The GMMFormerV2 student (arXiv 2405.13824; GMMFORMER.md section 4).
+
+Clip level: the 32 clips through one DyGMM block. Frame level: the frames
+padded to exactly ``max_ctx_l`` = 128, one masked DyGMM block, padded rows
+zeroed; scored per position. Both blocks share the token ``weight_token``.
+Parameter names equal the authors' state-dict names.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from method.models.students import register
+from method.models.students.base import ModelConfig, Student
+from method.models.students.blocks import DyGMMBlock, FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+
+V2_CLIPS, V2_FRAMES = 32, 128  # the fusion heads predict weights per absolute position (quirk Q4)
+
+
+@register
+class GMMFormerV2Student(Student):
+    """Query: projection, positions, one FFN attention layer, attention pooling. Video: clip and frame DyGMM blocks."""
+
+    name = "gmmformer_v2"
+    levels = ("clip", "frame")
+    needs_clips = True
+    kd_levels = ("frame", "clip")
+    level_weights = {"clip": 0.7, "frame": 0.3}
+
+    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
+        super().__init__(cfg)
+        d, h, drop, centred = cfg.hidden_size, cfg.n_heads, cfg.drop, cfg.gauss_centred
+        self.weight_token = nn.Parameter(torch.randn(1, 1, d))  # N(0, 1); the wrapper's init leaves it
+        self.query_pos_embed = PositionalEncoding(cfg.max_desc_l, d, cfg.input_drop)
+        self.clip_pos_embed = PositionalEncoding(cfg.max_ctx_l, d, cfg.input_drop)
+        self.frame_pos_embed = PositionalEncoding(cfg.max_ctx_l, d, cfg.input_drop)
+        if with_query_proj:
+            self.query_input_proj = LinearLayer(cfg.query_input_size, d, cfg.input_drop)
+        self.query_encoder = FFNAttentionLayer(d, h, drop, 4 * d)
+        self.clip_input_proj = LinearLayer(cfg.visual_input_size, d, cfg.input_drop)
+        self.clip_encoder = DyGMMBlock(d, h, drop, cfg.map_size, cfg.sft_factor, centred)
+        self.frame_input_proj = LinearLayer(cfg.visual_input_size, d, cfg.input_drop)
+        self.frame_encoder_1 = DyGMMBlock(d, h, drop, cfg.max_ctx_l, cfg.sft_factor, centred)
+        self.modular_vector_mapping = nn.Linear(d, 1, bias=False)
+
+    def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
+                     input_proj: Optional[nn.Module] = None) -> torch.Tensor:
+        """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
+        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
+        return attention_pool(self.modular_vector_mapping, self.query_encoder(x, mask), mask)
+
+    def _pad_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(V, L) -> (V, max_ctx_l), padded with zeros."""
+        length = frame_mask.shape[1]
+        if length > self.cfg.max_ctx_l:
+            raise ValueError(f"{length} frames exceed --max_ctx_l {self.cfg.max_ctx_l}")
+        return F.pad(frame_mask, (0, self.cfg.max_ctx_l - length))
+
+    def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,
+                     clips: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """frames: (V, L <= 128, Dv), frame_mask: (V, L), clips: (V, 32, Dv)
+        -> {"clip": (V, 32, d), "frame": (V, 128, d) with padded rows 0}."""
+        c = self.clip_encoder(self.clip_pos_embed(self.clip_input_proj(clips)), self.weight_token)
+        # The authors pad the frames to 128 before the block. Positions beyond the batch's longest video
+        # are masked for every video and zeroed at the end, so the block runs on the batch's L positions
+        # (as the first L of 128) and the zeros are appended after it: the same numbers, less work.
+        self._pad_mask(frame_mask)  # checks L <= max_ctx_l
+        f = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(frames)), self.weight_token, frame_mask)
+        f = f.masked_fill(frame_mask[..., None] == 0, 0.0)
+        return {"clip": c, "frame": F.pad(f, (0, 0, 0, self.cfg.max_ctx_l - f.shape[1]))}
+
+    def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"clip": (V, 32) ones, "frame": (V, 128)}: ones (the zeroed padded rows floor the max at 0, quirk Q3),
+        or the padded frame mask with ``cfg.mask_padded_frames``."""
+        v = frame_mask.shape[0]
+        if self.cfg.mask_padded_frames:
+            frame = self._pad_mask(frame_mask)
+        else:
+            frame = frame_mask.new_ones(v, self.cfg.max_ctx_l)
+        return {"clip": frame_mask.new_ones(v, self.cfg.map_size), "frame": frame}
+
+    @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        if cfg.hidden_size % cfg.n_heads:
+            raise ValueError(f"--hidden_size {cfg.hidden_size} is not a multiple of --n_heads {cfg.n_heads}")
+        if cfg.max_ctx_l != V2_FRAMES:
+            raise ValueError(f"gmmformer_v2 needs --max_ctx_l {V2_FRAMES} (its fusion head is per frame position), "
+                             f"got {cfg.max_ctx_l}")
+        if cfg.map_size != V2_CLIPS:
+            raise ValueError(f"gmmformer_v2 needs --map_size {V2_CLIPS} (its fusion head is per clip position), "
+                             f"got {cfg.map_size}")
