@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: dataset presets, synthetic batches, timing, peak FLOP/s.
 
-Timings use ``method.training.runtime.device_timer`` (synchronised on CUDA). On CUDA every
+Timings use ``method.common.timing.device_timer`` (synchronised on CUDA). On CUDA every
 JSON line carries ``peak_cuda_mb``, ``torch.cuda.max_memory_allocated`` in MiB
 (since the last ``median_seconds`` or reset).
 """
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/x.py` from anywhere
 from method.extraction.writers import write_bigfile  # noqa: E402
-from method.training.runtime import device_timer  # noqa: E402  (after the path insert)
+from method.common.timing import device_timer  # noqa: E402  (after the path insert)
 
 # Sizes of one training batch: videos, frames, frame dim, captions per video, tokens, text dim.
 PRESETS = {

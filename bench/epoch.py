@@ -15,7 +15,8 @@ from pathlib import Path
 from common import bench_parser, device_timer, emit, machine, peak_rss_mb
 from method.data import demo as demo_data
 from method.training import rng
-from method.config.flags import parse_train_args, resolve_device
+from method.common.cli import resolve_device
+from method.config.flags import parse_train_args
 from method.parallel.distributed import Dist, StopSignal
 from method.evaluation.evaluate import evaluate
 from method.training.schedules import epoch_settings

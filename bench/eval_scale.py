@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import bench_parser, device_timer, emit, machine, matmul_peak_flops, median_seconds, peak_rss_mb
-from method.config.flags import resolve_device
+from method.common.cli import resolve_device
 from method.data import collate_queries, collate_videos
 from method.evaluation.evaluate import evaluate
 from method.models.model import DLDKD, ModelConfig

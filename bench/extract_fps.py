@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import bench_parser, device_timer, emit, machine  # noqa: E402
 from method.extraction import teacher as extract_teacher# noqa: E402
-from method.config.flags import resolve_device  # noqa: E402
+from method.common.cli import resolve_device  # noqa: E402
 from test_extract_teacher import VIDEO_FPS, make_tiny_clip, write_captions, write_video  # noqa: E402
 
 

@@ -61,10 +61,12 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, synthetic_batch, write_collection
+from method.common.timing import device_timer
 from method.training import rng
 from method.training import runtime
 from method.training.compiled import FRAME_BUCKETS, TOKEN_BUCKETS, CompiledForward, ShapePolicy, bucket
-from method.config.flags import parse_train_args, resolve_device
+from method.common.cli import resolve_device
+from method.config.flags import parse_train_args
 from method.data import collate_queries, collate_train, collate_videos
 from method.data.feed import EvalBlocks
 from method.parallel.distributed import Dist, StopSignal, gather
@@ -435,7 +437,7 @@ def step_check(variant: str):
                 torch.cuda.reset_peak_memory_stats(device)
             times = []
             for _ in range(ctx.repeats):
-                with runtime.device_timer(device) as t:
+                with device_timer(device) as t:
                     train_step(run, batch, settings, amp)
                 times.append(t.seconds)
             seconds = statistics.median(times)
@@ -498,10 +500,10 @@ def epoch_check(preload: str):
                                 "--bsz", str(ctx.bsz), "--kd_schedule", "exp_decay", "--margin", "0.1",
                                 "--hidden_size", str(sizes.hidden), "--n_heads", str(sizes.heads)])
         rng.set_seed(opt.seed)
-        with runtime.device_timer(device) as setup:
+        with device_timer(device) as setup:
             r = build_run(opt, device, Dist())
         settings = epoch_settings(opt, 0, True)
-        with StopSignal() as stop, runtime.device_timer(device) as t:
+        with StopSignal() as stop, device_timer(device) as t:
             losses = train_one_epoch(r, 0, settings, device, opt, stop)
         steps = len(r.loader)
         out = {"preload": mode, "videos": ctx.epoch_videos, "steps": steps, "bsz": ctx.bsz,
@@ -536,7 +538,7 @@ def check_eval(ctx) -> dict:
                                                         batch_size=500, collate_fn=collate_queries, **common))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with runtime.device_timer(device) as t:
+    with device_timer(device) as t:
         res = evaluate(model, videos, queries, device, {"exploration": 0.3, "inheritance": 0.7}, 500)
     out = {"n_videos": res["n_videos"], "n_queries": res["n_queries"], "seconds": round(t.seconds, 2),
            "encode_seconds": round(res["seconds"]["encode"], 2), "score_seconds": round(res["seconds"]["score"], 2),

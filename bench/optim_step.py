@@ -23,7 +23,7 @@ import functools
 import torch
 
 from common import bench_parser, emit, machine, median_seconds
-from method.config.flags import resolve_device
+from method.common.cli import resolve_device
 from method.models.model import DLDKD, ModelConfig
 from method.training.optim import BertAdam, param_groups
 

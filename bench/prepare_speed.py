@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from common import bench_parser, emit, machine, peak_rss_mb  # noqa: E402
 from method.data.bigfile import BigFile  # noqa: E402
-from method.config.flags import resolve_device  # noqa: E402
+from method.common.cli import resolve_device  # noqa: E402
 from tiny_models import make_tiny_models, write_pattern_video  # noqa: E402
 
 

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
 from method.training.compiled import CompiledForward, ShapePolicy
-from method.config.flags import parse_train_args, resolve_device
+from method.common.cli import resolve_device
+from method.config.flags import parse_train_args
 from method.data import clip_features
 from method.parallel.distributed import Dist
 from method.losses import objective

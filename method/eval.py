@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 
 from method.common.cli import HelpFormatter, resolve_device
-from method.config.flags import add_data_args
-from method.config.run_options import resolve_model_dir, run_options
+from method.config.flags import add_data_args, fusion_weights
+from method.config.run_options import recipe_fallback, resolve_model_dir, run_options
+from method.config.settings import data_options
 from method.evaluation.evaluate import evaluate_split
 from method.models.checkpoint import CheckpointError, load_model, model_file
 from method.parallel import distributed
@@ -37,12 +38,13 @@ def main(argv=None) -> dict:
     model_dir = resolve_model_dir(args.model_dir, getattr(args, "root_path", None), getattr(args, "collection", None))
     opt, stored = run_options(model_dir, {"eval_split": "test", "save_scores": False, **vars(args)})
     try:
-        model, info = load_model(model_file(model_dir), stored)
+        model, info = load_model(model_file(model_dir), stored, fallback=recipe_fallback(opt))
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     d, device = distributed.setup(resolve_device(opt.device), opt.dist_timeout)  # NPROC=N ./do_test.sh: torchrun
     try:
-        return evaluate_split(model.to(device), opt.eval_split, opt, device, model_dir, info, opt.save_scores, d)
+        return evaluate_split(model.to(device), opt.eval_split, data_options(opt), fusion_weights(opt), device,
+                              model_dir, info, opt.save_scores, d)
     finally:
         d.close()
 

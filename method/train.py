@@ -1,6 +1,7 @@
-"""``python -m method.train``: train a recipe (``--recipe``) on a collection; see ``method.training.loop``.
+"""``python -m method.train``: train a recipe (``--recipe``) on a collection; the loop is ``method.training.loop``.
 
-Several processes: ``torchrun --nproc_per_node N -m method.train ...``.
+Several processes: ``torchrun --nproc_per_node N -m method.train ...`` trains the
+same recipe on the same global batches (``--bsz`` videos); see ``method.parallel.distributed``.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import torch
 import torch.distributed
 
 from method.common.cli import resolve_device
-from method.config.flags import parse_train_args
+from method.config.flags import build_train_parser, explicit_flags, parse_train_args, resume_options
+from method.config.settings import train_settings
 from method.parallel import distributed
 from method.training import runtime
 from method.training.loop import train
+from method.training.run_dir import prepare_run_dir
 
 
 def main(argv=None) -> Optional[dict]:
@@ -26,7 +29,12 @@ def main(argv=None) -> Optional[dict]:
                          f"the {world} processes")
     d, device = distributed.setup(resolve_device(opt.device), opt.dist_timeout)
     try:
-        return train(opt, d, device)
+        run_dir, resuming = prepare_run_dir(d, opt.resume, opt.results_dir, opt.resume_if_exists, opt.root_path,
+                                            opt.collection, opt.exp_id)
+        if resuming and not opt.resume:  # --resume_if_exists found a run: it continues with its own opt.json
+            opt = resume_options(run_dir, explicit_flags(build_train_parser(), argv))
+        opt.results_dir = str(run_dir)
+        return train(train_settings(opt), d, device, run_dir, resuming)
     except RuntimeError as e:  # NCCL reports a lost peer as a DistError (a RuntimeError), gloo as a plain one
         if not (d.enabled and (isinstance(e, torch.distributed.DistError) or "gloo" in str(e))):
             raise

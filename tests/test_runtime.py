@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 
+from method.common.timing import device_timer
 from method.training import runtime
 
 
@@ -91,7 +92,7 @@ def test_check_finite_stops_every_process_at_the_same_step():
 
 
 def test_device_timer_on_the_cpu():
-    with runtime.device_timer(torch.device("cpu")) as t:
+    with device_timer(torch.device("cpu")) as t:
         assert t.seconds is None
         time.sleep(0.05)
     assert 0.05 <= t.seconds < 1.0
@@ -101,7 +102,7 @@ def test_device_timer_synchronises_cuda_around_the_block(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))
     device = torch.device("cuda", 0)
-    with runtime.device_timer(device) as t:
+    with device_timer(device) as t:
         calls.append("work")
     assert calls == [("sync", device), "work", ("sync", device)] and t.seconds >= 0
 

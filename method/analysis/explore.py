@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from method.config.flags import HelpFormatter
+from method.common.cli import HelpFormatter
 from method.data import DataError, Split, read_caption_file
 from method.data.moment_file import check_known, moment_fractions, moments_path, read_moments
 from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from method.analysis import plots
-from method.config.flags import HelpFormatter
+from method.common.cli import HelpFormatter
 from method.analysis.explore import Analysis, analyse, query_records, select_queries
 from method.analysis.moments import estimate_moments
 from method.analysis.retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 
 from method.evaluation import metrics
 from method.models.checkpoint import CheckpointError, load_model, model_file
-from method.config.flags import fusion_weights, resolve_device
+from method.common.cli import resolve_device
+from method.config.flags import fusion_weights
 from method.data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
                    teacher_frames, teacher_sentence)
-from method.config.run_options import resolve_model_dir, run_options
+from method.config.run_options import recipe_fallback, resolve_model_dir, run_options
+from method.config.settings import data_options
 from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders
 from method.evaluation.evaluate import encode_split as eval_encode_split
 from method.models.model import DLDKD, cosine_video_scores, frame_dot
@@ -72,7 +74,7 @@ def load_run(model_dir: str, root_path: str | None = None, collection: str | Non
     opt, stored = run_options(path, {"device": device, "num_workers": num_workers,
                                      **({"root_path": root_path} if root_path else {})})
     try:
-        model, info = load_model(model_file(path), stored)
+        model, info = load_model(model_file(path), stored, fallback=recipe_fallback(opt))
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     dev = resolve_device(device)
@@ -126,7 +128,7 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
     block's extra positions holding its videos' first position, as within a block.
     """
     model = run.model
-    videos, queries = make_eval_loaders(split, run.opt, run.device, model)
+    videos, queries = make_eval_loaders(split, data_options(run.opt), run.device, model)
     blocks, masks, video_ids, encoded, cap_ids = eval_encode_split(model, videos, queries, run.device)
     level = model.position_level
     curve_masks = [model.score_masks(m)[level] if level == "clip" else m for m in masks]

@@ -26,21 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from method.config.flags import HelpFormatter, build_train_parser, load_opt, resolve_student_flags
+from method.common.cli import HelpFormatter
+from method.config.flags import load_opt, stored_settings
 from method.config.run_options import EVAL_RUNTIME_KEYS
 
 METRICS = (("r1", "R@1"), ("r5", "R@5"), ("r10", "R@10"), ("r100", "R@100"), ("sumr", "SumR"),
            ("medr", "MedR"), ("meanr", "MnR"), ("map", "mAP"), ("best_epoch", "best epoch"),
            ("wall_minutes", "time (min)"))
-DEFAULTS = vars(build_train_parser().parse_args([]))
 # Flags never used to group runs by default: they differ between seeds of one setting.
 NOT_GROUPING = {"seed", "exp_id", "results_dir", "resume", "root_path", *EVAL_RUNTIME_KEYS}
 
 
 def read_run(path: Path, split: str, branch: str) -> dict:
     """opt.json, the t2v metrics of score ``branch`` on ``split``, best epoch and wall time of one run folder."""
-    stored = argparse.Namespace(**{**DEFAULTS, **load_opt(path)})  # a run older than a flag had its default
-    opt = vars(resolve_student_flags(stored))  # and the student-dependent ones of its student
+    opt = vars(stored_settings(load_opt(path), {}))  # a run older than a flag: the recipe table's value
     eval_path = path / f"eval_{split}.json"
     if not eval_path.is_file():
         raise SystemExit(f"{eval_path} not found: evaluate the run first "

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from method.config.flags import (RUNTIME_KEYS, build_train_parser, check_preload, fill_collection_defaults, load_opt,
-                                 resolve_student_flags)
+from method.config.flags import MACHINE_FLAGS, load_opt, stored_settings
+from method.config.recipes import RECIPES, recipe_values
 from method.models.checkpoint import CheckpointError, authors_gmm_options, read_checkpoint
 
-EVAL_RUNTIME_KEYS = (*RUNTIME_KEYS, "eval_video_bsz", "eval_query_bsz", "results_dir")
+# Never compared or grouped by (summaries): the machine's flags and where the run was written.
+EVAL_RUNTIME_KEYS = (*MACHINE_FLAGS, "results_dir")
 # Evaluation's own choices, not taken from the run's opt.json (a run's storage dtype is its training's).
 EVAL_OWN_KEYS = ("preload_dtype",)
 
@@ -39,13 +40,23 @@ def stored_options(model_dir: Path) -> dict:
 def run_options(model_dir: Path, overrides: dict) -> tuple[argparse.Namespace, dict]:
     """The settings of the run in ``model_dir`` (this project's opt.json or the authors'), and the stored dict.
 
-    The model's settings come from the run's opt.json; the machine's (device,
-    workers, batch sizes) never do. ``overrides`` (the data root, the split,
-    the machine's flags) win over both.
+    The model's settings come from the run's opt.json; the machine's
+    (``MACHINE_FLAGS``: device, workers, batch sizes, ...) never do, nor the
+    preloading dtype (evaluation's own choice). ``overrides`` (the data root,
+    the split, flags given to the command) win over both.
     """
     stored = stored_options(model_dir)
-    settings = {k: v for k, v in stored.items() if k not in (*EVAL_RUNTIME_KEYS, *EVAL_OWN_KEYS)}
-    opt = argparse.Namespace(**{**vars(build_train_parser().parse_args([])), **settings, **overrides})
+    opt = stored_settings({k: v for k, v in stored.items() if k not in EVAL_OWN_KEYS}, overrides)
     if not opt.root_path:
         raise SystemExit("--root_path is required (the run's opt.json does not name one)")
-    return check_preload(resolve_student_flags(fill_collection_defaults(opt))), stored
+    return opt, stored
+
+
+def recipe_fallback(opt: argparse.Namespace):
+    """``load_model``'s fallback: the recipe table's values for an authors' checkpoint of format ``fmt`` on the
+    run's collection (``iccv`` and ``dldkdpp`` checkpoints hold the dldkd student)."""
+    def values(fmt: str) -> tuple[dict, str]:
+        recipe = fmt if fmt in RECIPES else opt.recipe
+        return (recipe_values(recipe, opt.collection),
+                f"the recipe table ({recipe} on {opt.collection}, method/config/recipes.py)")
+    return values

@@ -8,7 +8,7 @@ ICCV and DL-DKD++ (detected from the state-dict names).
 Several processes (sharded evaluation, the same metrics as one process): each
 process encodes a contiguous share of the videos and of the queries, in whole
 encoding blocks (``--eval_video_bsz`` / ``--eval_query_bsz`` items; GMMFormer's
-groups of ``--eval_context_bsz`` videos, quirk Q1), so every block is encoded
+groups of ````eval_context_bsz```` videos, quirk Q1), so every block is encoded
 exactly as one process encodes it. The encoded queries are all-gathered (Q x d
 per branch, small); each process scores every query against its own videos
 and counts, per query, the videos of its share ranked above the true one
@@ -31,14 +31,15 @@ from tqdm import tqdm
 
 from method.evaluation import metrics
 from method.models.checkpoint import CheckpointError, model_file
-from method.config.flags import (fusion_weights)
+from method.common.files import atomic_write_json
+from method.data.options import DataOptions
 from method.data import DataError, build_split, collate_queries, collate_videos
 from method.data.feed import EvalBlocks
 from method.data.preload import STORAGE_DTYPES, pack_queries, pack_videos
 from method.data.sampler import block_range
 from method.parallel.distributed import Dist, gather, offsets
 from method.models.model import DLDKD, cosine_video_scores, normalize_frames
-from method.training.runtime import device_timer
+from method.common.timing import device_timer
 
 
 
@@ -180,35 +181,35 @@ class EvalFeed:
     queries: EvalBlocks
 
 
-def make_eval_feed(split, opt, device: torch.device, model: DLDKD, dist: Optional[Dist] = None,
+def make_eval_feed(split, data: DataOptions, device: torch.device, model: DLDKD, dist: Optional[Dist] = None,
                    persistent: bool = False) -> EvalFeed:
     """A process's share of a split's videos and queries, in split order, from the files or preloaded.
 
     Videos carry the student's clips when it reads them, and come in the
     student's evaluation groups when their encodings depend on each other
-    (GMMFormer's quirk Q1: ``--eval_context_bsz`` videos), else ``--eval_video_bsz``;
+    (GMMFormer's quirk Q1: ````eval_context_bsz```` videos), else ``--eval_video_bsz``;
     queries in blocks of ``--eval_query_bsz``. Shares are whole blocks
     (``block_range``). ``--preload`` packs the share once (here); otherwise
     DataLoaders read the files at every evaluation, with ``persistent``
     workers (the per-epoch validation of a training run).
     """
     d = dist or Dist()
-    n_clips = model.cfg.map_size if model.needs_clips else None
-    video_block = model.eval_video_group() or opt.eval_video_bsz
+    n_clips = model.n_clips
+    video_block = model.eval_video_group() or data.eval_video_bsz
     videos, queries = split.video_dataset(n_clips), split.query_dataset()
     video_share = block_range(len(videos), video_block, d.rank, d.world)
-    query_share = block_range(len(queries), opt.eval_query_bsz, d.rank, d.world)
-    if opt.preload != "none":
-        dtype = STORAGE_DTYPES[opt.preload_dtype]
-        where = device if opt.preload == "device" else torch.device("cpu")
+    query_share = block_range(len(queries), data.eval_query_bsz, d.rank, d.world)
+    if data.preload != "none":
+        dtype = STORAGE_DTYPES[data.preload_dtype]
+        where = device if data.preload == "device" else torch.device("cpu")
         pin = where.type == "cpu" and device.type == "cuda"
         return EvalFeed(
             EvalBlocks(device, video_block,
-                       packed=pack_videos(videos, dtype, where, video_share, opt.num_workers, pin)),
-            EvalBlocks(device, opt.eval_query_bsz,
-                       packed=pack_queries(queries, dtype, where, query_share, opt.num_workers, pin)))
-    common = {"num_workers": opt.num_workers, "pin_memory": device.type == "cuda", "shuffle": False,
-              "persistent_workers": persistent and opt.num_workers > 0}
+                       packed=pack_videos(videos, dtype, where, video_share, data.num_workers, pin)),
+            EvalBlocks(device, data.eval_query_bsz,
+                       packed=pack_queries(queries, dtype, where, query_share, data.num_workers, pin)))
+    common = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda", "shuffle": False,
+              "persistent_workers": persistent and data.num_workers > 0}
 
     def part(dataset, indices):
         return dataset if len(indices) == len(dataset) else Subset(dataset, indices)
@@ -216,35 +217,34 @@ def make_eval_feed(split, opt, device: torch.device, model: DLDKD, dist: Optiona
     return EvalFeed(
         EvalBlocks(device, video_block, loader=DataLoader(part(videos, video_share), batch_size=video_block,
                                                          collate_fn=collate_videos, **common)),
-        EvalBlocks(device, opt.eval_query_bsz, loader=DataLoader(part(queries, query_share),
-                                                                batch_size=opt.eval_query_bsz,
+        EvalBlocks(device, data.eval_query_bsz, loader=DataLoader(part(queries, query_share),
+                                                                batch_size=data.eval_query_bsz,
                                                                 collate_fn=collate_queries, **common)))
 
 
-def make_eval_loaders(split, opt, device: torch.device, model: DLDKD):
+def make_eval_loaders(split, data: DataOptions, device: torch.device, model: DLDKD):
     """(videos, queries) of a whole split for one process: ``make_eval_feed``'s two block iterables."""
-    feed = make_eval_feed(split, opt, device, model)
+    feed = make_eval_feed(split, data, device, model)
     return feed.videos, feed.queries
 
 
-def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, model_dir: Path, info: dict,
-                   save_scores: bool = False, dist: Optional[Dist] = None) -> dict:
+def evaluate_split(model: DLDKD, split_name: str, data: DataOptions, fusion: dict, device: torch.device,
+                   model_dir: Path, info: dict, save_scores: bool = False, dist: Optional[Dist] = None) -> dict:
     """Evaluate ``model`` on a split, print the tables and write ``<model_dir>/eval_<split>.json``.
 
     ``dist``: several processes, each evaluating its share (process 0 prints and writes).
     """
     d = dist or Dist()
     try:
-        split = build_split(opt.root_path, opt.collection, opt.visual_feature, split_name, use_teacher=False,
-                            max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l)
+        split = build_split(data.root_path, data.collection, data.visual_feature, split_name, use_teacher=False,
+                            max_ctx_l=data.max_ctx_l, max_desc_l=data.max_desc_l)
         check_feature_sizes(model, split, model_file(model_dir))
     except (CheckpointError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
-    fusion = fusion_weights(opt)
-    feed = make_eval_feed(split, opt, device, model, d)
+    feed = make_eval_feed(split, data, device, model, d)
     t0 = time.time()
     scores_path = model_dir / f"scores_{split_name}.npy" if save_scores else None
-    res = evaluate(model, feed.videos, feed.queries, device, fusion, opt.eval_query_bsz, scores_path, d)
+    res = evaluate(model, feed.videos, feed.queries, device, fusion, data.eval_query_bsz, scores_path, d)
     result = {"split": split_name, "n_queries": res["n_queries"], "n_videos": res["n_videos"],
               "checkpoint_epoch": info["epoch"], "released_checkpoint": info["released"],
               "checkpoint_format": info["format"],
@@ -254,8 +254,7 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
     if scores_path is not None:
         with open(model_dir / f"scores_{split_name}_ids.json", "w") as f:
             json.dump({"query_ids": res["cap_ids"], "video_ids": res["video_ids"]}, f)
-    with open(model_dir / f"eval_{split_name}.json", "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(model_dir / f"eval_{split_name}.json", result)
     print(f"{model_dir} | split {split_name}: {res['n_queries']} queries, {res['n_videos']} videos, "
           f"checkpoint epoch {info['epoch']}, {time.time() - t0:.1f}s" + (f", {d.world} processes" if d.enabled else ""))
     print("text-to-video\n" + metrics.format_table(res["t2v"]))
@@ -265,7 +264,7 @@ def evaluate_split(model: DLDKD, split_name: str, opt, device: torch.device, mod
 
 def check_feature_sizes(model: DLDKD, split, ckpt_path: Path) -> None:
     """The checkpoint's input sizes must match the data's feature sizes."""
-    cfg = model.cfg
+    cfg = model.cfg.student_cfg
     if (cfg.visual_input_size, cfg.query_input_size) != (split.visual_dim, split.text_dim):
         raise CheckpointError(
             f"{ckpt_path}: the model expects {cfg.visual_input_size}-d frames and {cfg.query_input_size}-d text, "

@@ -6,7 +6,7 @@ Modules: ``ranking`` (triplet, InfoNCE, DL-DKD++ soft-target InfoNCE as per-row
 (``DLDKDLoss``: every term of a training step, weighted and named).
 """
 from method.losses.distill import kl_distill_loss
-from method.losses.objective import BatchLayout, DLDKDLoss, LocalBatch, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
+from method.losses.objective import BatchLayout, DLDKDLoss, LocalBatch, LossSettings, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
 from method.losses.query import ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms
 from method.losses.ranking import (
     draw_t2v, draw_v2t, hard_count, nce_loss, nce_t2v_terms, nce_v2t_terms, positive_mask, sample_t2v_negatives,
@@ -15,7 +15,7 @@ from method.losses.ranking import (
 )
 
 __all__ = [
-    "kl_distill_loss", "BatchLayout", "DLDKDLoss", "LocalBatch", "Objective", "QueryDiversity", "SoftNCEOptions",
+    "kl_distill_loss", "BatchLayout", "DLDKDLoss", "LocalBatch", "LossSettings", "Objective", "QueryDiversity", "SoftNCEOptions",
     "TeacherScores", "ot_loss", "ot_matches", "ot_pair_count", "qdl_v1", "qdl_v1_terms", "qdl_v2", "qdl_v2_terms",
     "draw_t2v", "draw_v2t", "hard_count", "nce_loss", "nce_t2v_terms", "nce_v2t_terms", "positive_mask",
     "sample_t2v_negatives", "sample_v2t_negatives", "soft_nce_loss", "soft_nce_reduce", "soft_nce_t2v_terms",

@@ -261,3 +261,18 @@ class DLDKDLoss(nn.Module):
         v2t = soft_nce_v2t_terms(raw_cols, sims_cols, labels, video_index, beta,
                                  video_index < hard_count(alpha, num_v), self.soft.leak)
         return soft_nce_reduce(t2v, query_index, v2t, video_index, num_q, num_v, alpha, self.soft.keep_parts)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Everything ``DLDKDLoss`` is built from (``method.config.settings`` fills it from the flags)."""
+
+    margin: float
+    hard_pool_size: int
+    kd_temperature: float
+    objective: Objective
+    soft: Optional[SoftNCEOptions] = None  # DL-DKD++ soft alignment, or None (hard InfoNCE)
+
+    def build(self) -> "DLDKDLoss":
+        return DLDKDLoss(self.margin, self.hard_pool_size, kd_temperature=self.kd_temperature, soft=self.soft,
+                         objective=self.objective)

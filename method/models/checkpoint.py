@@ -29,18 +29,21 @@ evaluation settings come from ``config`` (``authors_gmm_options``).
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+import logging
 import pickle
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from method.common.files import atomic_write
 from method.models.model import DLDKD, ModelConfig
+from method.models.students import ConfigError, student_class
 
 FORMAT = "dldkd-v1"
+log = logging.getLogger("dldkd")
 RELEASED_PREFIXES = {"A_": "exploration.", "B_": "inheritance."}
 # DL-DKD++ module names -> this model's (the same modules; DLDKDPP.md section 1).
 DLDKDPP_MODULES = {"query_pos_embed": "query_pos_embed", "query_input_proj": "query_input_proj",
@@ -54,22 +57,11 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``.
+    """torch.save to a temporary file in the same folder, then rename over ``path`` (``common.files.atomic_write``).
 
     An interrupted write leaves the previous file intact.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class _EasyDictStandIn:
@@ -185,70 +177,73 @@ def dldkdpp_to_own(state: dict) -> dict:
     return out
 
 
-def dldkdpp_model_config(model_cfg: dict, opt: dict, state: dict) -> ModelConfig:
+def _authors_config(student: str, fmt: str, path, sizes: dict, stored: dict, fallback) -> "ModelConfig":
+    """The student's configuration of an authors' checkpoint.
+
+    ``sizes``: what the tensors' shapes fix; ``stored``: the checkpoint's own
+    config (and opt.json). A setting in neither is taken from ``fallback(fmt)``
+    (the recipe table's values for the checkpoint's collection) and logged;
+    when no fallback gives it, the checkpoint is refused naming the key.
+    """
+    config_cls = student_class(student).Config
+    values, filled = {}, {}
+    table, source = fallback(fmt) if fallback is not None else ({}, "")
+    for f in dataclasses.fields(config_cls):
+        if f.name in sizes:
+            values[f.name] = sizes[f.name]
+        elif f.name in stored:
+            values[f.name] = type(f.default)(stored[f.name])
+        elif f.name in table:
+            values[f.name] = filled[f.name] = table[f.name]
+        else:
+            raise CheckpointError(f"{path}: the {fmt} checkpoint does not store {f.name!r}, which the {student} "
+                                  f"student needs, and no recipe value for it is known (give the run's opt.json)")
+    if filled:
+        log.warning("%s: not stored in the checkpoint, taken from %s: %s", path, source,
+                    ", ".join(f"{k}={v}" for k, v in filled.items()))
+    return config_cls(**values)
+
+
+def dldkdpp_model_config(model_cfg: dict, opt: dict, state: dict, path="checkpoint", fallback=None) -> ModelConfig:
     """ModelConfig of a DL-DKD++ checkpoint: sizes from the tensors' shapes, the rest from its config / opt.json."""
     state = {_strip_module(k): v for k, v in state.items()}
-    cfg = {**opt, **model_cfg}
     try:
         query_pos = state["query_pos_embed.position_embeddings.weight"]
-        return ModelConfig(
-            visual_input_size=int(state["visual_input_proj.LayerNorm.weight"].shape[0]),
-            query_input_size=int(state["query_input_proj.LayerNorm.weight"].shape[0]),
-            hidden_size=int(query_pos.shape[1]),
-            n_heads=int(cfg.get("n_heads", 4)),
-            max_ctx_l=int(state["visual_pos_embed.position_embeddings.weight"].shape[0]),
-            max_desc_l=int(query_pos.shape[0]),
-            input_drop=float(cfg.get("input_drop", 0.1)),
-            drop=float(cfg.get("drop", 0.1)),
-            share_query_proj=False,
-            single_branch=not any(k.startswith("exp_") for k in state),
-        )
+        sizes = {"visual_input_size": int(state["visual_input_proj.LayerNorm.weight"].shape[0]),
+                 "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+                 "hidden_size": int(query_pos.shape[1]),
+                 "max_ctx_l": int(state["visual_pos_embed.position_embeddings.weight"].shape[0]),
+                 "max_desc_l": int(query_pos.shape[0])}
     except KeyError as e:
         raise CheckpointError(f"the DL-DKD++ state dict lacks {e.args[0]!r}") from None
+    cfg = _authors_config("dldkd", "dldkdpp", path, sizes, {**opt, **model_cfg}, fallback)
+    return ModelConfig(cfg, "dldkd", share_query_proj=False,
+                       single_branch=not any(k.startswith("exp_") for k in state))
 
 
-def released_model_config(model_cfg: dict, opt: dict, state: dict) -> ModelConfig:
+def released_model_config(model_cfg: dict, opt: dict, state: dict, path="checkpoint", fallback=None) -> ModelConfig:
     """ModelConfig from the authors' EasyDict ``model_cfg`` and ``opt.json``."""
     cfg = {**opt, **model_cfg}
-    try:
-        return ModelConfig(
-            visual_input_size=int(cfg["visual_input_size"]),
-            query_input_size=int(cfg["query_input_size"]),
-            hidden_size=int(cfg.get("A_hidden_size", cfg.get("B_hidden_size", 384))),
-            n_heads=int(cfg.get("n_heads", 4)),
-            max_ctx_l=int(cfg.get("max_ctx_l", 128)),
-            max_desc_l=int(cfg.get("max_desc_l", 30)),
-            input_drop=float(cfg.get("input_drop", 0.1)),
-            drop=float(cfg.get("drop", 0.1)),
-            share_query_proj=True,
-            single_branch=not any(_strip_module(k).startswith("A_") for k in state),
-        )
-    except KeyError as e:
-        raise CheckpointError(f"the authors' model_cfg lacks {e.args[0]!r}") from None
+    hidden = cfg.get("A_hidden_size", cfg.get("B_hidden_size"))
+    sizes = {"hidden_size": int(hidden)} if hidden is not None else {}
+    student_cfg = _authors_config("dldkd", "iccv", path, sizes, cfg, fallback)
+    return ModelConfig(student_cfg, "dldkd", share_query_proj=True,
+                       single_branch=not any(_strip_module(k).startswith("A_") for k in state))
 
 
-def gmm_model_config(student: str, config: dict, state: dict) -> ModelConfig:
+def gmm_model_config(student: str, config: dict, state: dict, path="checkpoint", fallback=None) -> ModelConfig:
     """ModelConfig of a GMMFormer / GMMFormerV2 checkpoint: sizes from the tensors, the rest from its config."""
     try:
         query_pos = state["query_pos_embed.position_embeddings.weight"]
-        return ModelConfig(
-            visual_input_size=int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
-            query_input_size=int(state["query_input_proj.LayerNorm.weight"].shape[0]),
-            hidden_size=int(query_pos.shape[1]),
-            n_heads=int(config.get("n_heads", 4)),
-            max_ctx_l=int(state["frame_pos_embed.position_embeddings.weight"].shape[0]),
-            max_desc_l=int(query_pos.shape[0]),
-            input_drop=float(config.get("input_drop", 0.2)),
-            drop=float(config.get("drop", 0.2)),
-            share_query_proj=False,
-            single_branch=True,
-            student=student,
-            map_size=int(config.get("map_size", 32)),
-            sft_factor=float(config.get("sft_factor", 0.09)),
-            eval_context_bsz=int(config.get("eval_context_bsz", 100)),
-        )
+        sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+                 "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+                 "hidden_size": int(query_pos.shape[1]),
+                 "max_ctx_l": int(state["frame_pos_embed.position_embeddings.weight"].shape[0]),
+                 "max_desc_l": int(query_pos.shape[0])}
     except KeyError as e:
         raise CheckpointError(f"the {student} state dict lacks {e.args[0]!r}") from None
+    cfg = _authors_config(student, student, path, sizes, config, fallback)
+    return ModelConfig(cfg, student, share_query_proj=False, single_branch=True)
 
 
 def authors_gmm_options(ckpt: dict) -> dict:
@@ -275,26 +270,32 @@ def model_file(run_dir: str | Path) -> Path:
                           f"best.ckpt (the authors' GMMFormer / GMMFormerV2 runs)")
 
 
-def load_model(path: str | Path, opt: dict | None = None) -> tuple[DLDKD, dict]:
-    """Rebuild the model stored in ``path`` (either format).
+def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tuple[DLDKD, dict]:
+    """Rebuild the model stored in ``path`` (any format).
 
+    ``opt``: the run's stored settings (the authors' opt.json); ``fallback``:
+    ``fmt -> (values, description)``, the recipe table's values for an authors'
+    checkpoint that does not store a setting (see ``_authors_config``).
     Returns (model in eval mode on CPU, info) where info has ``epoch``,
-    ``released`` (bool) and ``model_config`` (dict).
+    ``released`` (bool), ``format`` and ``model_config`` (dict).
     """
     ckpt = read_checkpoint(path)
     fmt = checkpoint_format(ckpt)
     if fmt == "iccv":
-        cfg = released_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"])
+        cfg = released_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"], path, fallback)
         state = released_to_own(ckpt["model"], cfg.share_query_proj)
     elif fmt == "dldkdpp":
-        cfg = dldkdpp_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"])
+        cfg = dldkdpp_model_config(ckpt.get("model_cfg") or {}, opt or {}, ckpt["model"], path, fallback)
         state = dldkdpp_to_own(ckpt["model"])
     elif fmt in ("gmmformer", "gmmformer_v2"):
         state = OrderedDict((_strip_module(k), v) for k, v in ckpt["state_dict"].items())
-        cfg = gmm_model_config(fmt, dict(ckpt.get("config") or {}), state)
+        cfg = gmm_model_config(fmt, dict(ckpt.get("config") or {}), state, path, fallback)
         state = OrderedDict((f"inheritance.{k}", v) for k, v in state.items())
     elif fmt == "own":
-        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        try:
+            cfg = ModelConfig.from_dict(ckpt["model_config"], f"{path}: model_config")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
         state = ckpt["model"]
     else:
         keys = list(ckpt.get("model", ckpt.get("state_dict", {})))[:3]

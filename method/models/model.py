@@ -12,6 +12,7 @@ the ``B_`` / ``A_`` prefix).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from method.models.students import ModelConfig, student_class, build_student
+from method.models.students import ConfigError, StudentConfig, build_student, student_class
 from method.models.students.blocks import MASK_VALUE
 
 BRANCHES = ("inheritance", "exploration")
@@ -76,15 +77,68 @@ def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch
     return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
 
 
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model; stored in every checkpoint.
+
+    ``student_cfg`` is the student's own configuration (its module's
+    dataclass); the model adds how its branches are put together.
+    """
+
+    student_cfg: StudentConfig
+    student: str = "dldkd"  # the branch network (method.models.students registry)
+    share_query_proj: bool = True  # released quirk: exploration uses the inheritance query projection
+    single_branch: bool = False  # one branch only (the ablation, and the GMMFormer recipes)
+
+    WRAPPER_KEYS = ("student", "share_query_proj", "single_branch")
+
+    @classmethod
+    def of(cls, visual_input_size: int = 0, query_input_size: int = 0, student: str = "dldkd",
+           share_query_proj: bool = True, single_branch: bool = False, **settings) -> "ModelConfig":
+        """Flat settings: the student's fields go to its ``Config`` (its defaults fill the rest; an unknown one is
+        refused)."""
+        config_cls = student_class(student).Config
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"the {student} student has no setting {unknown[0]!r}")
+        student_cfg = config_cls(visual_input_size=visual_input_size, query_input_size=query_input_size, **settings)
+        return cls(student_cfg, student, share_query_proj, single_branch)
+
+    def with_inputs(self, visual_input_size: int, query_input_size: int) -> "ModelConfig":
+        """The same configuration for inputs of these feature sizes."""
+        return dataclasses.replace(self, student_cfg=dataclasses.replace(
+            self.student_cfg, visual_input_size=visual_input_size, query_input_size=query_input_size))
+
+    def to_dict(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.WRAPPER_KEYS}, "student_config": self.student_cfg.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "the checkpoint's model_config") -> "ModelConfig":
+        """Rebuild from ``to_dict``'s form (or the older flat form). Every value that changes the numbers must be
+        there: a missing key is refused (ConfigError naming it), never filled with a default."""
+        missing = [k for k in cls.WRAPPER_KEYS if k not in d]
+        if missing:
+            raise ConfigError(f"{where} lacks {missing[0]!r}")
+        student = d["student"]
+        try:
+            config_cls = student_class(student).Config
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        settings = d["student_config"] if "student_config" in d else d  # older checkpoints: one flat dict
+        return cls(config_cls.from_dict(settings, where), student, bool(d["share_query_proj"]),
+                   bool(d["single_branch"]))
+
+
 class DLDKD(nn.Module):
     """Two branches of one student architecture (or one, ``single_branch``). Returns embeddings."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.inheritance = build_student(cfg)
+        self.inheritance = build_student(cfg.student, cfg.student_cfg)
         if not cfg.single_branch:
-            self.exploration = build_student(cfg, with_query_proj=not cfg.share_query_proj)
+            self.exploration = build_student(cfg.student, cfg.student_cfg, with_query_proj=not cfg.share_query_proj)
         self.apply(self._init_weights)
 
     @property
@@ -99,6 +153,11 @@ class DLDKD(nn.Module):
     @property
     def needs_clips(self) -> bool:
         return student_class(self.cfg.student).needs_clips
+
+    @property
+    def n_clips(self) -> Optional[int]:
+        """Clips per video the student reads (``map_size``), or None."""
+        return student_class(self.cfg.student).n_clips(self.cfg.student_cfg)
 
     @property
     def position_level(self) -> str:

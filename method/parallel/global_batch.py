@@ -59,16 +59,17 @@ class ShareSizes:
     ot_pairs: int  # matched (caption, clip) pairs of the whole batch (GMMFormerV2's OT term)
 
 
-def share_sizes(d: Dist, batch: dict, n_clips: int, counts: Optional[list] = None) -> ShareSizes:
+def share_sizes(d: Dist, batch: dict, n_clips: Optional[int], counts: Optional[list] = None) -> ShareSizes:
     """Exchange the shares' sizes (one small collective; none with one process).
 
+    ``n_clips``: the student's clips per video (None: it has none, so no matched pairs).
     ``counts``: each video's caption count as host ints (the feed's); without
     them they are read from the batch's labels (a device read when on the GPU).
     """
     if counts is None:
         counts = torch.bincount(batch["query_labels"], minlength=batch["video_mask"].shape[0]).tolist()
     local = [batch["video_mask"].shape[0], len(batch["query_labels"]), batch["video_mask"].shape[1],
-             ot_pair_count(counts, n_clips)]
+             ot_pair_count(counts, n_clips) if n_clips else 0]
     sizes = d.all_gather_ints(local)
     return ShareSizes([s[0] for s in sizes], [s[1] for s in sizes], max(s[2] for s in sizes),
                       sum(s[3] for s in sizes))

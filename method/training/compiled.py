@@ -37,7 +37,8 @@ from typing import Optional
 import torch
 
 from method.parallel.global_batch import pad_positions
-from method.models.students import ModelConfig
+from method.models.model import ModelConfig
+from method.models.students import student_class
 
 FRAME_BUCKETS = (16, 32, 64, 128)
 TOKEN_BUCKETS = (8, 16, 30)
@@ -70,9 +71,10 @@ class ShapePolicy:
     @classmethod
     def for_model(cls, cfg: ModelConfig) -> "ShapePolicy":
         """The buckets of a model; ValueError (``COMPILE_V1_ERROR``) for GMMFormer with quirk Q1."""
-        if cfg.student == "gmmformer" and not cfg.gauss_own_length:
+        if student_class(cfg.student).padding_changes_numbers(cfg.student_cfg):
             raise ValueError(COMPILE_V1_ERROR)
-        return cls(buckets_up_to(FRAME_BUCKETS, cfg.max_ctx_l), buckets_up_to(TOKEN_BUCKETS, cfg.max_desc_l))
+        sc = cfg.student_cfg
+        return cls(buckets_up_to(FRAME_BUCKETS, sc.max_ctx_l), buckets_up_to(TOKEN_BUCKETS, sc.max_desc_l))
 
     def frame_length(self, n: int) -> int:
         """The padded frame count of a batch whose longest video (of the global batch) has ``n`` frames."""

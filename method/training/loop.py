@@ -11,9 +11,11 @@ share of the val and test splits (``method.evaluation.evaluate``, sharded evalua
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -29,16 +31,17 @@ from method.parallel import distributed
 from method.training import rng, runtime
 from method.models.checkpoint import atomic_save, load_model, model_payload, read_checkpoint
 from method.training.compiled import CompiledForward, ShapePolicy
-from method.config.flags import fusion_weights, save_opt
 from method.data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
 from method.data.feed import TrainFeed
 from method.data.preload import STORAGE_DTYPES, pack_train
 from method.evaluation.evaluate import EvalFeed, evaluate, evaluate_split, make_eval_feed
 from method.parallel.global_batch import GlobalBatch, pad_share, share_sizes
-from method.losses import DLDKDLoss, Objective, QueryDiversity, SoftNCEOptions
-from method.models.model import DLDKD, ModelConfig
-from method.training.optim import build_optimizer
-from method.training.run_dir import prepare_run_dir, setup_logging, write_metrics
+from method.losses import DLDKDLoss
+from method.models.model import DLDKD
+from method.training.run_dir import setup_logging, write_metrics
+from method.training.settings import TrainSettings
+from method.common.files import atomic_write_json
+from method.data.options import DataOptions
 from method.training.schedules import epoch_settings
 from method.models.teacher import PrecomputedTeacher
 
@@ -46,47 +49,49 @@ log = logging.getLogger("dldkd")
 EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable
 
 
-def train(opt, d: distributed.Dist, device: torch.device) -> Optional[dict]:
-    opt, run_dir, resuming = prepare_run_dir(opt, d)
+def train(s: TrainSettings, d: distributed.Dist, device: torch.device, run_dir: Path, resuming: bool) -> Optional[dict]:
+    """Train in ``run_dir`` (continuing its ``latest.ckpt`` when ``resuming``), then evaluate the best checkpoint on
+    the test split; returns that result (process 0)."""
     setup_logging(run_dir, d)
     log.info(runtime.policy_summary(device))
-    rng.set_seed(opt.seed)
-    r = build_run(opt, device, d)
+    rng.set_seed(s.seed)
+    r = build_run(s, device, d)
     state = {"epoch": 0, "best_score": 0.0, "es_cnt": 0, "history": []}
     if resuming:
         state = restore(run_dir / "latest.ckpt", r, device)
         log.info("resumed %s at epoch %d", run_dir, state["epoch"])
-    if d.is_main:
-        save_opt(opt, run_dir)
-    log.info("recipe %s | train %d videos, %d steps/epoch, %d processes, %d parameters, device %s", opt.recipe,
+    if d.is_main:  # the resolved flags, with the text size read from the data
+        atomic_write_json(run_dir / "opt.json", {**s.record, "q_feat_size": r.data.q_feat_size,
+                                                 "results_dir": str(run_dir)}, sort_keys=True)
+    log.info("recipe %s | train %d videos, %d steps/epoch, %d processes, %d parameters, device %s", s.recipe,
              r.loader.n_videos, len(r.loader), d.world, sum(p.numel() for p in r.model.parameters()), device)
     writer = SummaryWriter(run_dir / "tb", purge_step=state["epoch"]) if d.is_main else None
-    fusion = fusion_weights(opt)
     with distributed.StopSignal() as stop:
-        train_epochs(opt, r, state, run_dir, device, writer, fusion, stop)
+        train_epochs(s, r, state, run_dir, device, writer, stop)
     if d.is_main:
         writer.close()
     if not d.broadcast((run_dir / "model.ckpt").is_file()):
         raise SystemExit(f"no epoch reached a val SumR above 0, so {run_dir}/model.ckpt was never written")
     best, info = load_model(run_dir / "model.ckpt")  # every process: each evaluates its share of the test split
-    result = evaluate_split(best.to(device), "test", opt, device, run_dir, info, dist=d)
+    result = evaluate_split(best.to(device), "test", r.data, s.fusion, device, run_dir, info, dist=d)
     return result if d.is_main else None
 
 
-def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: dict, stop) -> None:
+def train_epochs(s: TrainSettings, r: "Run", state: dict, run_dir, device, writer, stop) -> None:
     """The epoch loop: train, evaluate (process 0), keep the best, stop early or on SIGTERM."""
     d = r.dist
-    for epoch in progress(d, range(state["epoch"], opt.n_epoch), desc="epochs", initial=state["epoch"],
-                          total=opt.n_epoch):
+    for epoch in progress(d, range(state["epoch"], s.n_epoch), desc="epochs", initial=state["epoch"],
+                          total=s.n_epoch):
         t0, lr = time.time(), r.scheduler.get_last_lr()[0]
-        settings = epoch_settings(opt, epoch, r.teacher is not None)
-        losses = train_one_epoch(r, epoch, settings, device, opt, stop)
+        settings = epoch_settings(s.schedule, epoch)
+        losses = train_one_epoch(r, epoch, settings, device, stop)
         if losses is None:
             log.warning("stopped by SIGTERM in epoch %d; latest.ckpt holds the epochs before it; continue with "
                         "--resume %s", epoch, run_dir)
             raise SystemExit(EXIT_STOPPED)
         with rng.evaluation_draws(r.sampling):  # every process evaluates its share
-            val = evaluate(r.model, r.val.videos, r.val.queries, device, fusion, opt.eval_query_bsz, dist=d)["t2v"]
+            val = evaluate(r.model, r.val.videos, r.val.queries, device, s.fusion, r.data.eval_query_bsz,
+                           dist=d)["t2v"]
         if d.is_main:  # process 0 writes; the others wait for its verdict
             row = epoch_row(epoch, lr, settings, losses, val, time.time() - t0)
             improved = end_of_epoch(state, row, r, run_dir, device, writer)
@@ -97,10 +102,10 @@ def train_epochs(opt, r: "Run", state: dict, run_dir, device, writer, fusion: di
         state.update(verdict["state"])
         if r.sampling is not None:
             r.sampling.set_state(verdict["sampling"])
-        if state["es_cnt"] > opt.max_es_cnt:
+        if state["es_cnt"] > s.max_es_cnt:
             log.info("early stop: no val improvement for %d epochs", state["es_cnt"])
             break
-        if stop.requested(d) and epoch + 1 < opt.n_epoch:
+        if stop.requested(d) and epoch + 1 < s.n_epoch:
             log.warning("stopped by SIGTERM after epoch %d; continue with --resume %s", epoch, run_dir)
             raise SystemExit(EXIT_STOPPED)
 
@@ -142,77 +147,54 @@ class Run:
     loss_fn: DLDKDLoss
     teacher: Optional[PrecomputedTeacher]
     dist: distributed.Dist
+    data: DataOptions  # with the text feature size read from the data
+    seed: int = 0
+    amp: str = "none"
+    debug: bool = False
     sampling: Optional[torch.Generator] = None  # negatives' stream of several processes (see method.training.rng)
     second_queries: bool = False  # encode the queries twice (query diversity and OT read the second, quirk Q5)
     val: Optional[EvalFeed] = None  # this process's share of the val split, built once per run
     shapes: Optional[ShapePolicy] = None  # --compile: frames and tokens padded to a few lengths
 
 
-def model_config(opt, visual_dim: int, text_dim: int) -> ModelConfig:
-    """The model's settings from the run's flags and the data's feature sizes."""
-    return ModelConfig(visual_input_size=visual_dim, query_input_size=text_dim, hidden_size=opt.hidden_size,
-                       n_heads=opt.n_heads, max_ctx_l=opt.max_ctx_l, max_desc_l=opt.max_desc_l,
-                       input_drop=opt.input_drop, drop=opt.drop, share_query_proj=not opt.separate_query_proj,
-                       single_branch=opt.single_branch, student=opt.student, map_size=opt.map_size,
-                       sft_factor=opt.sft_factor, gauss_own_length=opt.gauss_own_length,
-                       gauss_centred=opt.gauss_centred, mask_padded_frames=opt.mask_padded_frames,
-                       eval_context_bsz=opt.eval_context_bsz)
-
-
-def make_objective(opt, levels: tuple) -> Objective:
-    """Each branch's retrieval terms: InfoNCE weights per level, query diversity and OT (the student's factors)."""
-    qdl = None
-    if opt.qdl_weight > 0:  # GMMFormerV2's form has a focal factor; GMMFormer's is the log of a sum
-        focal = opt.qdl_focal if opt.student == "gmmformer_v2" else None
-        qdl = QueryDiversity(opt.qdl_weight, opt.qdl_margin, opt.qdl_scale, focal)
-    return Objective(nce_weights={lv: opt.clip_nce_weight if lv == "clip" else opt.nce_weight for lv in levels},
-                     qdl=qdl, ot_weight=opt.ot_weight, kd_level=opt.kd_level)
-
-
-def make_loss(opt, levels: tuple) -> DLDKDLoss:
-    soft = SoftNCEOptions(opt.soft_nce_leak, opt.soft_detach_self_targets, opt.soft_keep_parts)
-    return DLDKDLoss(opt.margin, opt.hard_pool_size, kd_temperature=opt.kd_temperature,
-                     soft=soft if opt.label_style == "soft" else None, objective=make_objective(opt, levels))
-
-
-def build_run(opt, device: torch.device, d: distributed.Dist) -> Run:
+def build_run(s: TrainSettings, device: torch.device, d: distributed.Dist) -> Run:
     """Everything before the epoch loop: data check, feeds, model, optimiser, loss, teacher."""
+    data = s.data
     try:
-        train_split = build_split(**split_args(opt, "train"), use_teacher=not opt.no_teacher,
-                                  pool_to_teacher=opt.pool_to_teacher)
-        val_split = build_split(**split_args(opt, "val"), use_teacher=False)
+        train_split = build_split(**data.split_args("train"), use_teacher=data.use_teacher,
+                                  pool_to_teacher=data.pool_to_teacher)
+        val_split = build_split(**data.split_args("val"), use_teacher=False)
     except DataError as e:
         raise SystemExit(f"data check failed: {e}") from None
-    if opt.q_feat_size is None:
-        opt.q_feat_size = train_split.text_dim
-    elif train_split.text_dim != opt.q_feat_size:
-        raise SystemExit(f"--q_feat_size {opt.q_feat_size} disagrees with the text features "
-                         f"({train_split.text_dim}-d) of {opt.root_path}/{opt.collection}")
+    if data.q_feat_size is None:
+        data = dataclasses.replace(data, q_feat_size=train_split.text_dim)
+    elif train_split.text_dim != data.q_feat_size:
+        raise SystemExit(f"--q_feat_size {data.q_feat_size} disagrees with the text features "
+                         f"({train_split.text_dim}-d) of {data.root_path}/{data.collection}")
     try:
-        model = DLDKD(model_config(opt, train_split.visual_dim, train_split.text_dim)).to(device)
+        model = DLDKD(s.model.with_inputs(train_split.visual_dim, train_split.text_dim)).to(device)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     forward = model
     if d.enabled:
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    shapes = ShapePolicy.for_model(model.cfg) if opt.compile else None
+    shapes = ShapePolicy.for_model(model.cfg) if s.runtime.compile else None
     if shapes is not None:
         forward = CompiledForward(forward, shapes)
-    loss_fn = make_loss(opt, model.levels)
-    loader = make_train_feed(train_split, opt, device, d, model.needs_clips)
-    optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, len(loader) * opt.n_epoch,
-                                           opt.lr_warmup_proportion, opt.exclude_all_norms_from_decay)
+    loss_fn = s.loss.build()
+    loader = make_train_feed(train_split, data, s.bsz, s.seed, device, d, model.n_clips, s.loss.objective.kd_level)
+    optimizer, scheduler = s.optim.build(model, len(loader) * s.n_epoch)
     run = Run(model=model, forward=forward, loader=loader, optimizer=optimizer, scheduler=scheduler,
-              loss_fn=loss_fn, teacher=None if opt.no_teacher else PrecomputedTeacher(train_split.teacher_dims),
-              dist=d,
+              loss_fn=loss_fn, teacher=PrecomputedTeacher(train_split.teacher_dims) if data.use_teacher else None,
+              dist=d, data=data, seed=s.seed, amp=s.runtime.amp, debug=s.runtime.debug,
               sampling=rng.sampling_generator(device) if d.enabled else None,
-              second_queries=loss_fn.objective.needs_second_queries and not opt.reuse_query_encoding,
+              second_queries=loss_fn.objective.needs_second_queries and not s.reuse_query_encoding,
               shapes=shapes)
-    run.val = make_eval_feed(val_split, opt, device, model, d, persistent=True)
+    run.val = make_eval_feed(val_split, data, device, model, d, persistent=True)
     return run
 
 
-def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distributed.StopSignal):
+def train_one_epoch(r: Run, epoch: int, settings: dict, device, stop: distributed.StopSignal):
     """One pass over the training videos, or None when SIGTERM asked to stop.
 
     Returns the epoch mean of every loss term and of their sum (``loss``) over
@@ -223,17 +205,17 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     r.model.train()
     r.loader.set_epoch(epoch)
     if r.dist.enabled:
-        rng.seed_process_epoch(opt.seed, epoch, r.dist.rank)  # dropout streams differ per process
+        rng.seed_process_epoch(r.seed, epoch, r.dist.rank)  # dropout streams differ per process
     sums: dict[str, torch.Tensor] = {}
     clock = runtime.EpochClock(device)
     batches = iter(progress(r.dist, r.loader, desc="train", leave=False))
-    with torch.autograd.detect_anomaly() if opt.debug else nullcontext():
+    with torch.autograd.detect_anomaly() if r.debug else nullcontext():
         for step in range(len(r.loader)):
             with clock.waiting():
                 b, counts = next(batches)  # on the device; counts: host ints
             with clock.computing():
-                sizes = share_sizes(r.dist, b, r.model.cfg.map_size, counts)  # no device read
-                terms = train_step(r, b, settings, opt.amp, sizes)
+                sizes = share_sizes(r.dist, b, r.model.n_clips, counts)  # no device read
+                terms = train_step(r, b, settings, sizes)
                 runtime.check_finite(terms, epoch, step, r.dist)  # one bool read per step; stops at a NaN / Inf
                 for name, value in terms.items():  # summed on device
                     sums[name] = sums.get(name, 0.0) + value.detach()
@@ -243,7 +225,7 @@ def train_one_epoch(r: Run, epoch: int, settings: dict, device, opt, stop: distr
     return {**dict(zip(sums, totals.tolist())), **clock.seconds()}
 
 
-def train_step(r: Run, b: dict, settings: dict, amp: str, sizes=None) -> dict:
+def train_step(r: Run, b: dict, settings: dict, sizes=None) -> dict:
     """Forward, losses, backward, one optimiser and LR step on this process's share ``b`` (on the device).
 
     ``settings``: ``epoch_settings`` of the epoch. ``amp="bf16"`` runs the
@@ -254,15 +236,15 @@ def train_step(r: Run, b: dict, settings: dict, amp: str, sizes=None) -> dict:
     tensors; summed over the processes they are the global batch's.
     """
     if sizes is None:
-        sizes = share_sizes(r.dist, b, r.model.cfg.map_size)
+        sizes = share_sizes(r.dist, b, r.model.n_clips)
     # Every video is encoded padded to the global batch's longest, as in one process (--compile: to its bucket).
     b = pad_share(b, sizes.length if r.shapes is None else r.shapes.frame_length(sizes.length))
     if r.shapes is not None:
         b = r.shapes.pad_tokens(b)
-    with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+    with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=r.amp == "bf16"):
         emb = r.forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"], b.get("clip_feat"),
                         r.second_queries)
-    if amp == "bf16":
+    if r.amp == "bf16":
         emb = float_embeddings(emb)
     view = GlobalBatch.build(r.dist, emb, b, sizes)
     scores = view.branch_scores()
@@ -291,38 +273,32 @@ def progress(d: distributed.Dist, iterable, **kwargs):
     return tqdm(iterable, **kwargs) if d.is_main else iterable
 
 
-def split_args(opt, split: str) -> dict:
-    return {"root_path": opt.root_path, "collection": opt.collection, "visual_feature": opt.visual_feature,
-            "split": split, "max_ctx_l": opt.max_ctx_l, "max_desc_l": opt.max_desc_l,
-            "teacher_video_file": opt.teacher_video_file, "teacher_query_file": opt.teacher_query_file,
-            "teachers": opt.teachers}
-
-
-def make_train_feed(split, opt, device: torch.device, d: distributed.Dist, clips: bool = False) -> TrainFeed:
+def make_train_feed(split, data: DataOptions, bsz: int, seed: int, device: torch.device, d: distributed.Dist,
+                    n_clips: Optional[int] = None, kd_level: str = "frame") -> TrainFeed:
     """This process's share of each global batch of ``bsz`` videos (see ``GlobalBatchSampler``), on the device.
 
-    ``clips``: the items carry the student's ``map_size`` clips (and, when the
-    teacher is distilled over clips, the teacher's). ``--preload``: the split
-    packed once (here), batches gathered from it; otherwise a DataLoader reads
-    the files in ``--num_workers`` processes.
+    ``n_clips``: the items carry the student's clips (and, when the teacher is
+    distilled over clips, the teacher's). ``data.preload``: the split packed
+    once (here), batches gathered from it; otherwise a DataLoader reads the
+    files in ``data.num_workers`` processes.
     """
-    n_clips = opt.map_size if clips else None
-    teacher_clips = clips and not opt.no_teacher and opt.kd_level == "clip"
+    teacher_clips = n_clips is not None and data.use_teacher and kd_level == "clip"
     dataset = split.train_dataset(n_clips, teacher_clips)
-    counts = dataset.caption_counts if opt.batch_sort == "captions" else dataset.frame_counts
-    sampler = GlobalBatchSampler(counts, opt.bsz, opt.seed, d.rank, d.world)
-    if opt.preload != "none":
-        where = device if opt.preload == "device" else torch.device("cpu")
-        packed = pack_train(dataset, STORAGE_DTYPES[opt.preload_dtype], where, opt.num_workers,
+    counts = dataset.caption_counts if data.batch_sort == "captions" else dataset.frame_counts
+    sampler = GlobalBatchSampler(counts, bsz, seed, d.rank, d.world)
+    if data.preload != "none":
+        where = device if data.preload == "device" else torch.device("cpu")
+        packed = pack_train(dataset, STORAGE_DTYPES[data.preload_dtype], where, data.num_workers,
                             pin=where.type == "cpu" and device.type == "cuda")
-        log.info("preloaded the train split: %.2f GiB of %s on %s", packed.nbytes / 2 ** 30, opt.preload_dtype, where)
-        return TrainFeed(sampler, device, packed=packed, sort_by=opt.batch_sort)
+        log.info("preloaded the train split: %.2f GiB of %s on %s", packed.nbytes / 2 ** 30, data.preload_dtype,
+                 where)
+        return TrainFeed(sampler, device, packed=packed, sort_by=data.batch_sort)
     dims = (split.visual_dim, split.text_dim, split.teacher_dim, n_clips, teacher_clips)
-    collate = functools.partial(collate_train, dims=dims, sort_by=opt.batch_sort)
+    collate = functools.partial(collate_train, dims=dims, sort_by=data.batch_sort)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=opt.num_workers, worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(opt.seed), pin_memory=device.type == "cuda",
-                        persistent_workers=opt.num_workers > 0)
+                        num_workers=data.num_workers, worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda",
+                        persistent_workers=data.num_workers > 0)
     return TrainFeed(sampler, device, loader=loader)
 
 

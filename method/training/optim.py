@@ -1,5 +1,6 @@
 """The released optimiser (BertAdam), its parameter groups, and the LR schedule."""
 import functools
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Tuple
 
 import torch
@@ -151,3 +152,18 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         raise ValueError(f"unknown optimizer {name!r}; expected 'bertadam' or 'adamw'")
     scheduler = LambdaLR(optimizer, functools.partial(_lr_lambda, total_steps=total_steps, warmup=warmup))
     return optimizer, scheduler
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The optimiser of a run: ``build_optimizer``'s arguments but the model and the step count."""
+
+    name: str = "bertadam"
+    lr: float = 2.5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.01
+    exclude_all_norms: bool = False
+
+    def build(self, model: nn.Module, total_steps: int) -> Tuple[torch.optim.Optimizer, LambdaLR]:
+        return build_optimizer(model, self.name, self.lr, self.weight_decay, total_steps, self.warmup,
+                               self.exclude_all_norms)

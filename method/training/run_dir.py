@@ -11,50 +11,58 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-from method.config.flags import resume_options
+from method.common.files import atomic_write
 from method.parallel.distributed import Dist
 
 log = logging.getLogger("dldkd")
 
 
-def _decide(opt) -> dict:
-    """Process 0's decision: the run folder and whether to resume there, or an error message."""
-    if opt.resume:
-        run_dir = Path(opt.resume)
+def _decide(resume, results_dir, resume_if_exists, default_dir: Path) -> dict:
+    """Process 0's decision: the run folder and whether to resume there, or an error message.
+
+    A new run's default folder is claimed by creating it (``-2``, ``-3``, ... when
+    a run started in the same second took the name), so two runs never share one.
+    """
+    if resume:
+        run_dir = Path(resume)
         if not (run_dir / "latest.ckpt").is_file():
             return {"error": f"--resume {run_dir}: no latest.ckpt there to continue from"}
         return {"run_dir": str(run_dir), "resume": True}
-    if opt.results_dir:
-        run_dir = Path(opt.results_dir)
-    else:
-        stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
-        run_dir = Path(opt.root_path) / opt.collection / "results" / f"{opt.collection}-{opt.exp_id}-{stamp}"
-    if (run_dir / "latest.ckpt").exists():
-        if opt.resume_if_exists:
-            return {"run_dir": str(run_dir), "resume": True}
-        return {"error": f"{run_dir} already holds a run; use --resume {run_dir} (or --resume_if_exists) "
-                         f"or another folder"}
-    return {"run_dir": str(run_dir), "resume": False}
+    if results_dir:
+        run_dir = Path(results_dir)
+        if (run_dir / "latest.ckpt").exists():
+            if resume_if_exists:
+                return {"run_dir": str(run_dir), "resume": True}
+            return {"error": f"{run_dir} already holds a run; use --resume {run_dir} (or --resume_if_exists) "
+                             f"or another folder"}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return {"run_dir": str(run_dir), "resume": False}
+    default_dir.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        run_dir = default_dir if n == 1 else default_dir.with_name(f"{default_dir.name}-{n}")
+        try:
+            run_dir.mkdir()
+            return {"run_dir": str(run_dir), "resume": False}
+        except FileExistsError:
+            continue
+    return {"error": f"could not create a new run folder beside {default_dir}"}
 
 
-def prepare_run_dir(opt, d: Dist):
-    """Create the run folder (process 0) and agree on it; returns (opt, run_dir, resuming).
+def prepare_run_dir(d: Dist, resume: Optional[str], results_dir: Optional[str], resume_if_exists: bool,
+                    root_path: str, collection: str, exp_id: str) -> tuple[Path, bool]:
+    """Create the run folder (process 0) and agree on it; returns (run_dir, resuming).
 
-    A run found by ``--resume_if_exists`` continues with the settings of its
-    own opt.json, like ``--resume``.
+    Default folder: ``<root_path>/<collection>/results/<collection>-<exp_id>-<time>``.
     """
-    decision = d.broadcast(_decide(opt) if d.is_main else None)
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
+    default_dir = Path(root_path or ".") / str(collection) / "results" / f"{collection}-{exp_id}-{stamp}"
+    decision = d.broadcast(_decide(resume, results_dir, resume_if_exists, default_dir) if d.is_main else None)
     if "error" in decision:
         raise SystemExit(decision["error"])
-    run_dir, resuming = Path(decision["run_dir"]), decision["resume"]
-    if resuming and not opt.resume:
-        opt = resume_options(run_dir, opt)
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     d.barrier()
-    opt.results_dir = str(run_dir)
-    return opt, run_dir, resuming
+    return Path(decision["run_dir"]), decision["resume"]
 
 
 def setup_logging(run_dir: Path, d: Dist) -> None:
@@ -80,9 +88,7 @@ def write_metrics(run_dir: Path, history: list[dict], writer) -> None:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(history)
-    tmp = run_dir / "metrics.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    tmp.replace(run_dir / "metrics.csv")
+    atomic_write(run_dir / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
     row = history[-1]
     for key, value in row.items():
         if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):

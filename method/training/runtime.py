@@ -6,7 +6,7 @@
   ``CUBLAS_WORKSPACE_CONFIG`` when it creates its handle.
 - ``policy_summary(device)``: one log line saying what is in force.
 - ``check_finite(terms, epoch, step)``: stops a run at the first NaN / Inf loss term.
-- ``device_timer(device)``: wall time of device work (synchronised on CUDA).
+- ``RuntimePolicy``: the run's execution settings (device, precision, compile, debug).
 - ``EpochClock(device)``: an epoch's split into waiting for data and computing (CUDA events on CUDA).
 """
 from __future__ import annotations
@@ -16,15 +16,30 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping
 
 import torch
+
+from method.common.timing import sync as _sync
 
 log = logging.getLogger("dldkd")
 
 # Deterministic cuBLAS needs a fixed workspace (CUDA >= 10.2): 8 buffers of 4 MiB, or 8 of 16 KiB (slower).
 CUBLAS_WORKSPACE = ":4096:8"
 DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")
+
+
+@dataclass(frozen=True)
+class RuntimePolicy:
+    """How a run executes (machine flags, and bf16 autocast which changes the numbers)."""
+
+    device: str = "auto"
+    tf32: bool = False
+    deterministic: bool = False
+    amp: str = "none"  # "bf16": the forward pass under bfloat16 autocast
+    compile: bool = False
+    debug: bool = False  # torch.autograd.detect_anomaly
+    dist_timeout: float = 60.0  # minutes
 
 
 class NonFiniteLoss(SystemExit):
@@ -101,34 +116,6 @@ def check_finite(terms: Mapping[str, torch.Tensor], epoch: int, step: int, dist=
     bad = [f"{name}={value:g}" for name, value, ok in zip(terms, values.tolist(), finite.tolist()) if not ok]
     raise NonFiniteLoss(f"non-finite loss at {where}: {', '.join(bad)}; the run stops (latest.ckpt, when there "
                         f"is one, holds the epochs before epoch {epoch})")
-
-
-@dataclass
-class Timer:
-    """Seconds measured by ``device_timer``; None until the block has ended."""
-
-    seconds: Optional[float] = None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def device_timer(device: torch.device) -> Iterator[Timer]:
-    """Wall time of the block's work on ``device``.
-
-    On CUDA the device is synchronised before and after the block, so queued
-    kernels count where they run, not where they were launched; on the CPU it
-    is ``time.perf_counter``. ``with device_timer(d) as t: ...`` then ``t.seconds``.
-    """
-    timer = Timer()
-    _sync(device)
-    start = time.perf_counter()
-    yield timer
-    _sync(device)
-    timer.seconds = time.perf_counter() - start
 
 
 class EpochClock:

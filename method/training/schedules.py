@@ -10,6 +10,7 @@ with no init, e.g. way 7 at epoch 0 is 0.1 * 0.001 = 1e-4 and way 8 at epoch 0 i
 0.1 * 0.001 (its floor) = 1e-4.
 """
 import math
+from dataclasses import dataclass
 from typing import Optional, Union
 
 DECAY_WAY_NAMES = {
@@ -167,19 +168,40 @@ def beta_schedule(epoch: int, beta0: float = 0.8, mode: str = "sigmoid", n_epoch
     return _soft_schedule(epoch, beta0, 0.5 if beta0 >= 0.5 else 0.0, mode, n_epoch, exp_k, sigmoid_k)
 
 
-def epoch_settings(opt, epoch: int, use_teacher: bool) -> dict:
-    """Everything the training step needs that depends on the epoch: a pure function of (opt, epoch).
+@dataclass(frozen=True)
+class EpochSchedule:
+    """The per-epoch settings' parameters: distillation weight, hard negatives, DL-DKD++'s alpha and beta."""
+
+    use_teacher: bool = True
+    kd_schedule: Union[str, int] = "exp_decay"
+    loss_scale_weight: float = 0.1
+    loss_init_weight: float = 0.1
+    kd_k: Optional[float] = None
+    kd_b: Optional[float] = None
+    hard_negative_start_epoch: int = 0
+    label_style: str = "hard"
+    n_epoch: int = 100
+    alpha: float = 0.8
+    beta: float = 0.8
+    alpha_decay: str = "sigmoid"
+    beta_decay: str = "sigmoid"
+    soft_exp_k: float = 0.95
+    soft_sigmoid_k: float = 800.0
+
+
+def epoch_settings(s: EpochSchedule, epoch: int) -> dict:
+    """Everything the training step needs that depends on the epoch: a pure function of (schedule, epoch).
 
     Returns ``kd_factor`` (0 without a teacher), ``hard_negative`` and, with
     ``label_style == 'soft'``, ``alpha`` and ``beta``.
     """
     settings = {
-        "kd_factor": kd_factor(epoch, opt.kd_schedule, opt.loss_scale_weight, opt.loss_init_weight, opt.kd_k,
-                               opt.kd_b) if use_teacher else 0.0,
-        "hard_negative": epoch >= opt.hard_negative_start_epoch,
+        "kd_factor": kd_factor(epoch, s.kd_schedule, s.loss_scale_weight, s.loss_init_weight, s.kd_k,
+                               s.kd_b) if s.use_teacher else 0.0,
+        "hard_negative": epoch >= s.hard_negative_start_epoch,
     }
-    if opt.label_style == "soft":
-        common = {"n_epoch": opt.n_epoch, "exp_k": opt.soft_exp_k, "sigmoid_k": opt.soft_sigmoid_k}
-        settings["alpha"] = alpha_schedule(epoch, opt.alpha, opt.alpha_decay, **common)
-        settings["beta"] = beta_schedule(epoch, opt.beta, opt.beta_decay, **common)
+    if s.label_style == "soft":
+        common = {"n_epoch": s.n_epoch, "exp_k": s.soft_exp_k, "sigmoid_k": s.soft_sigmoid_k}
+        settings["alpha"] = alpha_schedule(epoch, s.alpha, s.alpha_decay, **common)
+        settings["beta"] = beta_schedule(epoch, s.beta, s.beta_decay, **common)
     return settings

@@ -1,16 +1,17 @@
 """Student networks: one module per architecture, shared blocks in ``blocks``, and the registry.
 
     from method.models.students import build_student
-    branch = build_student(cfg)            # cfg.student names the architecture
+    branch = build_student("gmmformer_v2", cfg)   # cfg: that student's Config
 
 A new student is one module with a ``Student`` subclass (``base``) decorated
-with ``@register``; ``method.models.model`` builds one (or two, DL-DKD's branches)
-from the registry, and the rest of the code only sees its levels and
-embeddings.
+with ``@register``, its ``Config`` dataclass and per-collection values;
+``method.models.model`` builds one (or two, DL-DKD's branches) from the
+registry, the command line gets its settings as flags, and the rest of the
+code only sees its levels and embeddings.
 """
 from __future__ import annotations
 
-from method.models.students.base import ModelConfig, Student
+from method.models.students.base import ConfigError, Student, StudentConfig
 
 STUDENTS: dict[str, type[Student]] = {}
 
@@ -30,13 +31,15 @@ def student_class(name: str) -> type[Student]:
     return STUDENTS[name]
 
 
-def build_student(cfg: ModelConfig, with_query_proj: bool = True) -> Student:
-    """One branch network of architecture ``cfg.student``."""
-    cls = student_class(cfg.student)
+def build_student(name: str, cfg: StudentConfig, with_query_proj: bool = True) -> Student:
+    """One branch network of architecture ``name`` with its configuration ``cfg``."""
+    cls = student_class(name)
+    if not isinstance(cfg, cls.Config):
+        raise TypeError(f"the {name} student takes a {cls.Config.__name__}, got {type(cfg).__name__}")
     cls.check_config(cfg)
     return cls(cfg, with_query_proj)
 
 
 from method.models.students import dldkd, gmmformer, gmmformer_v2  # noqa: E402,F401  (registers the students)
 
-__all__ = ["ModelConfig", "Student", "STUDENTS", "register", "student_class", "build_student"]
+__all__ = ["ConfigError", "Student", "StudentConfig", "STUDENTS", "register", "student_class", "build_student"]

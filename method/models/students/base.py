@@ -1,4 +1,4 @@
-"""What every student network shares: its configuration and the interface the rest of the code relies on.
+"""What every student network shares: its configuration's common part and the interface the rest relies on.
 
 A *student* is the network of one branch: a query encoder and a video
 encoder into one space of size d. A video is scored at one or more *levels*
@@ -6,45 +6,66 @@ encoder into one space of size d. A video is scored at one or more *levels*
 set of positions whose cosine with the query is maxed over. Shapes: V
 videos, Q queries, L padded frames (<= max_ctx_l), N padded tokens
 (<= max_desc_l), K clips (map_size), Dv / Dq input sizes, d hidden size.
+
+Each student owns its configuration (timm-style): a dataclass derived from
+``StudentConfig`` with its own fields, declared with ``setting`` (the help
+text of the command-line flag that sets it), and its per-collection values
+in ``collection_defaults``. The command line, the checkpoints and the docs
+are built from these declarations, so a new student is one module.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import ClassVar, Optional
+import dataclasses
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
+# Fields of a student's configuration that come from the data, not from a flag.
+DATA_FIELDS = ("visual_input_size", "query_input_size")
+
+
+def setting(default: Any = MISSING, help: str = "", choices: Optional[tuple] = None):
+    """A configuration field that is also a command-line flag ``--<name>`` with this help text."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+class ConfigError(ValueError):
+    """A stored configuration that cannot rebuild the model; the message names the key."""
+
 
 @dataclass
-class ModelConfig:
-    """Everything needed to rebuild the model; stored in every checkpoint."""
+class StudentConfig:
+    """The settings every student has. Subclasses add their own (``setting(...)`` fields)."""
 
-    visual_input_size: int
-    query_input_size: int
-    hidden_size: int = 384
-    n_heads: int = 4
-    max_ctx_l: int = 128
-    max_desc_l: int = 30
-    input_drop: float = 0.1
-    drop: float = 0.1
-    share_query_proj: bool = True  # released quirk: exploration uses the inheritance query projection
-    single_branch: bool = False  # one branch only (the ablation, and the GMMFormer recipes)
-    student: str = "dldkd"  # the branch network (method.models.students registry)
-    map_size: int = 32  # clips per video (GMMFormer family)
-    sft_factor: float = 0.09  # GMMFormerV2: temperature of the branch-fusion softmax
-    gauss_own_length: bool = False  # GMMFormer fix of quirk Q1: Gaussians sized by each video's own length
-    gauss_centred: bool = False  # fix of quirk Q2: Gaussian centres on the key grid (a diagonal prior)
-    mask_padded_frames: bool = False  # GMMFormerV2 fix of quirk Q3: padded frames leave the frame-level max
-    eval_context_bsz: int = 100  # GMMFormer (Q1): videos encoded together at evaluation
+    visual_input_size: int = setting(0, "frame feature size Dv (read from the data)")
+    query_input_size: int = setting(0, "token feature size Dq (read from the data)")
+    hidden_size: int = setting(384, "hidden size d of the student's encoders")
+    n_heads: int = setting(4, "attention heads")
+    max_ctx_l: int = setting(128, "max frames; longer videos are mean-pooled to it")
+    max_desc_l: int = setting(30, "max tokens of a caption; longer ones are truncated")
+    input_drop: float = setting(0.1, "dropout on the inputs and positional encodings")
+    drop: float = setting(0.1, "dropout in the attention blocks")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict, where: str = "the configuration") -> "StudentConfig":
+        """Every field from ``d``: a missing one is refused (its default could change the numbers)."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ConfigError(f"{where} lacks {missing[0]!r}" + (f" (and {len(missing) - 1} more: {missing[1:]})"
+                                                                  if len(missing) > 1 else "")
+                              + f", a setting of the {cls.__name__}")
+        return cls(**{n: d[n] for n in names})
+
+    @classmethod
+    def flag_fields(cls) -> list[dataclasses.Field]:
+        """The fields set by command-line flags (all but the data's sizes)."""
+        return [f for f in fields(cls) if f.name not in DATA_FIELDS]
 
 
 class Student(nn.Module):
@@ -52,6 +73,10 @@ class Student(nn.Module):
 
     Class attributes:
         name: registry name (``--student``).
+        Config: the student's configuration dataclass (``StudentConfig`` or a subclass).
+        collection_defaults: {collection: {field: value}}: values of its settings (and of its
+            objective's, ``Losses``) that differ per collection, as its authors' configs have them.
+        Losses: dataclass of its objective's own factors (flags too), or None.
         levels: score levels in loss order, e.g. ``("frame",)`` or ``("clip", "frame")``.
         needs_clips: whether ``encode_video`` reads the (V, K, Dv) mean-pooled clips.
         kd_levels: levels whose positions the teacher's features can be pooled onto
@@ -60,14 +85,45 @@ class Student(nn.Module):
     """
 
     name: ClassVar[str]
+    Config: ClassVar[type] = StudentConfig
+    Losses: ClassVar[Optional[type]] = None
+    collection_defaults: ClassVar[dict] = {}
     levels: ClassVar[tuple[str, ...]] = ("frame",)
     needs_clips: ClassVar[bool] = False
     kd_levels: ClassVar[tuple[str, ...]] = ("frame",)
     level_weights: ClassVar[dict[str, float]] = {"frame": 1.0}
 
-    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
+    def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):
         super().__init__()
         self.cfg = cfg
+
+    @classmethod
+    def defaults(cls, collection: Optional[str]) -> dict:
+        """The student's own values (configuration and objective) for ``collection``."""
+        out = {f.name: f.default for f in cls.Config.flag_fields()}
+        if cls.Losses is not None:
+            out.update({f.name: f.default for f in fields(cls.Losses)})
+        return {**out, **cls.collection_defaults.get(collection, {})}
+
+    @classmethod
+    def n_clips(cls, cfg: StudentConfig) -> Optional[int]:
+        """Clips per video that ``encode_video`` reads, or None."""
+        return None
+
+    @classmethod
+    def objective_terms(cls, losses: Any, nce_weight: float) -> dict:
+        """Keyword arguments of ``method.losses.Objective`` for this student's retrieval terms.
+
+        ``losses``: an instance of ``Losses`` (None when the student has none);
+        ``nce_weight``: the InfoNCE weight of the frame level.
+        """
+        return {"nce_weights": {level: nce_weight for level in cls.levels}}
+
+    @classmethod
+    def padding_changes_numbers(cls, cfg: StudentConfig) -> bool:
+        """Whether padding a batch's videos further changes their encodings (then ``--compile``'s buckets cannot
+        be used)."""
+        return False
 
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
@@ -91,6 +147,8 @@ class Student(nn.Module):
         """Videos whose encodings depend on each other at evaluation (they must be encoded as one batch), or None."""
         return None
 
-    @staticmethod
-    def check_config(cfg: ModelConfig) -> None:
+    @classmethod
+    def check_config(cls, cfg: StudentConfig) -> None:
         """Raise ValueError naming the flag when ``cfg`` cannot build this student."""
+        if cfg.hidden_size % cfg.n_heads:
+            raise ValueError(f"--hidden_size {cfg.hidden_size} is not a multiple of --n_heads {cfg.n_heads}")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from method.models.students import register
-from method.models.students.base import ModelConfig, Student
+from method.models.students.base import Student, StudentConfig
 from method.models.students.blocks import AttentionBlock, LinearLayer, PositionalEncoding, attention_pool
 
 
@@ -21,7 +21,7 @@ class DLDKDStudent(Student):
 
     name = "dldkd"
 
-    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
+    def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):
         super().__init__(cfg)
         d = cfg.hidden_size
         if with_query_proj:

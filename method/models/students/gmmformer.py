@@ -12,8 +12,40 @@ import torch
 from torch import nn
 
 from method.models.students import register
-from method.models.students.base import ModelConfig, Student
+from dataclasses import dataclass
+
+from method.losses.objective import QueryDiversity
+from method.models.students.base import Student, StudentConfig, setting
 from method.models.students.blocks import GMMAttentionLayer, GMMBlock, LinearLayer, PositionalEncoding, attention_pool
+
+
+@dataclass
+class GMMFormerConfig(StudentConfig):
+    """GMMFormer's settings (GMMFormer and GMMFormerV2 share the first two)."""
+
+    map_size: int = setting(32, "GMMFormer family: clips per video (mean-pooled frames)")
+    gauss_centred: bool = setting(False, "GMMFormer family, fixes quirk Q2: centre each Gaussian on its own key "
+                                         "position (i / (L - 1)) instead of i / L (changes results)")
+    gauss_own_length: bool = setting(False, "GMMFormer, fixes quirk Q1: size each video's frame Gaussians by its own "
+                                            "length, not the padded batch length (changes results)")
+    eval_context_bsz: int = setting(100, "GMMFormer: videos encoded together at evaluation; their frame Gaussians are "
+                                         "sized by the group's longest video (quirk Q1), so this changes its numbers")
+
+
+@dataclass
+class GMMFormerLosses:
+    """The factors of GMMFormer's objective (the authors' loss_factor and neg_factor)."""
+
+    clip_nce_weight: float = setting(0.05, "GMMFormer family: weight of the clip-level InfoNCE term")
+    qdl_weight: float = setting(0.001, "GMMFormer family: weight of the query-diversity loss (0: off)")
+    qdl_margin: float = setting(0.15, "query-diversity loss: margin (neg_factor[0])")
+    qdl_scale: float = setting(32.0, "query-diversity loss: scale (neg_factor[1])")
+
+    def query_diversity(self, focal=None):
+        """The query-diversity term, or None when its weight is 0."""
+        if self.qdl_weight <= 0:
+            return None
+        return QueryDiversity(self.qdl_weight, self.qdl_margin, self.qdl_scale, focal)
 
 
 @register
@@ -21,12 +53,18 @@ class GMMFormerStudent(Student):
     """Query: projection, positions, one attention layer, attention pooling. Video: clip and frame GMM encoders."""
 
     name = "gmmformer"
+    Config = GMMFormerConfig
+    Losses = GMMFormerLosses
+    collection_defaults = {  # the authors' Configs/act.py and cha.py (TVR's are the fields' defaults)
+        "activitynet": {"clip_nce_weight": 0.02, "nce_weight": 0.04, "qdl_weight": 0.015, "qdl_margin": 0.2},
+        "charades": {"clip_nce_weight": 0.02, "nce_weight": 0.02, "qdl_weight": 0.005, "qdl_margin": 0.15},
+    }
     levels = ("clip", "frame")
     needs_clips = True
     kd_levels = ("clip",)  # the frame level is one pooled vector per video
     level_weights = {"clip": 0.7, "frame": 0.3}
 
-    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
+    def __init__(self, cfg: GMMFormerConfig, with_query_proj: bool = True):
         super().__init__(cfg)
         d, h, drop, centred = cfg.hidden_size, cfg.n_heads, cfg.drop, cfg.gauss_centred
         self.query_pos_embed = PositionalEncoding(cfg.max_desc_l, d, cfg.input_drop)
@@ -74,7 +112,15 @@ class GMMFormerStudent(Student):
         """The authors' evaluation groups of ``eval_context_bsz`` videos (frame vectors depend on each other, Q1)."""
         return None if self.cfg.gauss_own_length else self.cfg.eval_context_bsz
 
-    @staticmethod
-    def check_config(cfg: ModelConfig) -> None:
-        if cfg.hidden_size % cfg.n_heads:
-            raise ValueError(f"--hidden_size {cfg.hidden_size} is not a multiple of --n_heads {cfg.n_heads}")
+    @classmethod
+    def padding_changes_numbers(cls, cfg: GMMFormerConfig) -> bool:
+        return not cfg.gauss_own_length  # quirk Q1: the frame Gaussians span the padded length
+
+    @classmethod
+    def n_clips(cls, cfg: GMMFormerConfig) -> int:
+        return cfg.map_size
+
+    @classmethod
+    def objective_terms(cls, losses: GMMFormerLosses, nce_weight: float) -> dict:
+        return {"nce_weights": {"clip": losses.clip_nce_weight, "frame": nce_weight},
+                "qdl": losses.query_diversity()}

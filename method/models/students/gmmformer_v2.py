@@ -14,10 +14,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from method.models.students import register
-from method.models.students.base import ModelConfig, Student
+from dataclasses import dataclass
+
+from method.models.students.base import Student, StudentConfig, setting
+from method.models.students.gmmformer import GMMFormerLosses
 from method.models.students.blocks import DyGMMBlock, FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
 
 V2_CLIPS, V2_FRAMES = 32, 128  # the fusion heads predict weights per absolute position (quirk Q4)
+
+
+@dataclass
+class GMMFormerV2Config(StudentConfig):
+    """GMMFormerV2's settings."""
+
+    map_size: int = setting(32, "GMMFormer family: clips per video (mean-pooled frames)")
+    gauss_centred: bool = setting(False, "GMMFormer family, fixes quirk Q2: centre each Gaussian on its own key "
+                                         "position (i / (L - 1)) instead of i / L (changes results)")
+    sft_factor: float = setting(0.09, "GMMFormerV2: temperature of the softmax that fuses the Gaussian branches per "
+                                      "position")
+    mask_padded_frames: bool = setting(False, "GMMFormerV2, fixes quirk Q3: padded frames take no part in the "
+                                              "frame-level max (the authors' zeroed padded frames floor every shorter "
+                                              "video's frame score at 0)")
+
+
+@dataclass
+class GMMFormerV2Losses(GMMFormerLosses):
+    """The factors of GMMFormerV2's objective: GMMFormer's, the focal exponent and the matching (OT) weight."""
+
+    qdl_weight: float = setting(8e-5, "GMMFormer family: weight of the query-diversity loss (0: off)")
+    qdl_focal: float = setting(1.0, "GMMFormerV2's query-diversity loss: exponent of its focal factor (1 + cos)^x "
+                                    "(neg_factor[2])")
+    ot_weight: float = setting(0.09, "GMMFormerV2: weight of the caption-to-clip matching (Hungarian / OT) loss")
 
 
 @register
@@ -25,12 +52,20 @@ class GMMFormerV2Student(Student):
     """Query: projection, positions, one FFN attention layer, attention pooling. Video: clip and frame DyGMM blocks."""
 
     name = "gmmformer_v2"
+    Config = GMMFormerV2Config
+    Losses = GMMFormerV2Losses
+    collection_defaults = {  # the authors' Configs/act.py and cha.py (TVR's are the fields' defaults)
+        "activitynet": {"clip_nce_weight": 0.02, "nce_weight": 0.04, "qdl_weight": 0.003, "qdl_margin": 0.2,
+                        "ot_weight": 0.11, "sft_factor": 0.6},
+        "charades": {"clip_nce_weight": 0.02, "nce_weight": 0.04, "qdl_weight": 0.003, "qdl_margin": 0.2,
+                     "ot_weight": 0.1, "sft_factor": 0.6},
+    }
     levels = ("clip", "frame")
     needs_clips = True
     kd_levels = ("frame", "clip")
     level_weights = {"clip": 0.7, "frame": 0.3}
 
-    def __init__(self, cfg: ModelConfig, with_query_proj: bool = True):
+    def __init__(self, cfg: GMMFormerV2Config, with_query_proj: bool = True):
         super().__init__(cfg)
         d, h, drop, centred = cfg.hidden_size, cfg.n_heads, cfg.drop, cfg.gauss_centred
         self.weight_token = nn.Parameter(torch.randn(1, 1, d))  # N(0, 1); the wrapper's init leaves it
@@ -82,10 +117,18 @@ class GMMFormerV2Student(Student):
             frame = frame_mask.new_ones(v, self.cfg.max_ctx_l)
         return {"clip": frame_mask.new_ones(v, self.cfg.map_size), "frame": frame}
 
-    @staticmethod
-    def check_config(cfg: ModelConfig) -> None:
-        if cfg.hidden_size % cfg.n_heads:
-            raise ValueError(f"--hidden_size {cfg.hidden_size} is not a multiple of --n_heads {cfg.n_heads}")
+    @classmethod
+    def n_clips(cls, cfg: GMMFormerV2Config) -> int:
+        return cfg.map_size
+
+    @classmethod
+    def objective_terms(cls, losses: GMMFormerV2Losses, nce_weight: float) -> dict:
+        return {"nce_weights": {"clip": losses.clip_nce_weight, "frame": nce_weight},
+                "qdl": losses.query_diversity(focal=losses.qdl_focal), "ot_weight": losses.ot_weight}
+
+    @classmethod
+    def check_config(cls, cfg: GMMFormerV2Config) -> None:
+        super().check_config(cfg)
         if cfg.max_ctx_l != V2_FRAMES:
             raise ValueError(f"gmmformer_v2 needs --max_ctx_l {V2_FRAMES} (its fusion head is per frame position), "
                              f"got {cfg.max_ctx_l}")
