@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from common import bench_parser, device_timer, emit, machine, peak_rss_mb
+from method.config.settings import epoch_schedule, train_settings
 from method.data import demo as demo_data
 from method.training import rng
 from method.common.cli import resolve_device
@@ -55,14 +56,14 @@ def main(argv=None) -> None:
                                 "--preload", args.preload, "--preload_dtype", args.preload_dtype])
         rng.set_seed(opt.seed)
         with device_timer(device) as setup:
-            r = build_run(opt, device, Dist())
+            r = build_run(train_settings(opt), device, Dist())
         with StopSignal() as stop, device_timer(device) as epoch:
-            losses = train_one_epoch(r, 0, epoch_settings(opt, 0, r.teacher is not None), device, opt, stop)
+            losses = train_one_epoch(r, 0, epoch_settings(epoch_schedule(opt), 0), device, opt, stop)
         setup_seconds, epoch_seconds = setup.seconds, epoch.seconds
         data, compute = losses["data_seconds"], losses["compute_seconds"]
         emit(bench="train_epoch", recipe=args.recipe, device=machine(device), videos=r.loader.n_videos,
              steps=len(r.loader),
-             bsz=args.bsz, visual_dim=r.model.cfg.visual_input_size, num_workers=args.num_workers,
+             bsz=args.bsz, visual_dim=r.model.cfg.student_cfg.visual_input_size, num_workers=args.num_workers,
              preload=args.preload, preload_dtype=args.preload_dtype,
              setup_seconds=round(setup_seconds, 2), epoch_seconds=round(epoch_seconds, 2),
              data_seconds=round(data, 2), compute_seconds=round(compute, 2),

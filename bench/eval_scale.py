@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     s = TVR_TEST
     n_videos, n_queries = int(s["videos"] * args.scale), int(s["queries"] * args.scale)
-    model = DLDKD(ModelConfig(visual_input_size=s["visual_dim"], query_input_size=s["text_dim"])).to(device).eval()
+    model = DLDKD(ModelConfig.of(visual_input_size=s["visual_dim"], query_input_size=s["text_dim"])).to(device).eval()
     common = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
     videos = DataLoader(RandomVideos(n_videos, s["frames"], s["visual_dim"]), batch_size=args.video_bsz,
                         collate_fn=collate_videos, **common)
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     with device_timer(device) as t:
         res = evaluate(model, videos, queries, device, {"exploration": 0.3, "inheritance": 0.7}, args.chunk)
     seconds = t.seconds
-    d, frames = model.cfg.hidden_size, s["frames"]
+    d, frames = model.cfg.student_cfg.hidden_size, s["frames"]
     record = {"bench": "eval_scale", "device": machine(device), "scale": args.scale, "n_videos": n_videos,
               "n_queries": n_queries, "frames": frames, "chunk": args.chunk, "seconds": round(seconds, 1),
               "encode_seconds": round(res["seconds"]["encode"], 1),

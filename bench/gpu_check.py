@@ -41,6 +41,7 @@ checks the harness), and CUDA-only items are skipped with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import copy
 import gc
 import os
@@ -61,6 +62,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, synthetic_batch, write_collection
+from method.config.settings import model_config, loss_settings, epoch_schedule, train_settings
 from method.common.timing import device_timer
 from method.training import rng
 from method.training import runtime
@@ -75,7 +77,7 @@ from method.models.model import DLDKD
 from method.training.optim import build_optimizer
 from method.training.schedules import epoch_settings
 from method.models.teacher import PrecomputedTeacher
-from method.training.loop import Run, build_run, make_loss, model_config, train_one_epoch, train_step
+from method.training.loop import Run, build_run, train_one_epoch, train_step
 
 PARITY_TOL = 1e-4
 PRECISION_TOL = {"bf16": 3e-2, "tf32": 5e-3, "compile": 1e-4}  # max relative loss delta against float32
@@ -195,7 +197,7 @@ def make_run(opt, sizes: Sizes, device: torch.device, state=None, dist: Dist | N
     model = model.to(device)
     optimizer, scheduler = build_optimizer(model, opt.optim, opt.lr, opt.wd, 30, opt.lr_warmup_proportion,
                                            opt.exclude_all_norms_from_decay)
-    loss_fn = make_loss(opt, model.levels)
+    loss_fn = loss_settings(opt).build()
     d = dist or Dist()
     return Run(model=model, forward=forward(model) if forward else model, loader=None, optimizer=optimizer,
                scheduler=scheduler, loss_fn=loss_fn, teacher=None if opt.no_teacher else PrecomputedTeacher(),
@@ -211,7 +213,7 @@ def run_steps(run: Run, batches: list, settings: dict, device: torch.device, amp
     """Training steps; the loss terms and gradients of each step and the weights after them (CPU copies)."""
     out = {"terms": [], "grads": []}
     for b in batches:
-        terms = train_step(run, to_device(b, device), settings, amp)
+        terms = train_step(dataclasses.replace(run, amp=amp), to_device(b, device), settings)
         out["terms"].append({k: float(v.detach()) for k, v in terms.items()})
         out["grads"].append({n: p.grad.detach().double().cpu() for n, p in run.model.named_parameters()
                              if p.grad is not None})
@@ -318,7 +320,7 @@ def check_nccl(ctx) -> dict:
         ints = d.all_gather_ints([3, 4]) == [[3, 4]]
         opt = recipe_opt("iccv", ctx.sizes)
         batches = recipe_batches(opt, ctx.sizes, 1, seed=5)
-        settings = epoch_settings(opt, 40, True)
+        settings = epoch_settings(epoch_schedule(opt), 40)
         plain = make_run(opt, ctx.sizes, device)
         state = {k: v.cpu() for k, v in plain.model.state_dict().items()}
         ddp = make_run(opt, ctx.sizes, device, state, d, forward=lambda m: DistributedDataParallel(
@@ -338,7 +340,7 @@ def parity_check(recipe: str):
         runtime.apply_policy(tf32=False, deterministic=False)
         opt = recipe_opt(recipe, sizes)
         batches = recipe_batches(opt, sizes, 3)
-        settings = epoch_settings(opt, 40, not opt.no_teacher)  # past every recipe's hard-negative start
+        settings = epoch_settings(epoch_schedule(opt), 40)  # past every recipe's hard-negative start
         cpu = make_run(opt, sizes, torch.device("cpu"))
         state = copy.deepcopy(cpu.model.state_dict())
         skip = zero_gradients(opt, sizes, state, batches[0], settings)
@@ -355,7 +357,7 @@ def parity_check(recipe: str):
 
 
 def loss_curve(run: Run, batches: list, settings: dict, device: torch.device, amp: str = "none") -> list:
-    return [float(train_step(run, to_device(b, device), settings, amp)["loss"]) for b in batches]
+    return [float(train_step(dataclasses.replace(run, amp=amp), to_device(b, device), settings)["loss"]) for b in batches]
 
 
 def check_precision(ctx) -> dict:
@@ -363,7 +365,7 @@ def check_precision(ctx) -> dict:
     device, sizes = ctx.device, ctx.sizes
     opt = recipe_opt("iccv", sizes)
     batches = recipe_batches(opt, sizes, 3, seed=1, one_bucket=True)  # one compiled graph (CPU test: the bound)
-    settings = epoch_settings(opt, 40, True)
+    settings = epoch_settings(epoch_schedule(opt), 40)
     state = copy.deepcopy(make_run(opt, sizes, torch.device("cpu")).model.state_dict())
     runtime.apply_policy(tf32=False, deterministic=False)
     ref = loss_curve(make_run(opt, sizes, device, state), batches, settings, device)
@@ -410,13 +412,13 @@ def step_check(variant: str):
         sizes = Sizes(**{**ctx.sizes.__dict__, "visual": preset["visual_dim"], "text": preset["text_dim"],
                          "teacher": TEACHER_DIM})
         opt = recipe_opt("iccv", sizes, ["--hard_pool_size", "20"])
-        settings = epoch_settings(opt, 40, True)
+        settings = epoch_settings(epoch_schedule(opt), 40)
         batch = synthetic_batch(preset, device)
         if "flops" not in ctx.cache:  # counted once, on an eager float32 step (the same maths in every variant)
             counted = make_run(opt, sizes, device)
-            train_step(counted, batch, settings, "none")  # optimiser state outside the count
+            train_step(counted, batch, settings)  # optimiser state outside the count
             with FlopCounterMode(display=False) as counter:
-                train_step(counted, batch, settings, "none")
+                train_step(counted, batch, settings)
             ctx.cache["flops"] = counter.get_total_flops()
             del counted
         flops = ctx.cache["flops"]
@@ -430,7 +432,7 @@ def step_check(variant: str):
             if forward is not None:
                 run.shapes = ShapePolicy.for_model(run.model.cfg)
             t0 = time.perf_counter()
-            train_step(run, batch, settings, amp)  # warm-up (and compilation)
+            train_step(dataclasses.replace(run, amp=amp), batch, settings)  # warm-up (and compilation)
             synchronize(device)
             compile_seconds = round(time.perf_counter() - t0, 1) if forward is not None else None
             if device.type == "cuda":
@@ -438,7 +440,7 @@ def step_check(variant: str):
             times = []
             for _ in range(ctx.repeats):
                 with device_timer(device) as t:
-                    train_step(run, batch, settings, amp)
+                    train_step(dataclasses.replace(run, amp=amp), batch, settings)
                 times.append(t.seconds)
             seconds = statistics.median(times)
             out = {"variant": variant, "preset": "tvr" if ctx.sizes is FULL else "tiny", "amp": amp,
@@ -470,7 +472,7 @@ def profile(run: Run, batch: dict, settings: dict, amp: str, device: torch.devic
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         for _ in range(steps):
-            train_step(run, batch, settings, amp)
+            train_step(dataclasses.replace(run, amp=amp), batch, settings)
         synchronize(device)
     table = prof.key_averages()
     if device.type != "cuda":
@@ -501,10 +503,10 @@ def epoch_check(preload: str):
                                 "--hidden_size", str(sizes.hidden), "--n_heads", str(sizes.heads)])
         rng.set_seed(opt.seed)
         with device_timer(device) as setup:
-            r = build_run(opt, device, Dist())
-        settings = epoch_settings(opt, 0, True)
+            r = build_run(train_settings(opt), device, Dist())
+        settings = epoch_settings(epoch_schedule(opt), 0)
         with StopSignal() as stop, device_timer(device) as t:
-            losses = train_one_epoch(r, 0, settings, device, opt, stop)
+            losses = train_one_epoch(r, 0, settings, device, stop)
         steps = len(r.loader)
         out = {"preload": mode, "videos": ctx.epoch_videos, "steps": steps, "bsz": ctx.bsz,
                "num_workers": ctx.workers, "setup_seconds_incl_preload": round(setup.seconds, 1),

@@ -79,7 +79,7 @@ def previous_step(groups: list, state: dict) -> None:
 def tvr_groups(device: torch.device) -> list:
     """The TVR model's two parameter groups, with seeded random gradients (randn x 0.01)."""
     torch.manual_seed(0)
-    model = DLDKD(ModelConfig(visual_input_size=3072, query_input_size=768)).to(device)
+    model = DLDKD(ModelConfig.of(visual_input_size=3072, query_input_size=768)).to(device)
     g = torch.Generator().manual_seed(1)
     for p in model.parameters():
         p.grad = (torch.randn(p.shape, generator=g) * 0.01).to(device)

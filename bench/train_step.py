@@ -11,12 +11,14 @@ GMMFormerV2's matching (Hungarian) loss, which runs on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import PRESETS, TEACHER_DIM, bench_parser, emit, machine, matmul_peak_flops, median_seconds, synthetic_batch
+from method.config.settings import model_config, loss_settings
 from method.training.compiled import CompiledForward, ShapePolicy
 from method.common.cli import resolve_device
 from method.config.flags import parse_train_args
@@ -28,7 +30,7 @@ from method.training.optim import build_optimizer
 from method.config.recipes import RECIPES
 from method.models.students import STUDENTS
 from method.models.teacher import PrecomputedTeacher
-from method.training.loop import Run, make_loss, model_config, train_step
+from method.training.loop import Run, train_step
 
 
 class MatchingTimer:
@@ -54,7 +56,7 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool,
     opt = parse_train_args(args)
     model = DLDKD(model_config(opt, preset["visual_dim"], preset["text_dim"])).to(device).train()
     optimizer, scheduler = build_optimizer(model, "bertadam", opt.lr, opt.wd, total_steps=10_000)
-    loss_fn = make_loss(opt, model.levels)
+    loss_fn = loss_settings(opt).build()
     shapes = ShapePolicy.for_model(model.cfg) if compile_model else None  # what --compile does
     run = Run(model=model, forward=CompiledForward(model, shapes) if compile_model else model, loader=None,
               optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
@@ -67,7 +69,7 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool,
                                           .swapaxes(0, 1)).to(device)
         b["teacher_clip_feat"] = torch.randn(len(b["clip_feat"]), 32, TEACHER_DIM, device=device)
     # the training loop's own step, with distillation (when the recipe has a teacher) and hard negatives on
-    return lambda: train_step(run, b, settings, amp), opt
+    return lambda: train_step(dataclasses.replace(run, amp=amp), b, settings), opt
 
 
 def main(argv=None) -> None:

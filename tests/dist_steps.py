@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from method.config.settings import model_config, loss_settings
 from method.parallel import distributed
 from method.training import rng
 from method.training import loop
@@ -119,11 +120,11 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
     opt = case_options(case)
     dtype = torch.float64 if case in FLOAT64 else torch.float32
     rng.set_seed(0)
-    model = DLDKD(loop.model_config(opt, DV, DQ)).to(dtype)
+    model = DLDKD(model_config(opt, DV, DQ)).to(dtype)
     forward = DistributedDataParallel(model) if d.enabled else model
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-3, 0.01, total_steps=20, warmup=0.1)
     teacher = not opt.no_teacher
-    loss_fn = loop.make_loss(opt, model.levels)
+    loss_fn = loss_settings(opt).build()
     run = loop.Run(model=model, forward=forward, loader=None, optimizer=optimizer, scheduler=scheduler,
                     loss_fn=loss_fn, teacher=PrecomputedTeacher() if teacher else None, dist=d,
                     sampling=rng.sampling_generator(torch.device("cpu")) if d.enabled else None,
@@ -140,7 +141,7 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
         out["caption_counts"].append([len(it["cap_ids"]) for it in items])
         local = collate_train(share(items, d.rank, d.world), dims=dims, sort_by=opt.batch_sort)
         local = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in local.items()}
-        terms = loop.train_step(run, local, settings, "none")
+        terms = loop.train_step(run, local, settings)
         out["terms"].append({k: d.all_reduce_sum(v.detach().clone()).item() for k, v in terms.items()})
         out["grads"].append({name: p.grad.clone() for name, p in model.named_parameters()})
     out["weights"] = {k: v.clone() for k, v in model.state_dict().items()}

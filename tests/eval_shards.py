@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from method.config.settings import data_options
 from method.parallel import distributed
 from method.data import build_split
 from method.evaluation.evaluate import evaluate, make_eval_feed
@@ -21,8 +22,9 @@ FUSION = {"exploration": 0.3, "inheritance": 0.7, "clip": 0.7, "frame": 0.3}
 
 def tiny_model(student: str, eval_context_bsz: int) -> DLDKD:
     torch.manual_seed(11)
-    return DLDKD(ModelConfig(DV, DQ, hidden_size=8, n_heads=2, student=student, eval_context_bsz=eval_context_bsz,
-                             share_query_proj=student == "dldkd")).eval()
+    extra = {"eval_context_bsz": eval_context_bsz} if student == "gmmformer" else {}
+    return DLDKD(ModelConfig.of(DV, DQ, hidden_size=8, n_heads=2, student=student,
+                                share_query_proj=student == "dldkd", **extra)).eval()
 
 
 def evaluate_share(d: distributed.Dist, root: str, case: dict, scores_path=None) -> dict:
@@ -32,7 +34,7 @@ def evaluate_share(d: distributed.Dist, root: str, case: dict, scores_path=None)
     opt = argparse.Namespace(eval_video_bsz=case["video_bsz"], eval_query_bsz=case["query_bsz"],
                              preload=case["preload"], preload_dtype="float32", num_workers=0)
     split = build_split(root, "tvr", "i3d_resnet", "test", False, 128, 30)
-    feed = make_eval_feed(split, opt, torch.device("cpu"), model, d)
+    feed = make_eval_feed(split, data_options(opt), torch.device("cpu"), model, d)
     res = evaluate(model, feed.videos, feed.queries, torch.device("cpu"), FUSION, case["query_bsz"], scores_path, d)
     return {"t2v": res["t2v"], "v2t": res["v2t"], "video_ids": res["video_ids"], "cap_ids": res["cap_ids"],
             "own_videos": sum(len(b["video_ids"]) for b in feed.videos)}

@@ -49,7 +49,7 @@ def test_released_checkpoint_loads_weights_only(tmp_path):
         torch.load(path, weights_only=True)
     model, info = load_model(path, {"n_heads": 2})  # ... ours does not, without running code
     assert info == {"epoch": 7, "released": True, "format": "iccv", "model_config": model.cfg.to_dict()}
-    assert model.cfg.hidden_size == 8 and model.cfg.n_heads == 4  # model_cfg wins over opt.json
+    assert model.cfg.student_cfg.hidden_size == 8 and model.cfg.student_cfg.n_heads == 4  # model_cfg wins over opt.json
     ours = model.state_dict()
     for key, value in state.items():
         if key.startswith("A_query_input_proj."):
@@ -108,7 +108,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 
 def test_own_checkpoint_round_trip_weights_only(tmp_path):
-    cfg = ModelConfig(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2)
+    cfg = ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2)
     model = DLDKD(cfg)
     path = tmp_path / "model.ckpt"
     atomic_save({"format": "dldkd-v1", "model": model.state_dict(), "model_config": cfg.to_dict(), "epoch": 3}, path)

@@ -34,15 +34,15 @@ class CountingBackend:
 
 
 def test_buckets_and_the_v1_quirk():
-    policy = ShapePolicy.for_model(ModelConfig(DV, DQ))
+    policy = ShapePolicy.for_model(ModelConfig.of(DV, DQ))
     assert policy.frames == (16, 32, 64, 128) and policy.tokens == (8, 16, 30)
     assert [bucket(n, policy.frames) for n in (1, 16, 17, 100, 128)] == [16, 16, 32, 128, 128]
-    small = ShapePolicy.for_model(ModelConfig(DV, DQ, max_ctx_l=48, max_desc_l=12))
+    small = ShapePolicy.for_model(ModelConfig.of(DV, DQ, max_ctx_l=48, max_desc_l=12))
     assert small.frames == (16, 32, 48) and small.tokens == (8, 12)
     with pytest.raises(ValueError, match="--compile with --student gmmformer needs --gauss_own_length"):
-        ShapePolicy.for_model(ModelConfig(DV, DQ, student="gmmformer"))  # Q1: padding changes its numbers
-    assert ShapePolicy.for_model(ModelConfig(DV, DQ, student="gmmformer", gauss_own_length=True)).frames
-    assert ShapePolicy.for_model(ModelConfig(DV, DQ, student="gmmformer_v2")).frames == (16, 32, 64, 128)
+        ShapePolicy.for_model(ModelConfig.of(DV, DQ, student="gmmformer"))  # Q1: padding changes its numbers
+    assert ShapePolicy.for_model(ModelConfig.of(DV, DQ, student="gmmformer", gauss_own_length=True)).frames
+    assert ShapePolicy.for_model(ModelConfig.of(DV, DQ, student="gmmformer_v2")).frames == (16, 32, 64, 128)
     with pytest.raises(SystemExit):
         parse_train_args(["--root_path", "/r", "--collection", "tvr", "--recipe", "gmmformer", "--compile"])
     assert parse_train_args(["--root_path", "/r", "--collection", "tvr", "--recipe", "gmmformer", "--compile",
@@ -71,9 +71,9 @@ def epoch_batches(student: str, n_batches: int, seed: int = 0, max_frames: int =
 
 def make_run(student: str, forward_of) -> loop.Run:
     rng.set_seed(0)
-    cfg = ModelConfig(DV, DQ, hidden_size=8, n_heads=2, input_drop=0.0, drop=0.0, student=student,
+    cfg = ModelConfig.of(DV, DQ, hidden_size=8, n_heads=2, input_drop=0.0, drop=0.0, student=student,
                       share_query_proj=student == "dldkd", single_branch=student != "dldkd",
-                      gauss_own_length=student == "gmmformer")
+                      **({"gauss_own_length": True} if student == "gmmformer" else {}))
     model = DLDKD(cfg)
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-3, 0.01, total_steps=20)
     levels = model.levels
@@ -86,7 +86,7 @@ def make_run(student: str, forward_of) -> loop.Run:
 def run_epoch(run: loop.Run, batches: list) -> list:
     out = []
     for b in batches:
-        terms = loop.train_step(run, b, {"kd_factor": 0.0, "hard_negative": True}, "none")
+        terms = loop.train_step(run, b, {"kd_factor": 0.0, "hard_negative": True})
         out.append({k: v.item() for k, v in terms.items()})
     return out
 

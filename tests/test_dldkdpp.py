@@ -36,7 +36,7 @@ def master_state(g) -> dict:
 
 def tiny_model(g) -> DLDKD:
     """The golden model: the authors' generator ran it with dropout 0."""
-    model = DLDKD(ModelConfig(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
+    model = DLDKD(ModelConfig.of(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
                               input_drop=0.0, drop=0.0, share_query_proj=False))
     model.load_state_dict(dldkdpp_to_own(master_state(g)))
     return model

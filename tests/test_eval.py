@@ -50,7 +50,7 @@ def do_test(*args):
 
 def direct_scores(state, root):
     """Scores of every test query against every test video, by one forward pass of this project's model."""
-    model = DLDKD(ModelConfig(visual_input_size=DV, query_input_size=DQ, hidden_size=HIDDEN, n_heads=4))
+    model = DLDKD(ModelConfig.of(visual_input_size=DV, query_input_size=DQ, hidden_size=HIDDEN, n_heads=4))
     model.load_state_dict(released_to_own(state))
     model.eval()
     split = build_split(root, "tvr", "i3d_resnet", "test", False, 128, 30)

@@ -51,9 +51,10 @@ def t(g, key):
 
 
 def tiny_cfg(version, **overrides):
-    return ModelConfig(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
-                       student=STUDENTS[version], single_branch=True, input_drop=0.0, drop=0.0, sft_factor=0.09,
-                       **overrides)
+    extra = {"sft_factor": 0.09} if version == "v2" else {}
+    return ModelConfig.of(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
+                          student=STUDENTS[version], single_branch=True, input_drop=0.0, drop=0.0,
+                          **extra, **overrides)
 
 
 def golden_state(g, version):
@@ -304,7 +305,7 @@ def test_state_dict_names_and_tvr_parameter_counts(gmmformer_golden, version):
     g = gmmformer_golden
     model = DLDKD(tiny_cfg(version))
     assert set(model.state_dict()) == set(golden_state(g, version))
-    tvr = DLDKD(ModelConfig(visual_input_size=3072, query_input_size=768, student=STUDENTS[version],
+    tvr = DLDKD(ModelConfig.of(visual_input_size=3072, query_input_size=768, student=STUDENTS[version],
                             single_branch=True))
     tensors, params = {"v1": (193, 12_848_256), "v2": (297, 32_273_440)}[version]
     assert len(tvr.state_dict()) == tensors
@@ -313,7 +314,7 @@ def test_state_dict_names_and_tvr_parameter_counts(gmmformer_golden, version):
 
 def test_weight_token_keeps_its_normal_init():
     torch.manual_seed(0)
-    model = DLDKD(ModelConfig(visual_input_size=16, query_input_size=12, student="gmmformer_v2", single_branch=True))
+    model = DLDKD(ModelConfig.of(visual_input_size=16, query_input_size=12, student="gmmformer_v2", single_branch=True))
     assert 0.8 < model.inheritance.weight_token.std().item() < 1.2
     assert model.inheritance.clip_encoder.layer1.weight.std().item() < 0.05
 
@@ -342,7 +343,7 @@ def evaluate(model, g, version, groups):
     frames, frame_mask, text, text_mask, clips, _ = tiny_batch(g)
     student = model.inheritance
     order = t(g, f"{version}_tiny_eval_query_order_in_loader")
-    query = torch.empty(text.shape[0], model.cfg.hidden_size)
+    query = torch.empty(text.shape[0], model.cfg.student_cfg.hidden_size)
     for batch in order.split(5):
         n = int(text_mask[batch].sum(dim=1).max())
         query[batch] = student.encode_query(text[batch, :n], text_mask[batch, :n])
@@ -523,15 +524,15 @@ def test_student_attributes_and_check_config():
         assert cls.levels == ("clip", "frame") and cls.needs_clips
         assert cls.level_weights == {"clip": 0.7, "frame": 0.3}
         with pytest.raises(ValueError, match="--n_heads"):
-            cls.check_config(ModelConfig(visual_input_size=4, query_input_size=4, hidden_size=10, n_heads=4))
+            cls.check_config(cls.Config(visual_input_size=4, query_input_size=4, hidden_size=10, n_heads=4))
     assert v1.kd_levels == ("clip",) and v2.kd_levels == ("frame", "clip")
-    v1.check_config(ModelConfig(visual_input_size=4, query_input_size=4, max_ctx_l=64, map_size=16))
+    v1.check_config(v1.Config(visual_input_size=4, query_input_size=4, max_ctx_l=64, map_size=16))
     with pytest.raises(ValueError, match="--max_ctx_l"):
-        v2.check_config(ModelConfig(visual_input_size=4, query_input_size=4, max_ctx_l=64))
+        v2.check_config(v2.Config(visual_input_size=4, query_input_size=4, max_ctx_l=64))
     with pytest.raises(ValueError, match="--map_size"):
-        v2.check_config(ModelConfig(visual_input_size=4, query_input_size=4, map_size=16))
+        v2.check_config(v2.Config(visual_input_size=4, query_input_size=4, map_size=16))
     with pytest.raises(ValueError, match="--max_ctx_l"):
-        DLDKD(ModelConfig(visual_input_size=4, query_input_size=4, student="gmmformer_v2", max_ctx_l=96))
+        DLDKD(ModelConfig.of(visual_input_size=4, query_input_size=4, student="gmmformer_v2", max_ctx_l=96))
 
 
 def test_v2_frames_run_on_the_batch_length_as_the_first_positions_of_128(gmmformer_golden):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from method.config.settings import loss_settings
 from method.training import loop
 from method.config.flags import parse_train_args
 from method.data import collate_queries, collate_videos
@@ -43,7 +44,7 @@ def authors_state(g, version) -> dict:
 
 
 def tiny_model(g, version, **cfg) -> DLDKD:
-    model = DLDKD(ModelConfig(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
+    model = DLDKD(ModelConfig.of(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2,
                               student=VERSIONS[version], single_branch=True, input_drop=0.0, drop=0.0,
                               sft_factor=0.09, **cfg))
     model.load_state_dict({f"inheritance.{k}": v for k, v in authors_state(g, version).items()})
@@ -70,7 +71,7 @@ def recipe_run(g, version) -> loop.Run:
     model = tiny_model(g, version)
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-2, opt.wd, total_steps=100,
                                            warmup=opt.lr_warmup_proportion)
-    loss_fn = loop.make_loss(opt, model.levels)
+    loss_fn = loss_settings(opt).build()
     return loop.Run(model=model, forward=model, loader=None, optimizer=optimizer, scheduler=scheduler,
                      loss_fn=loss_fn, teacher=None, dist=Dist(), second_queries=loss_fn.objective.needs_second_queries)
 
@@ -85,7 +86,7 @@ def test_recipe_objective_and_two_steps_match_the_authors(g, version):
     batch = tiny_batch(g)
     losses = []
     for step in range(2):  # the first update has learning-rate multiplier 0: both steps see the same gradient
-        terms = loop.train_step(run, batch, {"hard_negative": True}, "none")
+        terms = loop.train_step(run, batch, {"hard_negative": True})
         losses.append(terms.pop("loss").item())
         if step == 0:
             assert list(terms) == names

@@ -8,7 +8,7 @@ from method.models.model import DLDKD, ModelConfig, cosine_video_scores, normali
 
 def tiny_released_model(golden) -> DLDKD:
     state = {k[len("model/"):]: torch.from_numpy(golden[k]) for k in golden.files if k.startswith("model/")}
-    model = DLDKD(ModelConfig(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2))
+    model = DLDKD(ModelConfig.of(visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2))
     model.load_state_dict(released_to_own(state))
     return model.eval()
 
@@ -45,17 +45,17 @@ def test_exploration_uses_inheritance_query_projection(golden):
 
 
 def test_separate_query_projection_flag():
-    cfg = ModelConfig(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2, share_query_proj=False)
+    cfg = ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2, share_query_proj=False)
     model = DLDKD(cfg)
     assert "exploration.query_input_proj.net.1.weight" in model.state_dict()
-    single = DLDKD(ModelConfig(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2, single_branch=True))
+    single = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2, single_branch=True))
     assert single.branch_names == ("inheritance",)
     assert not any(k.startswith("exploration.") for k in single.state_dict())
 
 
 def test_parameter_count_matches_released_tvr_checkpoint():
     """74 released tensors, 5,755,392 parameters; the unused A_query_input_proj (2 x 768 + 384 x 769) is not built."""
-    model = DLDKD(ModelConfig(visual_input_size=3072, query_input_size=768))
+    model = DLDKD(ModelConfig.of(visual_input_size=3072, query_input_size=768))
     unused = 2 * 768 + 384 * 768 + 384
     assert sum(p.numel() for p in model.parameters()) == 5_755_392 - unused
     assert len(model.state_dict()) == 74 - 4
@@ -90,7 +90,7 @@ def test_score_level_against_loop():
 def test_padding_does_not_change_scores():
     """Extra padded frames and tokens leave every score unchanged (eval mode)."""
     torch.manual_seed(0)
-    model = DLDKD(ModelConfig(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2)).eval()
+    model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2)).eval()
     vf, qf = torch.randn(3, 4, 6), torch.randn(2, 3, 5)
     vm, qm = torch.ones(3, 4), torch.ones(2, 3)
     pad_v = torch.cat([vf, torch.randn(3, 2, 6)], dim=1)

@@ -51,8 +51,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="student frame features, FeatureData/<name>/ (BigFile) or <name>.hdf5 "
                         "(default: i3d_resnet for tvr, i3d for activitynet, i3d_rgb_lgi for charades)")
     g.add_argument("--q_feat_size", type=int, default=None,
-                   help="text feature size, checked against the data (default: 768 for tvr, 1024 for activitynet and "
-                        "charades, else read from the data)")
+                   help="text feature size (768 for TVR's RoBERTa, 1024 otherwise); when given it is checked "
+                        "against the data, when absent it is read from the data")
     g.add_argument("--teacher_video_file", default=None,
                    help="teacher frame features in FeatureData/ (default new_clip_vit_32_<collection>_vid_features.hdf5)")
     g.add_argument("--teacher_query_file", default=None,
@@ -294,10 +294,8 @@ def complete(opt: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"--kd_level {opt.kd_level}: the {opt.student} student distils over "
                          f"{' or '.join(cls.kd_levels)}"
                          + (" (its frame branch pools each video to one vector)" if opt.student == "gmmformer" else ""))
-    known = COLLECTIONS.get(opt.collection, {})
-    for key in ("visual_feature", "q_feat_size"):
-        if getattr(opt, key, None) is None:
-            setattr(opt, key, known.get(key))
+    if getattr(opt, "visual_feature", None) is None:
+        opt.visual_feature = COLLECTIONS.get(opt.collection, {}).get("visual_feature")
     if opt.visual_feature is None:
         raise SystemExit(f"--visual_feature is required for collection {opt.collection!r}")
     own = set(cls.defaults(opt.collection))

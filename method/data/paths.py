@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from method.data.bigfile import DataError
 
 SPLITS = ("train", "val", "test")
-# The released feature packages: the student frame features' name and the text features' size per collection.
+# The released feature packages: the name of each collection's student frame features.
 COLLECTIONS = {
-    "tvr": {"visual_feature": "i3d_resnet", "q_feat_size": 768},
-    "activitynet": {"visual_feature": "i3d", "q_feat_size": 1024},
-    "charades": {"visual_feature": "i3d_rgb_lgi", "q_feat_size": 1024},
+    "tvr": {"visual_feature": "i3d_resnet"},
+    "activitynet": {"visual_feature": "i3d"},
+    "charades": {"visual_feature": "i3d_rgb_lgi"},
 }
 
 

@@ -147,7 +147,7 @@ class Run:
     loss_fn: DLDKDLoss
     teacher: Optional[PrecomputedTeacher]
     dist: distributed.Dist
-    data: DataOptions  # with the text feature size read from the data
+    data: Optional[DataOptions] = None  # with the text feature size read from the data
     seed: int = 0
     amp: str = "none"
     debug: bool = False
