@@ -28,7 +28,7 @@ PRESETS = {
     "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
 }
 TEACHER_DIM = 512
-# TVR's splits (DATA_AND_CHECKPOINTS.md): train videos / captions, test videos / captions.
+# TVR's splits (docs/data.md, "Split sizes"): train videos / captions, test videos / captions.
 TVR_SPLITS = {"train": (17_435, 87_175), "test": (2_179, 10_895)}
 
 

@@ -11,13 +11,15 @@ from method.models.checkpoint import (CheckpointError, atomic_save, load_model, 
 from method.models.model import DLDKD, ModelConfig
 
 easydict = pytest.importorskip("easydict")
-KEYS_TSV = Path(__file__).resolve().parents[2] / "shared" / "spec" / "released_checkpoint_keys_tvr.tsv"
+# The released TVR checkpoint's key names and shapes, one "name<TAB>(shape)" a line (tests/golden/README.md).
+KEYS_TSV = Path(__file__).resolve().parent / "golden" / "released_checkpoint_keys_tvr.tsv"
 
 
 def released_state(visual=3072, query=768, hidden=384, seed=0) -> OrderedDict:
     """A state dict with the released TVR key names and shapes (scaled to the given sizes), random values."""
     if not KEYS_TSV.is_file():
-        pytest.skip(f"{KEYS_TSV} not present")
+        pytest.fail(f"golden file missing: {KEYS_TSV} (it is part of the repository: restore tests/golden/)",
+                    pytrace=False)
     sizes = {3072: visual, 768: query, 384: hidden}
     g = torch.Generator().manual_seed(seed)
     state = OrderedDict()

@@ -1,10 +1,9 @@
-"""GMMFormer / GMMFormerV2 students, blocks and query losses against the authors' code (gmmformer_golden.npz).
+"""GMMFormer / GMMFormerV2 students, blocks and query losses against the authors' code (tests/golden/gmmformer_golden.npz,
+the ``gmmformer_golden`` fixture of conftest.py).
 
 Tolerance: |actual - golden| <= 1e-5 * max(1, |golden|) (float32 rounding), NaN equal to NaN.
 """
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,20 +18,9 @@ from method.models.students.blocks import (
     DYGMM_WIDTHS, GMM_WIDTHS, DyGMMBlock, GaussianSelfAttention, GMMBlock, gaussian_matrix,
 )
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
-GOLDEN_DIR = Path(os.environ.get("DLDKD_GOLDEN", SPEC / "golden" / "released_code_golden.npz")).parent
 STUDENTS = {"v1": "gmmformer", "v2": "gmmformer_v2"}
 TINY_LOSS = {"v1": {"neg_factor": (0.15, 32.0)}, "v2": {"neg_factor": (0.15, 32.0, 1.0)}}
 MARGIN = 0.1
-
-
-@pytest.fixture(scope="session")
-def gmmformer_golden():
-    """Outputs of the authors' GMMFormer / GMMFormerV2 code on small seeded inputs."""
-    path = GOLDEN_DIR / "gmmformer_golden.npz"
-    if not path.is_file():
-        pytest.skip(f"GMMFormer golden file not found at {path} (set DLDKD_GOLDEN to a file beside it)")
-    return np.load(path)
 
 
 def assert_close(actual, ref, tol=1e-5):

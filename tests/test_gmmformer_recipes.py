@@ -27,15 +27,13 @@ from method.training.optim import build_optimizer, param_groups
 from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / "shared" / "spec" / "golden" / "gmmformer_golden.npz"
 VERSIONS = {"v1": "gmmformer", "v2": "gmmformer_v2"}
 
 
 @pytest.fixture(scope="module")
-def g():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden file not found at {GOLDEN}")
-    return np.load(GOLDEN)
+def g(gmmformer_golden):
+    """tests/golden/gmmformer_golden.npz (conftest.py; a missing file fails the test)."""
+    return gmmformer_golden
 
 
 def authors_state(g, version) -> dict:

@@ -404,7 +404,7 @@ def test_dldkd_without_teacher_and_single_branch():
 # DL-DKD++ soft-target InfoNCE
 # --------------------------------------------------------------------------- #
 def loop_soft_nce(s, sims, labels, alpha, beta, leak=1e-12, keep_parts=False):
-    """DLDKDPP.md 2.3-2.6 written out caption by caption and video by video."""
+    """docs/method.md's soft-target InfoNCE rules written out caption by caption and video by video."""
     Q, V = s.shape
     labels = labels.tolist()
     hq, hv = math.floor(alpha * Q), math.floor(alpha * V)

@@ -1,4 +1,4 @@
-"""Tests of method/schedules.py: golden multipliers of the released code and the spec's formulas."""
+"""Tests of method/training/schedules.py: golden multipliers of the released code and the formulas of docs/method.md."""
 import math
 
 import numpy as np
@@ -16,7 +16,7 @@ def test_kd_factor_matches_golden_row(golden, way):
     np.testing.assert_allclose(ours, row, rtol=1e-12, atol=0)
 
 
-# Expected values written from the formulas of METHOD.md (scale 0.1, init 0.1).
+# Expected values written from the formulas of docs/method.md, "Distillation schedules" (scale 0.1, init 0.1).
 EXPLICIT = {
     "fixed": lambda e: 0.1,
     "exp_decay": lambda e: 0.1 * 0.95 ** e,

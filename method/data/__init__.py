@@ -3,7 +3,7 @@
 Shapes: V videos, Q captions, L padded frames (<= max_ctx_l), N padded tokens
 (<= max_desc_l), Dv student frame dim, Dq text dim, Dt teacher (CLIP) dim.
 
-On-disk layout (DATA_AND_CHECKPOINTS.md), under `<root_path>/<collection>/`::
+On-disk layout (docs/data.md), under `<root_path>/<collection>/`::
 
     TextData/<collection>{train,val,test}.caption.txt
     TextData/roberta_<collection>_query_feat.hdf5          cap_id -> (n_tokens, Dq)

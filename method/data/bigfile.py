@@ -1,6 +1,6 @@
 """Memory-mapped reader of the released "BigFile" feature folder.
 
-Layout of a folder (see DATA_AND_CHECKPOINTS.md)::
+Layout of a folder (see docs/data.md, "BigFile folders")::
 
     feature.bin        raw little-endian float32 rows, no header, (n_rows, dim)
     shape.txt          "<n_rows> <dim>"

@@ -82,7 +82,7 @@ def student_frames(x, max_ctx_l, n_teacher=None):
 def clip_features(x, n_clips=32, normalize=True):
     """GMMFormer's clip-level input: the raw frames (n, D) mean-pooled to exactly ``n_clips`` clips -> float32.
 
-    For any n, also n < n_clips (GMMFORMER.md 1.2, ``average_to_fixed_length``):
+    For any n, also n < n_clips (docs/gmmformer.md, "32-clip pooling"; the authors' ``average_to_fixed_length``):
     boundaries round(k n / n_clips) (half to even; exact in float64 for
     n_clips = 32), each clipped to n - 1; clip i is the mean of its frames, or
     frame b_i alone when the segment is empty. This is ``uniform_pool``'s rule

@@ -1,4 +1,4 @@
-"""Frame-level distillation of the teachers' score distribution (METHOD.md loss 3).
+"""Frame-level distillation of the teachers' score distribution (docs/method.md, "Distillation").
 
 With several teachers the target is the mixture (mean) of the teachers'
 softmax distributions: each teacher keeps its own localisation, and a frame

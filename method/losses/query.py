@@ -1,6 +1,6 @@
 """The GMMFormer family's losses on query embeddings: query diversity (QDL) and caption-clip matching (OT).
 
-GMMFORMER.md 5.4-5.6. Shapes: Q queries, V videos, K clips per video, d
+docs/gmmformer.md, "Losses". Shapes: Q queries, V videos, K clips per video, d
 embedding size; ``labels[q]`` is query q's video (0..V-1). The inputs are
 the second query encoding q' (quirk Q5) and the clip features C.
 

@@ -193,7 +193,7 @@ def nce_loss(raw_scores: Tensor, labels: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- #
-# DL-DKD++ soft-target InfoNCE (DLDKDPP.md section 2)
+# DL-DKD++ soft-target InfoNCE (docs/method.md, "Soft-target InfoNCE")
 # --------------------------------------------------------------------------- #
 def hard_count(alpha: float, n: int) -> int:
     """How many of n rows (or columns) keep one-hot targets: ``floor(alpha * n)`` on a double."""
@@ -238,7 +238,7 @@ def soft_nce_v2t_terms(scores: Tensor, sims: Tensor, labels: Tensor, video_index
 
 def soft_nce_reduce(t2v_terms: Tensor, query_index: Tensor, v2t_terms: Tensor, video_index: Tensor,
                     num_queries: int, num_videos: int, alpha: float, keep_parts: bool = False) -> Tensor:
-    """``alpha * hard + (1 - alpha) * soft`` of the terms a process owns (DLDKDPP.md 2.6).
+    """``alpha * hard + (1 - alpha) * soft`` of the terms a process owns (docs/method.md, soft-target InfoNCE).
 
     ``hard = sum t2v[q < hQ] / hQ + sum v2t[v < hV] / hV`` and ``soft`` likewise
     over the rest, with ``hQ = floor(alpha Q)``, ``hV = floor(alpha V)``. As

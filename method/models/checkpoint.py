@@ -45,7 +45,7 @@ from method.models.students import ConfigError, student_class
 FORMAT = "dldkd-v1"
 log = logging.getLogger("dldkd")
 RELEASED_PREFIXES = {"A_": "exploration.", "B_": "inheritance."}
-# DL-DKD++ module names -> this model's (the same modules; DLDKDPP.md section 1).
+# DL-DKD++ module names -> this model's (the same modules; docs/data.md, "DL-DKD++ checkpoints").
 DLDKDPP_MODULES = {"query_pos_embed": "query_pos_embed", "query_input_proj": "query_input_proj",
                    "query_encoder": "query_encoder", "modular_vector_mapping": "modular_vector_mapping",
                    "visual_pos_embed": "frame_pos_embed", "visual_input_proj": "frame_input_proj",

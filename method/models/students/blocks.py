@@ -102,7 +102,7 @@ def attention_pool(scorer: nn.Linear, x: torch.Tensor, mask: torch.Tensor) -> to
 
 
 # --------------------------------------------------------------------------- #
-# GMMFormer family (GMMFORMER.md sections 2.3-2.4, 3.1-3.2, 4.1-4.3)
+# GMMFormer family (docs/gmmformer.md: "Shared blocks", "The GMMFormer network", "The GMMFormerV2 network")
 # --------------------------------------------------------------------------- #
 GMM_WIDTHS = (None, 0.5, 1.0, 5.0)  # GMMFormer's GMM block: attn0..attn3 (None = no Gaussian)
 DYGMM_WIDTHS = (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)  # GMMFormerV2's DyGMM block: attn0..attn7

@@ -1,4 +1,4 @@
-"""The GMMFormer student (Wang et al., AAAI 2024; GMMFORMER.md section 3).
+"""The GMMFormer student (Wang et al., AAAI 2024; docs/gmmformer.md, "The GMMFormer network").
 
 Clip level: the 32 mean-pooled clips through two GMM blocks (no mask).
 Frame level: the frames through two masked GMM blocks, attention-pooled to

@@ -1,4 +1,4 @@
-"""The GMMFormerV2 student (arXiv 2405.13824; GMMFORMER.md section 4).
+"""The GMMFormerV2 student (arXiv 2405.13824; docs/gmmformer.md, "The GMMFormerV2 network").
 
 Clip level: the 32 clips through one DyGMM block. Frame level: the frames
 padded to exactly ``max_ctx_l`` = 128, one masked DyGMM block, padded rows
