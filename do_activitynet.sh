@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# Train DL-DKD on ActivityNet Captions, then evaluate the best checkpoint on the test split.
+# Train on ActivityNet Captions, then evaluate the best checkpoint on the test split.
 # Usage: [RECIPE=iccv|dldkdpp|gmmformer|gmmformer_v2] [STUDENT=NAME] [NPROC=N] ./do_activitynet.sh ROOTPATH [flags...]
-#   RECIPE   iccv (default): the ICCV 2023 recipe; dldkdpp: DL-DKD++ (soft alignment); gmmformer,
-#            gmmformer_v2: the GMMFormer / GMMFormerV2 recipes (one network, no teacher); see README "Recipes".
+#   RECIPE   iccv (default): DL-DKD, ICCV 2023; dldkdpp: DL-DKD++ (soft alignment); gmmformer, gmmformer_v2: the
+#            GMMFormer / GMMFormerV2 recipes (one network, no teacher); see docs/recipes.md.
 #   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer or gmmformer_v2.
+#   EXP_ID   name of the run (default: the recipe's, with the student's).
 #   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
 #            Several machines: also NNODES, NODE_RANK and MASTER_ADDR / MASTER_PORT (or RDZV_ENDPOINT);
 #            MAX_RESTARTS lets torchrun restart a failed group (add --results_dir DIR --resume_if_exists).
-# Edit the settings below; extra flags are passed through to method.train (python -m method.train --help).
+# The values below are the recipe table's (method/config/recipes.py; tests/test_packaging.py keeps them equal), so
+# this script trains what `python -m method.train --recipe $RECIPE --collection activitynet --root_path ROOTPATH` trains.
+# Edit them here to change this script's runs; extra flags are passed through (python -m method.train --help).
 set -euo pipefail
 ROOTPATH=${1:?usage: ./do_activitynet.sh ROOTPATH [flags...]}
 shift
 
 COLLECTION=activitynet
-VISUAL_FEATURE=i3d          # FeatureData/$VISUAL_FEATURE (BigFile folder or .hdf5)
-Q_FEAT_SIZE=1024                  # RoBERTa feature size
+VISUAL_FEATURE=i3d             # FeatureData/$VISUAL_FEATURE (BigFile folder or .hdf5)
 RECIPE=${RECIPE:-iccv}
 STUDENT=${STUDENT:-}               # the network of a branch: dldkd, gmmformer, gmmformer_v2 (default: the recipe's)
-RECIPE_ARGS=()
 BSZ=128                         # videos per global batch (with all their captions), all processes together
 MAX_ES_CNT=10                   # early stop after this many epochs without val improvement (+1)
 KD_SCHEDULE=exp_decay           # dynamic distillation weight: k^epoch (released decay_way 1; DL-DKD++ "exp")
@@ -26,18 +27,14 @@ LOSS_SCALE_WEIGHT=0.1           # the KL term is multiplied by LOSS_SCALE_WEIGHT
 DEVICE=auto                     # auto = CUDA when present, else CPU
 NUM_WORKERS=4
 case "$RECIPE" in
-    iccv)     # the ICCV 2023 script
-        EXP_ID=dldkd; N_EPOCH=100; SEED=2018; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.1; DROP=0.1 ;;
-    dldkdpp)  # the authors' DL-DKD++ script: soft alignment (set by --recipe dldkdpp), 120 epochs
-        EXP_ID=dldkdpp; N_EPOCH=120; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25 ;;
-    gmmformer)     # the authors' GMMFormer config (Configs/act.py): one network, no teacher
-        EXP_ID=gmmformer; N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.2; DROP=0.2
-        RECIPE_ARGS=(--hard_negative_start_epoch 20 --clip_nce_weight 0.02 --nce_weight 0.04 --qdl_weight 0.015
-                     --qdl_margin 0.2 --qdl_scale 32) ;;
-    gmmformer_v2)  # the authors' GMMFormerV2 config
-        EXP_ID=gmmformer_v2; N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.31; DROP=0.31
-        RECIPE_ARGS=(--hard_negative_start_epoch 20 --clip_nce_weight 0.02 --nce_weight 0.04 --qdl_weight 0.003
-                     --qdl_margin 0.2 --qdl_scale 32 --qdl_focal 1 --ot_weight 0.11 --sft_factor 0.6) ;;
+    iccv)         # the ICCV 2023 scripts
+        N_EPOCH=100; SEED=2018; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.1;  DROP=0.1;  HARD_NEGATIVE_START_EPOCH=0 ;;
+    dldkdpp)      # the authors' DL-DKD++ scripts (soft alignment)
+        N_EPOCH=120; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=0 ;;
+    gmmformer)    # the authors' GMMFormer config: one network, no teacher
+        N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=20 ;;
+    gmmformer_v2) # the authors' GMMFormerV2 config: one network, no teacher
+        N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.31; DROP=0.31; HARD_NEGATIVE_START_EPOCH=20 ;;
     *) echo "RECIPE must be iccv, dldkdpp, gmmformer or gmmformer_v2, got '$RECIPE'" >&2; exit 2 ;;
 esac
 

@@ -5,7 +5,7 @@
 #   e.g. ./do_custom.sh ~/data mydata ~/mydata/videos --captions ~/mydata/captions.txt --split_rule ratio:0.7,0.1,0.2
 #        ./do_custom.sh ~/data mydata ~/mydata/videos         # captions already in ~/data/mydata/TextData/
 #   TRAIN=0            only prepare the features
-#   TRAIN_FLAGS="..."  extra flags of method.train (the ICCV recipe's defaults otherwise; KD_SCHEDULE=exp_decay)
+#   TRAIN_FLAGS="..."  extra flags of method.train (the ICCV recipe's values otherwise)
 # See docs/own_data.md. The Python environment needs requirements-extract.txt; afterwards evaluate the run with
 #   ./do_test.sh COLLECTION VISUAL_FEATURE ROOTPATH RUN_DIR
 set -euo pipefail
@@ -25,4 +25,4 @@ fi
 train_args=$(sed -n 's/^train with: python -m method.train //p' "$log" | tail -n 1)
 eval "set -- $train_args"
 # shellcheck disable=SC2086  # TRAIN_FLAGS is split into flags on purpose
-exec "$PYTHON" -m method.train "$@" --kd_schedule "${KD_SCHEDULE:-exp_decay}" ${TRAIN_FLAGS:-}
+exec "$PYTHON" -m method.train "$@" ${TRAIN_FLAGS:-}

@@ -1,13 +1,11 @@
 # Sourced at the end of do_tvr.sh / do_activitynet.sh / do_charades.sh: runs method.train with the
 # settings those scripts define, plus the caller's extra flags; with NPROC > 1 or NNODES > 1 through torchrun.
 source "$(dirname "${BASH_SOURCE[0]}")/python.sh"
-EXP_ID=${EXP_ID}${STUDENT:+_$STUDENT}
-ARGS=(--root_path "$ROOTPATH" --collection "$COLLECTION" --visual_feature "$VISUAL_FEATURE"
-      --q_feat_size "$Q_FEAT_SIZE" --recipe "$RECIPE" --exp_id "$EXP_ID" --margin "$MARGIN" --lr "$LR"
-      --bsz "$BSZ" --n_epoch "$N_EPOCH" --max_es_cnt "$MAX_ES_CNT" --input_drop "$INPUT_DROP" --drop "$DROP"
+ARGS=(--root_path "$ROOTPATH" --collection "$COLLECTION" --visual_feature "$VISUAL_FEATURE" --recipe "$RECIPE"
+      --margin "$MARGIN" --lr "$LR" --bsz "$BSZ" --n_epoch "$N_EPOCH" --max_es_cnt "$MAX_ES_CNT"
+      --input_drop "$INPUT_DROP" --drop "$DROP" --hard_negative_start_epoch "$HARD_NEGATIVE_START_EPOCH"
       --kd_schedule "$KD_SCHEDULE" --kd_k "$KD_K" --loss_scale_weight "$LOSS_SCALE_WEIGHT" --seed "$SEED"
-      --device "$DEVICE" --num_workers "$NUM_WORKERS" ${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"}
-      ${STUDENT:+--student "$STUDENT"})
+      --device "$DEVICE" --num_workers "$NUM_WORKERS" ${STUDENT:+--student "$STUDENT"} ${EXP_ID:+--exp_id "$EXP_ID"})
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
 if [ "$NPROC" -le 1 ] && [ "$NNODES" -le 1 ]; then

@@ -25,22 +25,24 @@ def script_command(script: str, env: dict) -> list:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 @pytest.mark.parametrize("collection", sorted(SCRIPTS))
-def test_scripts_pass_their_recipe_settings(collection, recipe):
-    """What a script passes equals what the recipe resolves to; for ICCV, the released scripts' margin and decay."""
+def test_script_and_recipe_flag_train_the_same_run(collection, recipe):
+    """``RECIPE=R ./do_C.sh ROOT`` and ``python -m method.train --recipe R --collection C --root_path ROOT`` resolve
+    to the same opt.json (every key), so the scripts' editable blocks equal the recipe table."""
     cmd = script_command(SCRIPTS[collection], {"RECIPE": recipe})
     assert cmd[:2] == ["-m", "method.train"]
     from_script = vars(parse_train_args(cmd[2:]))
     from_recipe = vars(parse_train_args(["--root_path", "/data/root", "--collection", collection, "--recipe", recipe]))
-    skip = {"exp_id", "q_feat_size", "device", "num_workers", "kd_k"}  # the machine's flags and explicit defaults
-    if recipe == "iccv":  # the ICCV code's defaults differ from its scripts in these
-        skip |= {"kd_schedule", "margin"}
-        assert (from_script["kd_schedule"], from_script["loss_scale_weight"]) == ("exp_decay", 0.1)
-        assert from_script["margin"] == (0.1 if collection == "tvr" else 0.2)
-    if from_recipe["no_teacher"]:  # the distillation schedule the scripts always pass is unused
-        skip |= {"kd_schedule"}
-    for key, value in from_recipe.items():
-        if key not in skip:
-            assert from_script[key] == value, key
+    assert from_script == from_recipe
+    assert from_script["exp_id"] == recipe
+
+
+@pytest.mark.parametrize("collection", sorted(SCRIPTS))
+def test_iccv_values_without_the_script(collection):
+    """--recipe iccv (the default) is the ICCV scripts' recipe: exponential KD decay, their margin, lr and seed."""
+    opt = parse_train_args(["--root_path", "/r", "--collection", collection])
+    assert (opt.recipe, opt.kd_schedule, opt.kd_k, opt.loss_scale_weight) == ("iccv", "exp_decay", 0.95, 0.1)
+    assert opt.margin == (0.1 if collection == "tvr" else 0.2)
+    assert (opt.lr, opt.seed, opt.n_epoch, opt.bsz, opt.student) == (2.5e-4, 2018, 100, 128, "dldkd")
 
 
 @pytest.mark.parametrize("collection", sorted(SCRIPTS))
@@ -48,8 +50,10 @@ def test_student_variable_puts_a_student_under_the_recipe(collection):
     cmd = script_command(SCRIPTS[collection], {"STUDENT": "gmmformer_v2"})
     opt = parse_train_args(cmd[2:])
     assert (opt.recipe, opt.student, opt.exp_id, opt.single_branch, opt.no_teacher) == \
-        ("iccv", "gmmformer_v2", "dldkd_gmmformer_v2", False, False)
+        ("iccv", "gmmformer_v2", "iccv_gmmformer_v2", False, False)
     assert opt.ot_weight > 0 and opt.separate_query_proj  # the student's own objective; its own query projections
+    assert opt == parse_train_args(["--root_path", "/data/root", "--collection", collection,
+                                    "--student", "gmmformer_v2"])
 
 
 def test_nproc_starts_torchrun_and_nodes_need_an_address():

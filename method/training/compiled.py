@@ -12,7 +12,7 @@ every new (L, N) could compile another one. Under ``--compile``:
   matmuls' shapes change). ``gmmformer_v2`` already runs its frames as the
   first L of 128 positions, so padding L is harmless there too.
 - ``gmmformer`` (v1) is refused unless ``--gauss_own_length``: it sizes its
-  frame Gaussians by the padded length (quirk Q1, GMMFORMER.md 3.3), so
+  frame Gaussians by the padded length (quirk Q1, docs/gmmformer.md), so
   padding would change its numbers, and L cannot be left dynamic either (the
   Gaussian grid, ``linspace(0, 1, L)``, needs a concrete L), so every new L
   would compile another graph. With ``--gauss_own_length`` each video's

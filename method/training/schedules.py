@@ -1,7 +1,7 @@
 """Distillation-weight schedules and the learning-rate multiplier, pure functions.
 
 The distillation term at epoch e (0-based) is multiplied by ``scale * w(e) + init``
-(METHOD.md, "Dynamic weight"). The released code selects ``w`` with an integer
+(docs/method.md, "Distillation schedules"). The released code selects ``w`` with an integer
 ``decay_way``; here each has a readable name (``DECAY_WAY_NAMES``) and
 ``resolve_schedule`` accepts either form. ``init`` is added only by the rising
 schedules (released 4, 5, 6); the others add 0. The golden multipliers of the
@@ -124,7 +124,7 @@ def warmup_linear(x: float, warmup: float = 0.01) -> float:
     return (1.0 - x) / (1.0 - warmup)
 
 
-# DL-DKD++ soft-alignment schedules (DLDKDPP.md section 3).
+# DL-DKD++ soft-alignment schedules (docs/method.md, "Soft-alignment schedules").
 SOFT_SCHEDULES = ("sigmoid", "exp", "linear", "cosine", "none")
 
 
