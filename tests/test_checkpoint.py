@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from method.models.checkpoint import (CheckpointError, atomic_save, load_model, own_to_released, read_checkpoint,
+from method.models.checkpoint import (CheckpointError, atomic_save, load_model, model_payload, own_to_released,
+                                      read_checkpoint,
                                released_to_own)
 from method.models.model import DLDKD, ModelConfig
 
@@ -135,3 +136,36 @@ def test_atomic_save_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
     monkeypatch.undo()
     torch.testing.assert_close(read_checkpoint(path)["model"]["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["model.ckpt"]  # no temporary file left behind
+
+
+def test_own_checkpoint_without_a_setting_is_refused_naming_it(tmp_path):
+    """A stored model_config that lacks a value that changes the numbers is refused, not filled with a default."""
+    model = DLDKD(ModelConfig.of(6, 5, hidden_size=8, n_heads=2, student="gmmformer_v2", single_branch=True,
+                                 sft_factor=0.6))
+    payload = model_payload(model, 0, 1.0)
+    del payload["model_config"]["student_config"]["sft_factor"]
+    atomic_save(payload, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match="lacks 'sft_factor'"):
+        load_model(tmp_path / "model.ckpt")
+    payload["model_config"]["student_config"]["sft_factor"] = 0.6
+    atomic_save(payload, tmp_path / "model.ckpt")
+    loaded, _ = load_model(tmp_path / "model.ckpt")
+    assert loaded.cfg == model.cfg
+
+
+def test_authors_checkpoint_without_a_setting_takes_the_recipe_table_and_says_so(tmp_path, caplog):
+    """An authors' DL-DKD++ checkpoint stores no n_heads: the recipe table's value is taken and logged; without
+    a table it is refused naming the key."""
+    model = DLDKD(ModelConfig.of(16, 12, hidden_size=8, n_heads=2, share_query_proj=False))
+    state = {("exp_" if k.startswith("exploration.") else "") + k.split(".", 1)[1]: v
+             for k, v in model.state_dict().items()}
+    state = {k.replace("frame_input_proj", "visual_input_proj").replace("frame_pos_embed", "visual_pos_embed")
+             .replace("frame_encoder", "visual_encoder").replace("mapping_linear", "out_mapping_linear"): v
+             for k, v in state.items()}
+    torch.save({"model": state, "model_cfg": {"input_drop": 0.1, "drop": 0.1}, "epoch": 3}, tmp_path / "model.ckpt")
+    with pytest.raises(CheckpointError, match="does not store 'n_heads'"):
+        load_model(tmp_path / "model.ckpt")
+    with caplog.at_level("WARNING", logger="dldkd"):
+        loaded, info = load_model(tmp_path / "model.ckpt", fallback=lambda fmt: ({"n_heads": 2}, "the table"))
+    assert info["format"] == "dldkdpp" and loaded.cfg.student_cfg.n_heads == 2
+    assert "n_heads=2" in caplog.text and "the table" in caplog.text

@@ -163,7 +163,7 @@ def test_do_tvr_with_two_processes_matches_one_process(data):
     assert abs(sumr[0] - sumr[1]) <= 0.5, sumr
     ckpt = torch.load(two_dir / "model.ckpt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    assert "2 processes" in (two_dir / "loop.log.txt").read_text()
+    assert "2 processes" in (two_dir / "train.log.txt").read_text()
 
 
 def torchrun(*extra, run_dir, kill=None, restarts=0):
@@ -184,7 +184,7 @@ def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data
     # Process 1 is SIGKILLed at the start of epoch 1; torchrun restarts the group, which resumes.
     hit = torchrun(*args, run_dir=tmp_path / "killed", kill="1:1", restarts=1)
     assert hit.returncode == 0, hit.stderr[-3000:]
-    assert "resumed" in (tmp_path / "killed" / "loop.log.txt").read_text()
+    assert "resumed" in (tmp_path / "killed" / "train.log.txt").read_text()
     a = torch.load(tmp_path / "uninterrupted" / "latest.ckpt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "latest.ckpt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
@@ -218,7 +218,7 @@ def test_sigterm_stops_after_the_step_and_the_run_resumes_exactly(data, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(train, "train_step", preempted)
+    monkeypatch.setattr(loop, "train_step", preempted)
     with pytest.raises(SystemExit) as stopped:
         train.main([*args, "--results_dir", str(tmp_path / "cut")])
     assert stopped.value.code == loop.EXIT_STOPPED and len(steps) == 5  # stopped right after that step

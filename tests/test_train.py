@@ -42,7 +42,7 @@ def final_weights(run_dir):
 def test_two_epoch_run_writes_its_files(data, tmp_path):
     run_dir = tmp_path / "run"
     result = run(data, run_dir, "--n_epoch", "2")
-    for name in ("opt.json", "model.ckpt", "latest.ckpt", "metrics.csv", "loop.log.txt", "eval_test.json"):
+    for name in ("opt.json", "model.ckpt", "latest.ckpt", "metrics.csv", "train.log.txt", "eval_test.json"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tb").iterdir())
     opt = json.loads((run_dir / "opt.json").read_text())
@@ -52,7 +52,7 @@ def test_two_epoch_run_writes_its_files(data, tmp_path):
     assert {"loss", "trip_inh", "nce_inh", "kd", "trip_exp", "nce_exp", "val_sumr", "lr", "kd_factor"} <= set(rows[0])
     assert float(rows[1]["kd_factor"]) == pytest.approx(0.1 * 0.95)
     ckpt = torch.load(run_dir / "model.ckpt", weights_only=True)  # plain weights-only load
-    assert ckpt["model_config"]["hidden_size"] == 16
+    assert ckpt["model_config"]["student_config"]["hidden_size"] == 16
     assert set(result["t2v"]) == {"fused", "inheritance", "exploration"}
     assert set(result["t2v"]["fused"]) == {"r1", "r5", "r10", "r100", "sumr", "medr", "meanr", "map"}
     assert json.loads((run_dir / "eval_test.json").read_text())["t2v"] == result["t2v"]
@@ -77,7 +77,7 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extr
         return real(*args, **kwargs)
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_second_epoch)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(data, cut, "--n_epoch", "2", *extra)
     monkeypatch.undo()
@@ -209,7 +209,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_epoch(data, tmp_p
         now["step"] += 1
         return terms
 
-    monkeypatch.setattr(train, "train_one_epoch", tracked_epoch)
+    monkeypatch.setattr(loop, "train_one_epoch", tracked_epoch)
     monkeypatch.setattr(loop.DLDKDLoss, "forward", kd_nan_at_epoch_1_step_0)
     with pytest.raises(SystemExit, match=r"non-finite loss at epoch 1, step 0 \(0-based, within the epoch\): "
                                          r"kd=nan, loss=nan;"):
@@ -232,8 +232,53 @@ def test_deterministic_and_tf32_are_recorded_and_change_nothing_on_the_cpu(data,
     assert opt["deterministic"] is True and opt["tf32"] is True
     assert json.loads((tmp_path / "plain" / "opt.json").read_text())["deterministic"] is False
     assert "(--tf32 has no effect on the CPU); deterministic algorithms: on" in (
-        tmp_path / "policy" / "loop.log.txt").read_text()
-    assert "matmuls: exact float32; deterministic algorithms: off" in (tmp_path / "plain" / "loop.log.txt").read_text()
+        tmp_path / "policy" / "train.log.txt").read_text()
+    assert "matmuls: exact float32; deterministic algorithms: off" in (tmp_path / "plain" / "train.log.txt").read_text()
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "policy")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def interrupted_run(data, run_dir, monkeypatch, *extra):
+    """A 2-epoch run stopped during its second epoch (latest.ckpt holds epoch 0)."""
+    real, calls = loop.train_one_epoch, []
+
+    def interrupted_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, run_dir, "--n_epoch", "2", *extra)
+    monkeypatch.undo()
+
+
+def test_resume_refuses_changed_experiment_flags_naming_each(data, tmp_path, monkeypatch):
+    cut = tmp_path / "cut"
+    interrupted_run(data, cut, monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--resume", str(cut), "--lr", "1", "--amp", "bf16", "--device", "cpu"])
+    message = str(stopped.value)
+    assert "--lr 1.0 (opt.json: 0.00025)" in message and "--amp 'bf16' (opt.json: 'none')" in message
+    assert "\n" not in message and "--device" not in message
+    with pytest.raises(SystemExit, match="--n_epoch cannot change on --resume"):
+        train.main(["--resume", str(cut), "--n_epoch", "5"])
+    with pytest.raises(SystemExit, match="hidden_size"):  # a student setting is an experiment flag too
+        train.main(["--resume", str(cut), "--hidden_size", "32"])
+    assert torch.load(cut / "latest.ckpt", weights_only=True)["epoch"] == 1  # nothing was touched
+
+
+def test_resume_takes_changed_machine_flags_and_continues(data, tmp_path, monkeypatch):
+    """Machine flags may change on resume (here the feeding: preloaded, other batch sizes of evaluation); the run
+    ends with the uninterrupted run's weights, and flags equal to opt.json's are accepted."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run(data, full, "--n_epoch", "2")
+    interrupted_run(data, cut, monkeypatch)
+    train.main(["--resume", str(cut), "--device", "cpu", "--num_workers", "0", "--preload", "--eval_query_bsz", "2",
+                "--lr", "2.5e-4", "--seed", "7"])
+    a, b = final_weights(full), final_weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    opt = json.loads((cut / "opt.json").read_text())
+    assert opt["preload"] == "ram" and opt["eval_query_bsz"] == 2 and opt["lr"] == 2.5e-4

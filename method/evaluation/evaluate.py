@@ -69,7 +69,7 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
         for name, q in enc.items():
             queries[name].append(q)
         cap_ids.extend(batch["cap_ids"])
-    empty = torch.zeros(0, model.cfg.hidden_size, device=device)  # a process's empty share of the queries
+    empty = torch.zeros(0, model.cfg.student_cfg.hidden_size, device=device)  # a process's empty share of the queries
     return video_blocks, masks, video_ids, {k: torch.cat(v) if v else empty for k, v in queries.items()}, cap_ids
 
 
