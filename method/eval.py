@@ -23,7 +23,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_dir", required=True,
                    help="run folder with model.ckpt and opt.json (or an authors' GMMFormer run folder with best.ckpt); "
                         "a bare name is looked up in <root_path>/<collection>/results/")
-    p.add_argument("--eval_split", help="caption split to evaluate: train, val or test (default test)")
+    p.add_argument("--eval_split", choices=("train", "val", "test"), help="caption split to evaluate (default test)")
     p.add_argument("--save_scores", action="store_true",
                    help="also write the fused score matrix (scores_<split>.npy) and its query / video ids")
     add_data_args(p)

@@ -104,3 +104,12 @@ def test_torch_floor_is_the_newest_listed_api_the_code_uses():
     assert used == TORCH_API_RELEASES  # an API no longer used: drop it here and revisit the floor
     floor = re.search(r"^torch>=(\d+)\.(\d+),", (REPO / "requirements.txt").read_text(), re.M)
     assert max(used.values()) == (int(floor[1]), int(floor[2]))
+
+
+def test_docs_recipe_table_is_generated_from_the_table():
+    """docs/recipes.md shows the recipe table as method/config/recipes.py resolves it
+    (regenerate with ``python -m method.config.recipes``)."""
+    from method.config.recipes import markdown_table
+    text = (REPO / "docs" / "recipes.md").read_text()
+    shown = text.split("<!-- recipe-table:start -->\n", 1)[1].split("\n<!-- recipe-table:end -->", 1)[0]
+    assert shown == markdown_table()

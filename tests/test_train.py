@@ -282,3 +282,14 @@ def test_resume_takes_changed_machine_flags_and_continues(data, tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
     opt = json.loads((cut / "opt.json").read_text())
     assert opt["preload"] == "ram" and opt["eval_query_bsz"] == 2 and opt["lr"] == 2.5e-4
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from method.parallel.distributed import Dist
+    from method.training import run_dir
+    monkeypatch.setattr(run_dir.time, "strftime", lambda fmt: "2026_12_04_10_00_00")
+    args = (Dist(), None, None, False, str(tmp_path), "tvr", "iccv")
+    first, resuming = run_dir.prepare_run_dir(*args)
+    second, _ = run_dir.prepare_run_dir(*args)
+    assert not resuming and first != second and first.is_dir() and second.is_dir()
+    assert (first.name, second.name) == ("tvr-iccv-2026_12_04_10_00_00", "tvr-iccv-2026_12_04_10_00_00-2")

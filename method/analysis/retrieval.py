@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from method.evaluation import metrics
 from method.models.checkpoint import CheckpointError, load_model, model_file
-from method.common.cli import resolve_device
+from method.common.cli import device_name, resolve_device
 from method.config.flags import fusion_weights
 from method.data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
                    teacher_frames, teacher_sentence)
@@ -39,7 +39,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--collection", default=None,
                    help="only to find a bare run name in <root_path>/<collection>/results/")
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="caption split to look at")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", type=device_name,
+                   help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes for encoding the split")
     p.add_argument("--moments", default=None,
                    help="ground-truth moments file (see method/analysis/moment_file.py; default "

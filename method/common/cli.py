@@ -18,6 +18,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def device_name(value: str) -> str:
+    """argparse type of ``--device``: auto, cpu, cuda or cuda:N, checked when the flags are parsed."""
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; refuses CUDA where there is none."""
     if name == "auto":

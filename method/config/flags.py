@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
-from method.common.cli import HelpFormatter
+from method.common.cli import HelpFormatter, device_name
 from method.common.files import atomic_write_json, read_json
 from method.config.recipes import RECIPES, check_recipe, recipe_student, recipe_values
 from method.data.paths import COLLECTIONS
@@ -72,7 +72,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preload_dtype", choices=tuple(STORAGE_DTYPES), default="float32",
                    help="storage dtype of the preloaded features (batches are cast to float32): float16 / bfloat16 "
                         "halve the memory and round the inputs (changes the numbers); needs --preload")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    g.add_argument("--device", default="auto", type=device_name, help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     g.add_argument("--eval_video_bsz", type=int, default=200, help="videos per batch when encoding for evaluation")
     g.add_argument("--eval_query_bsz", type=int, default=500,
                    help="queries per chunk when scoring (bounds evaluation memory: chunk x n_videos)")
@@ -287,13 +287,12 @@ def complete(opt: argparse.Namespace) -> argparse.Namespace:
     """Fill what depends on the student or the collection, and drop the settings of other students."""
     cls = student_class(opt.student)
     if getattr(opt, "separate_query_proj", None) is None:
-        opt.separate_query_proj = opt.student != "dldkd"
+        opt.separate_query_proj = not cls.shares_query_proj
     if getattr(opt, "kd_level", None) is None:
         opt.kd_level = cls.kd_levels[0]
     if opt.kd_level not in cls.kd_levels:
         raise SystemExit(f"--kd_level {opt.kd_level}: the {opt.student} student distils over "
-                         f"{' or '.join(cls.kd_levels)}"
-                         + (" (its frame branch pools each video to one vector)" if opt.student == "gmmformer" else ""))
+                         f"{' or '.join(cls.kd_levels)}{cls.kd_levels_note}")
     if getattr(opt, "visual_feature", None) is None:
         opt.visual_feature = COLLECTIONS.get(opt.collection, {}).get("visual_feature")
     if opt.visual_feature is None:

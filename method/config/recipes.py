@@ -195,3 +195,18 @@ def markdown_table() -> str:
               "", "Student values for a collection not listed are its TVR values. Flags given on the command line "
                   "override any of these."]
     return "\n".join(lines)
+
+
+def write_docs_table(path: str = "docs/recipes.md") -> None:
+    """Replace the text between the recipe-table markers of ``path`` with ``markdown_table()``."""
+    from pathlib import Path
+
+    doc = Path(path)
+    text = doc.read_text()
+    start, end = "<!-- recipe-table:start -->", "<!-- recipe-table:end -->"
+    head, rest = text.split(start, 1)
+    doc.write_text(f"{head}{start}\n{markdown_table()}\n{end}{rest.split(end, 1)[1]}")
+
+
+if __name__ == "__main__":  # python -m method.config.recipes: regenerate docs/recipes.md's table
+    write_docs_table()

@@ -81,6 +81,9 @@ class Student(nn.Module):
         needs_clips: whether ``encode_video`` reads the (V, K, Dv) mean-pooled clips.
         kd_levels: levels whose positions the teacher's features can be pooled onto
             (distillation over their per-position scores); the first is the default.
+        kd_levels_note: why a level is missing from ``kd_levels`` (for the error message).
+        shares_query_proj: whether DL-DKD's exploration branch borrows the inheritance branch's
+            query projection by default (the released ICCV model's quirk, for its student).
         level_weights: inference weight of each level in the branch's score.
     """
 
@@ -91,6 +94,8 @@ class Student(nn.Module):
     levels: ClassVar[tuple[str, ...]] = ("frame",)
     needs_clips: ClassVar[bool] = False
     kd_levels: ClassVar[tuple[str, ...]] = ("frame",)
+    kd_levels_note: ClassVar[str] = ""
+    shares_query_proj: ClassVar[bool] = False
     level_weights: ClassVar[dict[str, float]] = {"frame": 1.0}
 
     def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):

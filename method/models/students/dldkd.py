@@ -20,6 +20,7 @@ class DLDKDStudent(Student):
     """Query: projection, positions, one attention block, attention pooling. Video: the same, then a Linear per frame."""
 
     name = "dldkd"
+    shares_query_proj = True  # the released model encodes exploration queries with B_query_input_proj
 
     def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):
         super().__init__(cfg)

@@ -62,6 +62,7 @@ class GMMFormerStudent(Student):
     levels = ("clip", "frame")
     needs_clips = True
     kd_levels = ("clip",)  # the frame level is one pooled vector per video
+    kd_levels_note = " (its frame branch pools each video to one vector)"
     level_weights = {"clip": 0.7, "frame": 0.3}
 
     def __init__(self, cfg: GMMFormerConfig, with_query_proj: bool = True):
