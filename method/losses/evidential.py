@@ -41,25 +41,25 @@ def edl_alpha(scores: Tensor, tau: float) -> Tensor:
     return edl_evidence(scores, tau) + 1
 
 
-def edl_row_terms(targets: Tensor, alpha: Tensor, stable_variance: bool = False) -> Tensor:
-    """Per row (last axis = classes): ``sum (y - a/S)^2 + sum a (S - a) / (S^2 (S + 1))``, S = sum a.
+def edl_variance(alpha: Tensor) -> Tensor:
+    """Per row: the Dirichlet variance sum ``sum a (S - a) / (S^2 (S + 1))``, S = sum a (last axis = classes).
 
-    The variance as the authors compute it overflows in float32 for S > 7e12
-    (quirk H9: the term becomes 0); ``stable_variance`` uses ``p (1 - p) / (S + 1)``.
+    As the authors compute it: ``S^2 (S + 1)`` overflows in float32 for S > 7e12 and the term becomes 0
+    (quirk H9); its true value is below 1 / S < 1.5e-13 there, so this is kept (no fix).
     """
     strength = alpha.sum(dim=-1, keepdim=True)
-    p = alpha / strength
-    err = ((targets - p) ** 2).sum(dim=-1)
-    if stable_variance:
-        var = (p * (1 - p) / (strength + 1)).sum(dim=-1)
-    else:
-        var = (alpha * (strength - alpha) / (strength * strength * (strength + 1))).sum(dim=-1)
-    return err + var
+    return (alpha * (strength - alpha) / (strength * strength * (strength + 1))).sum(dim=-1)
 
 
-def edl_loss(targets: Tensor, alpha: Tensor, stable_variance: bool = False) -> Tensor:
+def edl_row_terms(targets: Tensor, alpha: Tensor) -> Tensor:
+    """Per row (last axis = classes): ``sum (y - a/S)^2`` plus ``edl_variance``, S = sum a."""
+    p = alpha / alpha.sum(dim=-1, keepdim=True)
+    return ((targets - p) ** 2).sum(dim=-1) + edl_variance(alpha)
+
+
+def edl_loss(targets: Tensor, alpha: Tensor) -> Tensor:
     """``EDL(Y', alpha)``: the mean over rows of ``edl_row_terms`` (targets (Q, V) one-hot or soft)."""
-    return edl_row_terms(targets, alpha, stable_variance).mean()
+    return edl_row_terms(targets, alpha).mean()
 
 
 def ds_combine(alpha0: Tensor, alpha1: Tensor) -> Dict[str, Tensor]:
@@ -247,14 +247,14 @@ def batch_pot(clip_pack: Tensor, text_pack: Tensor, mask: Tensor, scale: float =
     return {"sim": sim, "prompt": prompt, "log_plan": log_plan, "plan": plan, "mass": mass}
 
 
-def masked_edl_loss(sim: Tensor, plan: Tensor, mask: Tensor, tau: float, stable_variance: bool = False) -> Tensor:
+def masked_edl_loss(sim: Tensor, plan: Tensor, mask: Tensor, tau: float) -> Tensor:
     """Intra-video evidential loss (5.6, ``MaskedEDLLoss``): sim, plan (V, M, P), mask (V, M).
 
     ``alpha = exp(tanh(sim) / tau) + 1`` over the P clips of each caption row; the row terms
     of ``edl_row_terms`` against the pseudo-labels; a masked mean over each video's captions
     (count clamped at 1e-8), then the mean over the V videos.
     """
-    rows = edl_row_terms(plan, edl_alpha(sim, tau), stable_variance)  # (V, M)
+    rows = edl_row_terms(plan, edl_alpha(sim, tau))  # (V, M)
     return ((rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-8)).mean()
 
 
@@ -280,7 +280,6 @@ class EvidentialSettings:
     edl_intra_video_tau: float = 0.06
     division_beta: float = 0.3
     smooth_beta: float = 0.2
-    edl_stable_variance: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> "EvidentialSettings":
@@ -335,7 +334,7 @@ def holmes_loss_details(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Te
         if intra_sim is None or pot_plan is None or caption_mask is None:
             raise ValueError("after the warm-up the loss needs intra_sim, pot_plan and caption_mask")
         raw["intra_edl"] = masked_edl_loss(intra_sim, pot_plan.detach(), caption_mask, s.edl_intra_video_tau,
-                                           s.edl_stable_variance)
+)
         sets = {"frame": query_identification(frame_scores.detach(), alpha_f.detach(), labels, s.division_beta),
                 "clip": query_identification(clip_scores.detach(), alpha_c.detach(), labels, s.division_beta)}
         targets = smooth_labels(frame_scores.detach(), clip_scores.detach(), labels, sets["frame"], sets["clip"],
@@ -343,9 +342,9 @@ def holmes_loss_details(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Te
     else:
         raw["intra_edl"] = zero
         targets = F.one_hot(labels, clip_scores.shape[1]).to(clip_scores.dtype)
-    raw["frame_edl"] = edl_loss(targets, alpha_f, s.edl_stable_variance)
-    raw["clip_edl"] = edl_loss(targets, alpha_c, s.edl_stable_variance)
-    raw["combine_edl"] = edl_loss(targets, alpha_a, s.edl_stable_variance)
+    raw["frame_edl"] = edl_loss(targets, alpha_f)
+    raw["clip_edl"] = edl_loss(targets, alpha_c)
+    raw["combine_edl"] = edl_loss(targets, alpha_a)
     weights = {"clip_nce": s.clip_nce_weight, "clip_trip": 1.0, "frame_nce": s.frame_nce_weight, "frame_trip": 1.0,
                "qdl": s.qdl_weight, "intra_edl": s.intra_edl_weight if warmup_end else 0.0,
                "frame_edl": s.edl_weight, "clip_edl": s.edl_weight, "combine_edl": s.edl_weight}
@@ -366,7 +365,7 @@ def holmes_loss(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Tensor, fr
                                warmup_end, hard_negative, intra_sim, pot_plan, caption_mask, with_dc, generator).terms
 
 
-__all__ = ["TERM_NAMES", "edl_evidence", "edl_alpha", "edl_row_terms", "edl_loss", "ds_combine",
+__all__ = ["TERM_NAMES", "edl_evidence", "edl_alpha", "edl_variance", "edl_row_terms", "edl_loss", "ds_combine",
            "ds_combine_reference", "dc_loss", "expected_entropy", "query_identification", "smooth_labels",
            "pack_by_video", "sinkhorn_log_plan", "batch_pot", "masked_edl_loss", "EvidentialSettings",
            "HolmesLossOutput", "holmes_loss_details", "holmes_loss"]

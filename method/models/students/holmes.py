@@ -36,11 +36,11 @@ a fix makes sense:
 - H8  keep: label smoothing and the intra-video loss from ``warmup_epoch``
       (20), with the hard negatives (``hard_negative_start_epoch`` 20).
 - H9  keep (float32): the EDL variance ``a(S-a)/(S^2(S+1))`` is 0 where
-      ``S^2(S+1)`` overflows (ActivityNet's combined evidence). Fix:
-      ``edl_stable_variance`` (``p(1-p)/(S+1)``, no overflow). The DS
-      combination is computed in the stable form ``E0 + E1 + E0*E1/K`` in
-      every case (algebraically the authors'; their float32 belief is
-      ill-conditioned when ``1 - C`` is tiny, their evidence is not).
+      ``S^2(S+1)`` overflows (ActivityNet's combined evidence); its true value
+      is below 1/S < 1.5e-13 there, so no fix. The DS combination is computed
+      in the form ``E0 + E1 + E0*E1/K`` (algebraically the authors'; their
+      float32 belief is ill-conditioned when ``1 - C`` is tiny, the evidence
+      is not).
 - H10 visual size from the config (3072 / 1024) as released; today's code
       reads it from the data and checks it (``visual_input_size``).
 - H11 fixed (no number changes): the pooling squeezes only the pooled axis, so
@@ -53,7 +53,7 @@ a fix makes sense:
 - H15 (dual-query, ``holmes_dual``) keep: token weights of S_f from the
       normalised tokens, of U_f from the raw ones. Fix: ``shared_token_weights``.
 - GMMFormerV2's Q2 (``gauss_centred``), Q3 (``mask_padded_frames``), Q5
-  (``single_query_pass``) keep by default, with the same fixes.
+  (``reuse_query_encoding``) keep by default, with the same fixes.
 
 Shapes: V videos, Q queries, N tokens, L frames (<= 128), K = 32 clips,
 M = the most captions of a video in the batch, d hidden size.
@@ -136,18 +136,17 @@ class HolmesConfig:
     warmup_epoch: int = _f(20, "epoch from which label smoothing and the intra-video loss are on (warmup_end)")
     hard_negative_start_epoch: int = _f(20, "epoch from which the triplets use hard negatives")
     seed: int = _f(0, "seed of Python, numpy and torch")
-    batch_size: int = _f(128, "videos per training batch")
-    weight_decay: float = _f(0.01, "BertAdam weight decay (name rule of the released optimiser)")
-    warmup_proportion: float = _f(0.01, "LR warm-up fraction of all steps")
-    eval_context_bsz: int = _f(100, "videos per evaluation batch")
-    eval_query_bsz: int = _f(50, "captions per evaluation batch")
+    bsz: int = _f(128, "videos per training batch")
+    wd: float = _f(0.01, "BertAdam weight decay (name rule of the released optimiser)")
+    lr_warmup_proportion: float = _f(0.01, "LR warm-up fraction of all steps")
+    eval_context_bsz: int = _f(100, "videos per evaluation batch (no effect on the numbers)")
+    eval_query_bsz: int = _f(50, "captions per evaluation batch, each re-sorted by token count (no effect)")
     # quirk fixes (default: the authors' behaviour)
     token_valid_positions: bool = _f(False, "fix H2: DyGMM token = mean over valid positions only")
     pot_minmax_valid_only: bool = _f(False, "fix H3: POT min-max over the valid captions only")
-    edl_stable_variance: bool = _f(False, "fix H9: EDL variance as p(1-p)/(S+1) (no float32 overflow)")
     gauss_centred: bool = _f(False, "fix Q2: Gaussian centres on the key grid")
     mask_padded_frames: bool = _f(False, "fix Q3: padded frames leave the frame-level max")
-    single_query_pass: bool = _f(False, "fix Q5: QDL and POT reuse the first query encoding")
+    reuse_query_encoding: bool = _f(False, "fix Q5: QDL and POT reuse the first query encoding")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -474,7 +473,7 @@ class HolmesStudent(Student):
         videos = self.encode_video(frames, frame_mask, clips)
         s_c, u_c = level_scores(q, videos["clip"], self.score_masks(frame_mask)["clip"])
         s_f, u_f = self.frame_level_scores(q, videos["frame"], frame_mask, text, text_mask)
-        q2 = q if self.hcfg.single_query_pass else self.encode_query(text, text_mask)
+        q2 = q if self.hcfg.reuse_query_encoding else self.encode_query(text, text_mask)
         out = {"clip_scores": s_c, "clip_dots": u_c, "frame_scores": s_f, "frame_dots": u_f, "queries": q,
                "queries2": q2, "clip_feat": videos["clip"], "frame_feat": videos["frame"]}
         if with_pot:
