@@ -32,8 +32,8 @@ from method.models.model import DLDKD
 from method.models.students import ModelConfig, build_student, student_class
 from method.models.students.blocks import gaussian_matrix
 from method.models.students.holmes import (
-    COLLECTION_DEFAULTS, HOLMES_WIDTHS, HolmesConfig, HolmesDyGMMBlock, HolmesStudent, config_from_model_config,
-    eval_scores, holmes_config, level_scores,
+    COLLECTION_DEFAULTS, HOLMES_WIDTHS, HolmesConfig, HolmesDyGMMBlock, HolmesStudent, authors_checkpoint_student,
+    config_from_authors_checkpoint, config_from_model_config, eval_scores, holmes_config, level_scores,
 )
 from method.models.students.holmes_dual import (
     HolmesDualConfig, HolmesDualStudent, holmes_dual_config, token_wise_scores,
@@ -638,6 +638,30 @@ def test_configs_and_registry():
     torch.manual_seed(0)
     fresh = HolmesStudent.from_config(tiny_config("hol"))
     assert 0.5 < fresh.weight_token.std().item() < 1.5 and fresh.clip_encoder.layer1.weight.std().item() < 0.05
+
+
+@pytest.mark.parametrize("tree", ["hol", "ms"])
+def test_authors_checkpoint_maps(hg, tree):
+    """A best.ckpt of the authors' layout (``module.`` keys, their config keys) rebuilds the same student."""
+    state = {"module." + k: v for k, v in hg.state(f"{PREFIX[tree]}model/").items()}
+    config = {"dataset_name": "tvr", "visual_feat_dim": 16, "q_feat_size": 12, "hidden_size": 8, "n_heads": 2,
+              "input_drop": 0.0, "drop": 0.0, "sft_factor": 0.09, "loss_factor": [0.05, 0.04, 8e-5, 0.8, 0.2, 0],
+              "neg_factor": [0.15, 32, 1], "edl_tau": 0.05, "clip_scale_w": 0.6, "frame_scale_w": 0.4,
+              "map_size": 32, "use_hard_negative": False}
+    ckpt = {"config": config, "epoch": 3, "model_val": [1, 2, 3, 4, 10, None], "state_dict": state, "optimizer": {}}
+    assert authors_checkpoint_student(state) == ("holmes_dual" if tree == "ms" else "holmes")
+    assert authors_checkpoint_student(["weight_token", "clip_encoder.attn0.self.query.weight"]) is None
+    cfg = config_from_authors_checkpoint(ckpt)
+    assert isinstance(cfg, HolmesDualConfig if tree == "ms" else HolmesConfig)
+    assert (cfg.visual_input_size, cfg.hidden_size, cfg.intra_edl_weight, cfg.qdl_focal, cfg.edl_tau) == \
+        (16, 8, 0.8, 1.0, 0.05)
+    assert cfg.edl_intra_video_tau == (0.04 if tree == "ms" else 0.06)  # not stored: the collection default
+    student = student_class(authors_checkpoint_student(state)).from_config(cfg, init=False)
+    student.load_state_dict({k[len("module."):]: v for k, v in state.items()})
+    frames, mask, text, text_mask, clips, _ = tiny_batch(hg, tree)
+    with torch.no_grad():
+        q = student.eval().encode_query(text, text_mask)
+    torch.testing.assert_close(q, torch.from_numpy(hg.npz[PREFIX[tree] + "tiny_query"]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("tree", ["hol", "ms"])

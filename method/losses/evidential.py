@@ -333,8 +333,7 @@ def holmes_loss_details(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Te
     if warmup_end:
         if intra_sim is None or pot_plan is None or caption_mask is None:
             raise ValueError("after the warm-up the loss needs intra_sim, pot_plan and caption_mask")
-        raw["intra_edl"] = masked_edl_loss(intra_sim, pot_plan.detach(), caption_mask, s.edl_intra_video_tau,
-)
+        raw["intra_edl"] = masked_edl_loss(intra_sim, pot_plan.detach(), caption_mask, s.edl_intra_video_tau)
         sets = {"frame": query_identification(frame_scores.detach(), alpha_f.detach(), labels, s.division_beta),
                 "clip": query_identification(clip_scores.detach(), alpha_c.detach(), labels, s.division_beta)}
         targets = smooth_labels(frame_scores.detach(), clip_scores.detach(), labels, sets["frame"], sets["clip"],

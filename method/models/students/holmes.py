@@ -214,6 +214,67 @@ def config_from_model_config(cfg: ModelConfig, cls: type = HolmesConfig) -> Holm
                gauss_centred=cfg.gauss_centred, mask_padded_frames=cfg.mask_padded_frames)
 
 
+# The authors' config keys (``Configs/*.py``, stored as ``config`` in best.ckpt) that map one to one.
+AUTHORS_CONFIG_KEYS = {
+    "dataset_name": "collection", "collection": "collection", "visual_feature": "visual_feature",
+    "visual_feat_dim": "visual_input_size", "q_feat_size": "query_input_size", "max_desc_l": "max_desc_l",
+    "max_ctx_l": "max_ctx_l", "map_size": "map_size", "hidden_size": "hidden_size", "n_heads": "n_heads",
+    "input_drop": "input_drop", "drop": "drop", "sft_factor": "sft_factor", "initializer_range": "initializer_range",
+    "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w", "margin": "margin",
+    "hard_pool_size": "hard_pool_size", "edl_tau": "edl_tau", "edl_intra_video_tau": "edl_intra_video_tau",
+    "division_beta": "division_beta", "smooth_beta": "smooth_beta", "pot_scale": "pot_scale",
+    "pot_prompt_ratio": "pot_prompt_ratio", "lr": "lr", "n_epoch": "n_epoch", "max_es_cnt": "max_es_cnt",
+    "warmup_epoch": "warmup_epoch", "hard_negative_start_epoch": "hard_negative_start_epoch", "seed": "seed",
+    "wd": "wd", "lr_warmup_proportion": "lr_warmup_proportion", "bsz": "bsz",
+    "eval_context_bsz": "eval_context_bsz", "eval_query_bsz": "eval_query_bsz",
+}
+LOSS_FACTOR_FIELDS = ("clip_nce_weight", "frame_nce_weight", "qdl_weight", "intra_edl_weight", "edl_weight",
+                      "dc_weight")  # loss_factor[0..5]
+NEG_FACTOR_FIELDS = ("qdl_margin", "qdl_scale", "qdl_focal")  # neg_factor[0..2]
+
+
+def authors_checkpoint_student(state_keys) -> Optional[str]:
+    """"holmes_dual", "holmes" or None from the keys of an authors' ``state_dict`` (``module.`` allowed).
+
+    Test this before GMMFormerV2's rule (``weight_token``): Holmes has it too; its branches are ``e_attns``.
+    """
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state_keys}
+    if not any(k.startswith("clip_encoder.e_attns.") for k in keys):
+        return None
+    return "holmes_dual" if "text_weight_fc.0.weight" in keys else "holmes"
+
+
+def config_from_authors_checkpoint(ckpt: dict) -> HolmesConfig:
+    """The config of an authors' ``best.ckpt`` (``{config, epoch, model_val, state_dict, optimizer}``).
+
+    The collection's defaults, then the stored ``config`` (``AUTHORS_CONFIG_KEYS``, ``loss_factor``,
+    ``neg_factor``), then the sizes read from the tensors. The ``state_dict`` keys load as they are
+    (after stripping ``module.``) into the student.
+    """
+    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS, HolmesDualConfig
+
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
+    kind = authors_checkpoint_student(state)
+    if kind is None:
+        raise ValueError("not a Holmes state dict (no clip_encoder.e_attns.* keys)")
+    cls, table = (HolmesDualConfig, DUAL_DEFAULTS) if kind == "holmes_dual" else (HolmesConfig, COLLECTION_DEFAULTS)
+    stored = dict(ckpt.get("config") or {})
+    values = {ours: stored[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in stored}
+    for key, names in (("loss_factor", LOSS_FACTOR_FIELDS), ("neg_factor", NEG_FACTOR_FIELDS)):
+        if key in stored:
+            values.update(zip(names, (float(x) for x in stored[key])))
+    collection = COLLECTION_ALIASES.get(values.get("collection", "tvr"), values.get("collection", "tvr"))
+    base = {"collection": collection, **table.get(collection, {})}
+    query_pos = state["query_pos_embed.position_embeddings.weight"]
+    sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+             "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+             "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
+             "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
+             "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in {**base, **values, **sizes}.items() if k in names})
+
+
 # --------------------------------------------------------------------------- #
 # network pieces
 # --------------------------------------------------------------------------- #
@@ -498,4 +559,5 @@ class HolmesStudent(Student):
 
 
 __all__ = ["HOLMES_WIDTHS", "HolmesConfig", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
+           "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "config_from_authors_checkpoint",
            "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores", "init_holmes_weights"]
