@@ -52,6 +52,8 @@ a fix makes sense:
 - H14 DataParallel / cudnn.benchmark: not reproduced (runtime matters only).
 - H15 (dual-query, ``holmes_dual``) keep: token weights of S_f from the
       normalised tokens, of U_f from the raw ones. Fix: ``shared_token_weights``.
+- H16 (dual-query) the unused Dirichlet KL term of ``multisrc/Losses/loss.py``
+      and the other dead code of section 9 are not reproduced.
 - GMMFormerV2's Q2 (``gauss_centred``), Q3 (``mask_padded_frames``), Q5
   (``reuse_query_encoding``) keep by default, with the same fixes.
 
