@@ -6,6 +6,10 @@ Modules: ``ranking`` (triplet, InfoNCE, DL-DKD++ soft-target InfoNCE as per-row
 (``DLDKDLoss``: every term of a training step, weighted and named).
 """
 from method.losses.distill import kl_distill_loss
+from method.losses.evidential import (
+    EvidentialSettings, HolmesLossOutput, batch_pot, dc_loss, ds_combine, edl_alpha, edl_loss, holmes_loss,
+    holmes_loss_details, masked_edl_loss, pack_by_video, query_identification, smooth_labels,
+)
 from method.losses.objective import BatchLayout, DLDKDLoss, LocalBatch, LossSettings, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
 from method.losses.query import ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms
 from method.losses.ranking import (
@@ -15,6 +19,8 @@ from method.losses.ranking import (
 )
 
 __all__ = [
+    "EvidentialSettings", "HolmesLossOutput", "batch_pot", "dc_loss", "ds_combine", "edl_alpha", "edl_loss",
+    "holmes_loss", "holmes_loss_details", "masked_edl_loss", "pack_by_video", "query_identification", "smooth_labels",
     "kl_distill_loss", "BatchLayout", "DLDKDLoss", "LocalBatch", "LossSettings", "Objective", "QueryDiversity", "SoftNCEOptions",
     "TeacherScores", "ot_loss", "ot_matches", "ot_pair_count", "qdl_v1", "qdl_v1_terms", "qdl_v2", "qdl_v2_terms",
     "draw_t2v", "draw_v2t", "hard_count", "nce_loss", "nce_t2v_terms", "nce_v2t_terms", "positive_mask",

@@ -1,0 +1,566 @@
+"""The Holmes student (Li et al., ICML 2026; HOLMES.md sections 2-3, 7-9).
+
+Holmes is GMMFormerV2 with another DyGMM block (``HolmesDyGMMBlock``: widths
+none, 0.5, 1, 2, 4, 8, 16, 32 in ``e_attns.0..7``; the fusion token is the
+mean of the block's own branch outputs, not the ``weight_token`` parameter)
+and an evidential objective (``method.losses.evidential``). Parameter names
+equal the authors' state-dict names (``Holmes_Net``), so ``best.ckpt``'s
+``state_dict`` loads as is: 297 tensors, TVR dims 32,273,440 parameters.
+
+Settings live in ``HolmesConfig`` (one field per setting, with help) and the
+per-collection values of the authors' ``Configs/{tvr,act,cha}.py`` in
+``COLLECTION_DEFAULTS``; ``holmes_config(collection, **overrides)`` gives
+the resolved config. The student builds from a ``HolmesConfig``
+(``HolmesStudent.from_config``) or from a ``StudentConfig``
+(``config_from_model_config``, one small mapping). It is not yet a
+registered ``--student``: its recipe, its objective in the training loop and
+the authors' checkpoint detection are the next step
+(``docs/holmes_integration.md``).
+
+Quirks of the authors' code (HOLMES.md section 9) and the decisions taken
+here; every default is the faithful behaviour, a field removes a quirk where
+a fix makes sense:
+
+- H1  keep: ``weight_token`` exists (state dict, optimiser) but is unused; it
+      never gets a gradient (BertAdam skips it). No fix (removing it breaks
+      the checkpoint layout).
+- H2  keep: the DyGMM token averages the branch outputs over all positions,
+      the frame block's padded ones too (so the frame block always runs on 128
+      positions). Fix: ``token_valid_positions`` (mean over valid positions;
+      the frame block then runs on the batch's L positions only).
+- H3  keep: the POT min-max runs over the padded caption columns too. Fix:
+      ``pot_minmax_valid_only``.
+- H4  keep: pseudo-label rows renormalised after the dustbin took its mass.
+      No fix field: the rows are targets of a Dirichlet mean, which sums to 1.
+- H5  keep (no effect): the dustbin value P_v is computed (k-th smallest) and
+      used; any value gives the same plan. No field.
+- H6  keep: uncertain queries keep one-hot labels; softmax at temperature 1.
+- H7  keep: lower median of the expected entropy over all queries.
+- H8  keep: label smoothing and the intra-video loss from ``warmup_epoch``
+      (20), with the hard negatives (``hard_negative_start_epoch`` 20).
+- H9  keep (float32): the EDL variance ``a(S-a)/(S^2(S+1))`` is 0 where
+      ``S^2(S+1)`` overflows (ActivityNet's combined evidence); its true value
+      is below 1/S < 1.5e-13 there, so no fix. The DS combination is computed
+      in the form ``E0 + E1 + E0*E1/K`` (algebraically the authors'; their
+      float32 belief is ill-conditioned when ``1 - C`` is tiny, the evidence
+      is not).
+- H10 visual size from the config (3072 / 1024) as released; today's code
+      reads it from the data and checks it (``visual_input_size``).
+- H11 fixed (no number changes): the pooling squeezes only the pooled axis, so
+      a single caption works; a single-video training batch raises a
+      ValueError in the triplet (the authors' crash, with a message).
+- H12 the BigFile -> HDF5 conversion exists here (``python -m method.convert``);
+      Holmes reads ``FeatureData/<feature>/feature.hdf5`` (see the integration doc).
+- H13 the README numbers are val-split "Best" numbers (report only).
+- H14 DataParallel / cudnn.benchmark: not reproduced (runtime matters only).
+- H15 (dual-query, ``holmes_dual``) keep: token weights of S_f from the
+      normalised tokens, of U_f from the raw ones. Fix: ``shared_token_weights``.
+- H16 (dual-query) the unused Dirichlet KL term of ``multisrc/Losses/loss.py``
+      and the other dead code of section 9 are not reproduced.
+- GMMFormerV2's Q2 (``gauss_centred``), Q3 (``mask_padded_frames``), Q5
+  (``reuse_query_encoding``) keep by default, with the same fixes.
+
+Shapes: V videos, Q queries, N tokens, L frames (<= 128), K = 32 clips,
+M = the most captions of a video in the batch, d hidden size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from method.models.students.base import Student, StudentConfig
+from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+
+HOLMES_WIDTHS = (None, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # e_attns.0..7 (None = no Gaussian)
+HOLMES_CLIPS, HOLMES_FRAMES = 32, 128  # the fusion heads predict weights per absolute position
+MASK_VALUE = -1e10
+
+
+def _f(default: Any, help: str):
+    """A dataclass field with a help text (``metadata["help"]``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class HolmesConfig:
+    """Every setting of a Holmes run; defaults are the authors' TVR values (``Configs/tvr.py``).
+
+    Per-collection values: ``COLLECTION_DEFAULTS``. The authors' names are given
+    in the help texts (``loss_factor[i]``, ``neg_factor``, ...).
+    """
+
+    # data
+    collection: str = _f("tvr", "collection: tvr, activitynet or charades")
+    visual_feature: str = _f("i3d_resnet", "frame features, FeatureData/<visual_feature>/feature.hdf5")
+    visual_input_size: int = _f(3072, "visual feature size (visual_feat_dim; hard-wired per collection, H10)")
+    query_input_size: int = _f(768, "RoBERTa token size (q_feat_size)")
+    max_desc_l: int = _f(30, "tokens kept per caption")
+    max_ctx_l: int = _f(128, "frame positions of the frame block (must be 128)")
+    map_size: int = _f(32, "clips per video (must be 32)")
+    # network
+    hidden_size: int = _f(384, "hidden size D")
+    n_heads: int = _f(4, "attention heads")
+    input_drop: float = _f(0.2, "dropout of the input projections and positional encodings (input_drop)")
+    drop: float = _f(0.2, "dropout inside the attention layers and the fusion head (drop)")
+    sft_factor: float = _f(0.09, "temperature of the DyGMM branch-fusion softmax (sft_factor)")
+    initializer_range: float = _f(0.02, "std of the normal init of Linear / Embedding weights")
+    # inference
+    clip_scale_w: float = _f(0.6, "inference weight of the clip-level score")
+    frame_scale_w: float = _f(0.4, "inference weight of the frame-level score")
+    # ranking losses (GMMFormerV2's)
+    margin: float = _f(0.1, "triplet margin")
+    hard_pool_size: int = _f(20, "hard-negative pool of the triplet")
+    clip_nce_weight: float = _f(0.05, "weight of the clip-level InfoNCE (loss_factor[0])")
+    frame_nce_weight: float = _f(0.04, "weight of the frame-level InfoNCE (loss_factor[1])")
+    qdl_weight: float = _f(8e-5, "weight of the query-diverse loss (loss_factor[2])")
+    qdl_margin: float = _f(0.15, "QDL margin mrg (neg_factor[0])")
+    qdl_scale: float = _f(32.0, "QDL scale a (neg_factor[1])")
+    qdl_focal: float = _f(1.0, "QDL focal exponent lam (neg_factor[2])")
+    # evidential losses
+    intra_edl_weight: float = _f(0.8, "weight of the intra-video evidential loss (loss_factor[3])")
+    edl_weight: float = _f(0.2, "weight of each of the three inter-video evidential terms (loss_factor[4])")
+    dc_weight: float = _f(0.0, "weight of the dual-query consistency term (loss_factor[5]; 0, unused in src/)")
+    edl_tau: float = _f(0.05, "evidence temperature of the inter-video EDL: E = exp(tanh(S) / edl_tau)")
+    edl_intra_video_tau: float = _f(0.06, "evidence temperature of the intra-video EDL")
+    division_beta: float = _f(0.3, "query identification: threshold clamp beta (division_beta)")
+    smooth_beta: float = _f(0.2, "label smoothing weight of the ambiguous queries (smooth_beta)")
+    pot_scale: float = _f(0.1, "entropic scale epsilon of the partial OT (pot_scale)")
+    pot_prompt_ratio: float = _f(0.3, "dustbin value: this quantile of the valid similarities (pot_prompt_ratio)")
+    pot_iters: int = _f(50, "Sinkhorn iterations of the partial OT")
+    # training
+    lr: float = _f(3e-4, "peak learning rate (BertAdam)")
+    n_epoch: int = _f(100, "epochs (also the horizon of the LR schedule)")
+    max_es_cnt: int = _f(20, "early stop when the epochs without val SumR improvement exceed this")
+    warmup_epoch: int = _f(20, "epoch from which label smoothing and the intra-video loss are on (warmup_end)")
+    hard_negative_start_epoch: int = _f(20, "epoch from which the triplets use hard negatives")
+    seed: int = _f(0, "seed of Python, numpy and torch")
+    bsz: int = _f(128, "videos per training batch")
+    wd: float = _f(0.01, "BertAdam weight decay (name rule of the released optimiser)")
+    lr_warmup_proportion: float = _f(0.01, "LR warm-up fraction of all steps")
+    eval_context_bsz: int = _f(100, "videos per evaluation batch (no effect on the numbers)")
+    eval_query_bsz: int = _f(50, "captions per evaluation batch, each re-sorted by token count (no effect)")
+    # quirk fixes (default: the authors' behaviour)
+    token_valid_positions: bool = _f(False, "fix H2: DyGMM token = mean over valid positions only")
+    pot_minmax_valid_only: bool = _f(False, "fix H3: POT min-max over the valid captions only")
+    gauss_centred: bool = _f(False, "fix Q2: Gaussian centres on the key grid")
+    mask_padded_frames: bool = _f(False, "fix Q3: padded frames leave the frame-level max")
+    reuse_query_encoding: bool = _f(False, "fix Q5: QDL and POT reuse the first query encoding")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HolmesConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# What differs per collection (HOLMES.md section 7; Configs/{tvr,act,cha}.py); the rest is HolmesConfig's defaults.
+COLLECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tvr": {
+        "visual_feature": "i3d_resnet", "visual_input_size": 3072, "query_input_size": 768,
+        "lr": 3e-4, "input_drop": 0.2, "drop": 0.2, "margin": 0.1, "sft_factor": 0.09,
+        "n_epoch": 100, "max_es_cnt": 20,
+        "clip_nce_weight": 0.05, "frame_nce_weight": 0.04, "qdl_weight": 8e-5,
+        "intra_edl_weight": 0.8, "edl_weight": 0.2, "dc_weight": 0.0,
+        "qdl_margin": 0.15, "qdl_scale": 32.0, "qdl_focal": 1.0,
+        "edl_tau": 0.05, "edl_intra_video_tau": 0.06,
+        "clip_scale_w": 0.6, "frame_scale_w": 0.4,
+        "warmup_epoch": 20, "hard_negative_start_epoch": 20, "seed": 0,
+    },
+    "activitynet": {
+        "visual_feature": "i3d", "visual_input_size": 1024, "query_input_size": 1024,
+        "lr": 2.5e-4, "input_drop": 0.31, "drop": 0.31, "margin": 0.2, "sft_factor": 0.6,
+        "n_epoch": 100, "max_es_cnt": 10,
+        "clip_nce_weight": 0.02, "frame_nce_weight": 0.04, "qdl_weight": 0.003,
+        "intra_edl_weight": 1e-4, "edl_weight": 0.06, "dc_weight": 0.0,
+        "qdl_margin": 0.2, "qdl_scale": 32.0, "qdl_focal": 1.0,
+        "edl_tau": 0.04, "edl_intra_video_tau": 0.08,
+        "clip_scale_w": 0.6, "frame_scale_w": 0.4,
+        "warmup_epoch": 20, "hard_negative_start_epoch": 20, "seed": 0,
+    },
+    "charades": {
+        "visual_feature": "i3d_rgb_lgi", "visual_input_size": 1024, "query_input_size": 1024,
+        "lr": 2e-4, "input_drop": 0.25, "drop": 0.25, "margin": 0.2, "sft_factor": 0.6,
+        "n_epoch": 100, "max_es_cnt": 20,
+        "clip_nce_weight": 0.02, "frame_nce_weight": 0.04, "qdl_weight": 0.003,
+        "intra_edl_weight": 9e-4, "edl_weight": 0.06, "dc_weight": 0.0,
+        "qdl_margin": 0.2, "qdl_scale": 32.0, "qdl_focal": 1.0,
+        "edl_tau": 0.08, "edl_intra_video_tau": 0.08,
+        "clip_scale_w": 0.6, "frame_scale_w": 0.4,
+        "warmup_epoch": 20, "hard_negative_start_epoch": 20, "seed": 0,
+    },
+}
+COLLECTION_ALIASES = {"act": "activitynet", "cha": "charades"}  # the authors' -d values
+
+
+def holmes_config(collection: str = "tvr", cls: type = HolmesConfig, defaults: Optional[dict] = None,
+                  **overrides) -> HolmesConfig:
+    """The config of ``collection`` (``tvr``, ``activitynet`` / ``act``, ``charades`` / ``cha``) with ``overrides``."""
+    collection = COLLECTION_ALIASES.get(collection, collection)
+    table = COLLECTION_DEFAULTS if defaults is None else defaults
+    if collection not in table:
+        raise ValueError(f"no Holmes defaults for collection {collection!r}; expected one of {sorted(table)}")
+    return cls(**{"collection": collection, **table[collection], **overrides})
+
+
+def config_from_model_config(cfg: StudentConfig, cls: type = HolmesConfig) -> HolmesConfig:
+    """A student configuration (``StudentConfig`` or one of the GMMFormer family's) -> a Holmes config: the
+    network fields it has; the others keep ``cls``'s defaults."""
+    names = ("visual_input_size", "query_input_size", "hidden_size", "n_heads", "max_ctx_l", "max_desc_l", "map_size",
+             "input_drop", "drop", "sft_factor", "gauss_centred", "mask_padded_frames")
+    return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+
+
+# The authors' config keys (``Configs/*.py``, stored as ``config`` in best.ckpt) that map one to one.
+AUTHORS_CONFIG_KEYS = {
+    "dataset_name": "collection", "collection": "collection", "visual_feature": "visual_feature",
+    "visual_feat_dim": "visual_input_size", "q_feat_size": "query_input_size", "max_desc_l": "max_desc_l",
+    "max_ctx_l": "max_ctx_l", "map_size": "map_size", "hidden_size": "hidden_size", "n_heads": "n_heads",
+    "input_drop": "input_drop", "drop": "drop", "sft_factor": "sft_factor", "initializer_range": "initializer_range",
+    "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w", "margin": "margin",
+    "hard_pool_size": "hard_pool_size", "edl_tau": "edl_tau", "edl_intra_video_tau": "edl_intra_video_tau",
+    "division_beta": "division_beta", "smooth_beta": "smooth_beta", "pot_scale": "pot_scale",
+    "pot_prompt_ratio": "pot_prompt_ratio", "lr": "lr", "n_epoch": "n_epoch", "max_es_cnt": "max_es_cnt",
+    "warmup_epoch": "warmup_epoch", "hard_negative_start_epoch": "hard_negative_start_epoch", "seed": "seed",
+    "wd": "wd", "lr_warmup_proportion": "lr_warmup_proportion", "bsz": "bsz",
+    "eval_context_bsz": "eval_context_bsz", "eval_query_bsz": "eval_query_bsz",
+}
+LOSS_FACTOR_FIELDS = ("clip_nce_weight", "frame_nce_weight", "qdl_weight", "intra_edl_weight", "edl_weight",
+                      "dc_weight")  # loss_factor[0..5]
+NEG_FACTOR_FIELDS = ("qdl_margin", "qdl_scale", "qdl_focal")  # neg_factor[0..2]
+
+
+def authors_checkpoint_student(state_keys) -> Optional[str]:
+    """"holmes_dual", "holmes" or None from the keys of an authors' ``state_dict`` (``module.`` allowed).
+
+    Test this before GMMFormerV2's rule (``weight_token``): Holmes has it too; its branches are ``e_attns``.
+    """
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state_keys}
+    if not any(k.startswith("clip_encoder.e_attns.") for k in keys):
+        return None
+    return "holmes_dual" if "text_weight_fc.0.weight" in keys else "holmes"
+
+
+def config_from_authors_checkpoint(ckpt: dict) -> HolmesConfig:
+    """The config of an authors' ``best.ckpt`` (``{config, epoch, model_val, state_dict, optimizer}``).
+
+    The collection's defaults, then the stored ``config`` (``AUTHORS_CONFIG_KEYS``, ``loss_factor``,
+    ``neg_factor``), then the sizes read from the tensors. The ``state_dict`` keys load as they are
+    (after stripping ``module.``) into the student.
+    """
+    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS, HolmesDualConfig
+
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
+    kind = authors_checkpoint_student(state)
+    if kind is None:
+        raise ValueError("not a Holmes state dict (no clip_encoder.e_attns.* keys)")
+    cls, table = (HolmesDualConfig, DUAL_DEFAULTS) if kind == "holmes_dual" else (HolmesConfig, COLLECTION_DEFAULTS)
+    stored = dict(ckpt.get("config") or {})
+    values = {ours: stored[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in stored}
+    for key, names in (("loss_factor", LOSS_FACTOR_FIELDS), ("neg_factor", NEG_FACTOR_FIELDS)):
+        if key in stored:
+            values.update(zip(names, (float(x) for x in stored[key])))
+    collection = COLLECTION_ALIASES.get(values.get("collection", "tvr"), values.get("collection", "tvr"))
+    base = {"collection": collection, **table.get(collection, {})}
+    query_pos = state["query_pos_embed.position_embeddings.weight"]
+    sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+             "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+             "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
+             "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
+             "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in {**base, **values, **sizes}.items() if k in names})
+
+
+# --------------------------------------------------------------------------- #
+# network pieces
+# --------------------------------------------------------------------------- #
+class HolmesDyGMMBlock(nn.Module):
+    """Holmes' DyGMM block (HOLMES.md 2.2): eight attention layers ``e_attns.0..7`` fused per position.
+
+    The fusion token is computed from the data: the mean over positions of the
+    mean over branches of the branch outputs (quirk H2: padded positions
+    included; ``valid_token`` averages the valid ones only). The shared
+    cross-attention ``ca`` reads each branch with that token; the head
+    ``layer2(Dropout(ReLU(layer1(.))))`` gives ``frame_len`` logits per branch;
+    a softmax over branches (temperature ``tau``) weights them at each position.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, frame_len: int, tau: float, centred: bool = False,
+                 valid_token: bool = False, widths: tuple = HOLMES_WIDTHS):
+        super().__init__()
+        self.e_attns = nn.ModuleList([FFNAttentionLayer(dim, n_heads, dropout, 4 * dim, w, centred) for w in widths])
+        self.ca = FFNAttentionLayer(dim, n_heads, dropout, dim)
+        self.layer1 = nn.Linear(dim, dim)
+        self.layer2 = nn.Linear(dim, frame_len)
+        self.dropout = nn.Dropout(dropout)
+        self.frame_len = frame_len
+        self.tau = tau
+        self.valid_token = valid_token
+
+    @property
+    def widths(self) -> tuple:
+        return tuple(layer.self.width for layer in self.e_attns)
+
+    def branches(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, L, d), mask: (B, L) or None -> (8, B, L, d).
+
+        L = frame_len, or (only with ``valid_token``) L < frame_len with a mask:
+        positions L.. are then taken as masked and are not computed.
+        """
+        length = x.shape[1]
+        if length != self.frame_len and not (self.valid_token and mask is not None and length < self.frame_len):
+            raise ValueError(f"Holmes DyGMM block of frame_len {self.frame_len} got length {length}")
+        return torch.stack([layer(x, mask, gauss_length=self.frame_len) for layer in self.e_attns])
+
+    def token(self, outs: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """outs: (8, B, L, d) -> the fusion token (B, 1, d): mean over branches, then over positions."""
+        mean = outs.mean(dim=0)  # (B, L, d)
+        if not self.valid_token or mask is None:
+            return mean.mean(dim=1, keepdim=True)
+        weights = mask.to(mean.dtype)
+        return (torch.einsum("bl,bld->bd", weights, mean) / weights.sum(dim=1, keepdim=True).clamp(min=1))[:, None]
+
+    def branch_tokens(self, outs: torch.Tensor, token: torch.Tensor,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """outs: (8, B, L, d), token: (B, 1, d), mask: (B, L) or None -> (B, 8, d): one ``ca`` call for all branches."""
+        k, b, length, d = outs.shape
+        memory = outs.reshape(k * b, length, d)
+        keys = None if mask is None else mask.repeat(k, 1)
+        tokens = self.ca(token.expand(b, 1, d).repeat(k, 1, 1), keys, memory)  # (K B, 1, d), branch-major
+        return tokens.view(k, b, d).transpose(0, 1)
+
+    def fusion_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, 8, d) -> Z (B, 8, frame_len), before the temperature."""
+        return self.layer2(self.dropout(F.relu(self.layer1(tokens))))
+
+    def parts(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Every intermediate: branches (8, B, L, d), token (B, 1, d), ca_tokens (B, 8, d), logits (B, 8, F), out."""
+        outs = self.branches(x, mask)
+        token = self.token(outs, mask)
+        tokens = self.branch_tokens(outs, token, mask)
+        logits = self.fusion_logits(tokens)
+        weights = torch.softmax(logits[..., :x.shape[1]] / self.tau, dim=1)  # (B, 8, L): over branches
+        out = torch.einsum("bkl,kbld->bld", weights, outs)
+        return {"branches": outs, "token": token, "ca_tokens": tokens, "logits": logits, "out": out}
+
+    def forward(self, x: torch.Tensor, weight_token: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, L, d), mask: (B, L) or None -> (B, L, d). ``weight_token`` is accepted and ignored (H1)."""
+        return self.parts(x, mask)["out"]
+
+
+def level_scores(query: torch.Tensor, feats: torch.Tensor, mask: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, dot) video scores (Q, V): max over the positions of ``feats`` (V, P, d) counted by ``mask`` (V, P).
+
+    Without a mask every position counts (zero rows score 0: the floor of quirk Q3).
+    """
+    v, p, d = feats.shape
+    cos = (F.normalize(query, dim=-1, eps=1e-12) @ F.normalize(feats, dim=-1, eps=1e-12).reshape(v * p, d).t())
+    raw = query @ feats.reshape(v * p, d).t()
+    cos, raw = cos.view(-1, v, p), raw.view(-1, v, p)
+    if mask is not None:
+        pad = (mask == 0)[None]
+        cos, raw = cos.masked_fill(pad, MASK_VALUE), raw.masked_fill(pad, MASK_VALUE)
+    return cos.amax(dim=-1), raw.amax(dim=-1)
+
+
+def fused_scores(clip_scores: torch.Tensor, frame_scores: torch.Tensor, clip_w: float = 0.6,
+                 frame_w: float = 0.4) -> torch.Tensor:
+    """Inference score ``clip_w * S_c + frame_w * S_f`` (Holmes 0.6 / 0.4; dual-query 0.5 / 0.5)."""
+    return clip_w * clip_scores + frame_w * frame_scores
+
+
+@torch.no_grad()
+def eval_scores(student: "HolmesStudent", query_batches, video_batches, weights: Optional[tuple] = None
+                ) -> torch.Tensor:
+    """The authors' evaluator (``compute_context_info``, ``compute_query2ctx_info``): fused scores (Q, V).
+
+    query_batches: iterable of (text (Qb, N, Dq), text_mask (Qb, N)), rows in this order;
+    video_batches: iterable of (frames (Vb, L, Dv), frame_mask (Vb, L), clips (Vb, 32, Dv)), columns in
+    this order. Every video is encoded once (its features do not depend on its batch), frame masks
+    padded to 128 and concatenated; ``weights[0] S_c + weights[1] S_f`` (default: the student's
+    config, 0.6 / 0.4 for Holmes, 0.5 / 0.5 for the dual-query variant).
+    """
+    cfg = student.hcfg
+    clip_w, frame_w = (cfg.clip_scale_w, cfg.frame_scale_w) if weights is None else weights
+    clips, frames, masks = [], [], []
+    for f, m, c in video_batches:
+        enc = student.encode_video(f, m, c)
+        clips.append(enc["clip"])
+        frames.append(enc["frame"])
+        masks.append(F.pad(m, (0, cfg.max_ctx_l - m.shape[1])))
+    clips, frames, masks = torch.cat(clips), torch.cat(frames), torch.cat(masks)
+    rows = []
+    for text, text_mask in query_batches:
+        q = student.encode_query(text, text_mask)
+        s_c, _ = level_scores(q, clips)
+        s_f, _ = student.frame_level_scores(q, frames, masks, text, text_mask)
+        rows.append(fused_scores(s_c, s_f, clip_w, frame_w))
+    return torch.cat(rows)
+
+
+def init_holmes_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The authors' ``reset_parameters``: Linear / Embedding weights N(0, std), Linear biases 0, LayerNorm 1 / 0.
+
+    ``weight_token`` (a bare parameter) keeps its N(0, 1) init.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- #
+# the student
+# --------------------------------------------------------------------------- #
+class HolmesStudent(Student):
+    """Holmes_Net: query encoder (projection, positions, FFN attention layer, pooling), clip and frame DyGMM blocks."""
+
+    name = "holmes"
+    levels = ("clip", "frame")
+    needs_clips = True
+    kd_levels = ("frame", "clip")
+    level_weights = {"clip": 0.6, "frame": 0.4}
+    config_class = HolmesConfig
+
+    def __init__(self, cfg, with_query_proj: bool = True):
+        """``cfg``: a ``HolmesConfig`` or a ``StudentConfig`` (mapped by ``config_from_model_config``)."""
+        super().__init__(cfg)
+        hcfg = cfg if isinstance(cfg, HolmesConfig) else config_from_model_config(cfg, self.config_class)
+        self.check_config(hcfg)
+        self.hcfg = hcfg
+        d, h, drop, centred = hcfg.hidden_size, hcfg.n_heads, hcfg.drop, hcfg.gauss_centred
+        self.weight_token = nn.Parameter(torch.randn(1, 1, d))  # N(0, 1); unused (H1)
+        self.query_pos_embed = PositionalEncoding(hcfg.max_desc_l, d, hcfg.input_drop)
+        self.clip_pos_embed = PositionalEncoding(hcfg.max_ctx_l, d, hcfg.input_drop)
+        self.frame_pos_embed = PositionalEncoding(hcfg.max_ctx_l, d, hcfg.input_drop)
+        if with_query_proj:
+            self.query_input_proj = LinearLayer(hcfg.query_input_size, d, hcfg.input_drop)
+        self.query_encoder = FFNAttentionLayer(d, h, drop, 4 * d)
+        self.clip_input_proj = LinearLayer(hcfg.visual_input_size, d, hcfg.input_drop)
+        self.clip_encoder = HolmesDyGMMBlock(d, h, drop, hcfg.map_size, hcfg.sft_factor, centred,
+                                             hcfg.token_valid_positions)
+        self.frame_input_proj = LinearLayer(hcfg.visual_input_size, d, hcfg.input_drop)
+        self.frame_encoder_1 = HolmesDyGMMBlock(d, h, drop, hcfg.max_ctx_l, hcfg.sft_factor, centred,
+                                                hcfg.token_valid_positions)
+        self.modular_vector_mapping = nn.Linear(d, 1, bias=False)
+
+    @classmethod
+    def from_config(cls, hcfg: HolmesConfig, with_query_proj: bool = True, init: bool = True) -> "HolmesStudent":
+        """Build from a ``HolmesConfig``; ``init`` applies the authors' initialisation (``init_holmes_weights``)."""
+        student = cls(hcfg, with_query_proj)
+        if init:
+            init_holmes_weights(student, hcfg.initializer_range)
+        return student
+
+    # ---- encoders --------------------------------------------------------- #
+    def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
+                     input_proj: Optional[nn.Module] = None) -> torch.Tensor:
+        """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
+        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
+        return attention_pool(self.modular_vector_mapping, self.query_encoder(x, mask), mask)
+
+    def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """clips: (V, 32, Dv) -> C (V, 32, d)."""
+        return self.clip_encoder(self.clip_pos_embed(self.clip_input_proj(clips)))
+
+    def frame_block_input(self, frames: torch.Tensor, frame_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the frame block's input (V, 128, d), its mask (V, 128)): frames and mask zero-padded to 128 first.
+
+        With ``token_valid_positions`` the padding beyond the batch's L frames is
+        not needed (those positions take no part in anything) and is skipped.
+        """
+        length = frame_mask.shape[1]
+        if length > self.hcfg.max_ctx_l:
+            raise ValueError(f"{length} frames exceed max_ctx_l {self.hcfg.max_ctx_l}")
+        if not self.hcfg.token_valid_positions:
+            pad = self.hcfg.max_ctx_l - length
+            frames, frame_mask = F.pad(frames, (0, 0, 0, pad)), F.pad(frame_mask, (0, pad))
+        return self.frame_pos_embed(self.frame_input_proj(frames)), frame_mask
+
+    def encode_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frames: (V, L <= 128, Dv), frame_mask: (V, L) -> F (V, 128, d), padded rows 0."""
+        x, mask = self.frame_block_input(frames, frame_mask)
+        f = self.frame_encoder_1(x, None, mask).masked_fill(mask[..., None] == 0, 0.0)
+        return F.pad(f, (0, 0, 0, self.hcfg.max_ctx_l - f.shape[1]))
+
+    def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,
+                     clips: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """-> {"clip": (V, 32, d), "frame": (V, 128, d) with padded rows 0}."""
+        if clips is None:
+            raise ValueError("the Holmes student needs the 32 mean-pooled clips (clip_feat)")
+        return {"clip": self.encode_clips(clips), "frame": self.encode_frames(frames, frame_mask)}
+
+    def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"clip": (V, 32) ones, "frame": (V, 128)}: ones (the zero rows floor the max at 0, Q3), or the padded
+        frame mask with ``mask_padded_frames``."""
+        v, pad = frame_mask.shape[0], self.hcfg.max_ctx_l - frame_mask.shape[1]
+        if self.hcfg.mask_padded_frames:
+            frame = F.pad(frame_mask, (0, pad))
+        else:
+            frame = frame_mask.new_ones(v, self.hcfg.max_ctx_l)
+        return {"clip": frame_mask.new_ones(v, self.hcfg.map_size), "frame": frame}
+
+    # ---- the authors' training forward (HOLMES.md section 3) -------------- #
+    def frame_level_scores(self, queries: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
+                           text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_f, U_f) (Q, V) of the encoded frames (V, 128, d); the dual-query student overrides it."""
+        return level_scores(queries, frames, self.score_masks(frame_mask)["frame"])
+
+    def training_forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, text: torch.Tensor,
+                         text_mask: torch.Tensor, clips: torch.Tensor, labels: torch.Tensor,
+                         with_pot: bool = True) -> dict[str, torch.Tensor]:
+        """``Holmes_Net.forward``: scores, the second query pass and the partial-OT pseudo-labels.
+
+        Returns {"clip_scores" S_c, "clip_dots" U_c, "frame_scores" S_f, "frame_dots" U_f (Q, V),
+        "queries" q, "queries2" q' (Q, d), "clip_feat" (V, 32, d), "frame_feat" (V, 128, d)} and, with
+        ``with_pot`` (needed from the warm-up's end on), "intra_sim" Ŝ (V, M, 32), "pot_plan" Γ,
+        "caption_mask" m (V, M), "pot_prompt", "pot_log_plan", "pot_mass" (section 4).
+        """
+        from method.losses.evidential import batch_pot, pack_by_video  # losses import no model code
+
+        q = self.encode_query(text, text_mask)
+        videos = self.encode_video(frames, frame_mask, clips)
+        s_c, u_c = level_scores(q, videos["clip"], self.score_masks(frame_mask)["clip"])
+        s_f, u_f = self.frame_level_scores(q, videos["frame"], frame_mask, text, text_mask)
+        q2 = q if self.hcfg.reuse_query_encoding else self.encode_query(text, text_mask)
+        out = {"clip_scores": s_c, "clip_dots": u_c, "frame_scores": s_f, "frame_dots": u_f, "queries": q,
+               "queries2": q2, "clip_feat": videos["clip"], "frame_feat": videos["frame"]}
+        if with_pot:
+            clip_pack, text_pack, caption_mask = pack_by_video(videos["clip"], q2, labels)
+            pot = batch_pot(clip_pack, text_pack, caption_mask, scale=self.hcfg.pot_scale,
+                            prompt_ratio=self.hcfg.pot_prompt_ratio, iters=self.hcfg.pot_iters,
+                            minmax_valid_only=self.hcfg.pot_minmax_valid_only)
+            out.update(intra_sim=pot["sim"], pot_plan=pot["plan"], caption_mask=caption_mask,
+                       pot_prompt=pot["prompt"], pot_log_plan=pot["log_plan"], pot_mass=pot["mass"])
+        return out
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.hidden_size % cfg.n_heads:
+            raise ValueError(f"--hidden_size {cfg.hidden_size} is not a multiple of --n_heads {cfg.n_heads}")
+        if cfg.max_ctx_l != HOLMES_FRAMES:
+            raise ValueError(f"holmes needs --max_ctx_l {HOLMES_FRAMES} (its fusion head is per frame position), "
+                             f"got {cfg.max_ctx_l}")
+        if cfg.map_size != HOLMES_CLIPS:
+            raise ValueError(f"holmes needs --map_size {HOLMES_CLIPS} (its fusion head is per clip position), "
+                             f"got {cfg.map_size}")
+
+
+__all__ = ["HOLMES_WIDTHS", "HolmesConfig", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
+           "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "config_from_authors_checkpoint",
+           "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores", "init_holmes_weights"]
