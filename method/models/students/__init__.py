@@ -37,6 +37,6 @@ def build_student(cfg: ModelConfig, with_query_proj: bool = True) -> Student:
     return cls(cfg, with_query_proj)
 
 
-from method.models.students import dldkd, gmmformer, gmmformer_v2  # noqa: E402,F401  (registers the students)
+from method.models.students import dldkd, gmmformer, gmmformer_v2, ral  # noqa: E402,F401  (registers the students)
 
 __all__ = ["ModelConfig", "Student", "STUDENTS", "register", "student_class", "build_student"]
