@@ -109,6 +109,11 @@ def weighted_terms(components: Mapping[str, Tensor], weights: Mapping[str, float
     return {name: weights[name] * value for name, value in components.items()}
 
 
+def _full(x: Tensor) -> Tensor:
+    """float32 copies of half-precision tensors (after a bf16 autocast forward): the losses run in float32."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def ral_objective(out: Mapping[str, Any], labels: Tensor, cfg: Any, hard_negative: bool,
                   generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
     """The weighted terms of a training step from ``RALStudent.train_forward``'s output and a ``RALConfig``.
@@ -116,13 +121,15 @@ def ral_objective(out: Mapping[str, Any], labels: Tensor, cfg: Any, hard_negativ
     Returns {name: weighted scalar} in ``LOSS_TERMS`` order; backpropagate their sum.
     """
     s, prob = out["scores"], out["prob"]
+    text, video = prob["text"], prob["video"]
     comps = ral_loss_components(
-        s["clip_cos"], s["clip_raw"], s["frame_cos"], s["frame_raw"], out["query2"], out["clip_feat"], labels,
-        prob["text"]["samples"], prob["text"]["logsigma"], prob["video"]["samples"], prob["video"]["logsigma"],
+        *(_full(x) for x in (s["clip_cos"], s["clip_raw"], s["frame_cos"], s["frame_raw"], out["query2"],
+                             out["clip_feat"])), labels,
+        *(_full(x) for x in (text["samples"], text["logsigma"], video["samples"], video["logsigma"])),
         margin=cfg.margin, neg_factor=(cfg.qdl_margin, cfg.qdl_scale, cfg.qdl_focal), hard_negative=hard_negative,
         hard_pool_size=cfg.hard_pool_size, generator=generator,
-        text_mean=prob["text"]["mean"] if cfg.vib_use_mean else None,
-        video_mean=prob["video"]["mean"] if cfg.vib_use_mean else None, vib_log_std=cfg.vib_log_std)
+        text_mean=_full(text["mean"]) if cfg.vib_use_mean else None,
+        video_mean=_full(video["mean"]) if cfg.vib_use_mean else None, vib_log_std=cfg.vib_log_std)
     return weighted_terms(comps, cfg.loss_weights())
 
 

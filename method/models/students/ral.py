@@ -325,30 +325,35 @@ def word_frame_scores(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_
     q, lt, d = tokens.shape
     v, p, _ = frames.shape
     dots = (tokens.reshape(q * lt, d) @ frames.reshape(v * p, d).t()).view(q, lt, v, p)
-    if mask_padded_frames:
-        dots = dots.masked_fill(frame_mask[None, None] == 0, float("-inf"))
+    if mask_padded_frames:  # in place on the fresh matmul output (its backward does not read it)
+        dots = dots.masked_fill_(frame_mask[None, None] == 0, float("-inf"))
     else:
-        dots = dots * frame_mask[None, None].to(dots.dtype)
+        dots = dots.mul_(frame_mask[None, None].to(dots.dtype))
     best = dots.max(dim=-1).values * token_mask[..., None].to(dots.dtype)  # (Q, L_t, V)
     return torch.einsum("qtv,qt->qv", best, weights)
 
 
 def word_frame_pair(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor, weight_fc: nn.Module,
-                    mask_padded_frames: bool = False, confidence_from_normalised: bool = False) -> dict[str, Tensor]:
+                    mask_padded_frames: bool = False, confidence_from_normalised: bool = False,
+                    raw: bool = True) -> dict[str, Tensor]:
     """Both forms of the word-frame score (RAL.md 3): {"cos": S_f, "raw": U_f, "logits_cos", "logits_raw"}.
 
     S_f: unit tokens and frames, confidences from the unit tokens. U_f: raw tokens
     and frames, confidences from the raw tokens (R6; ``confidence_from_normalised``:
     from the unit tokens too). Logits are the head's outputs before the mask.
+    ``raw=False`` (inference) computes S_f only.
     """
     unit_tokens = _unit(tokens)
     logits_cos = weight_fc(unit_tokens).squeeze(-1)
-    logits_raw = logits_cos if confidence_from_normalised else weight_fc(tokens).squeeze(-1)
-    cos = word_frame_scores(unit_tokens, token_mask, _unit(frames), frame_mask,
-                            token_confidences(logits_cos, token_mask), mask_padded_frames)
-    raw = word_frame_scores(tokens, token_mask, frames, frame_mask,
-                            token_confidences(logits_raw, token_mask), mask_padded_frames)
-    return {"cos": cos, "raw": raw, "logits_cos": logits_cos, "logits_raw": logits_raw}
+    out = {"cos": word_frame_scores(unit_tokens, token_mask, _unit(frames), frame_mask,
+                                    token_confidences(logits_cos, token_mask), mask_padded_frames),
+           "logits_cos": logits_cos}
+    if raw:
+        logits_raw = logits_cos if confidence_from_normalised else weight_fc(tokens).squeeze(-1)
+        out["raw"] = word_frame_scores(tokens, token_mask, frames, frame_mask,
+                                       token_confidences(logits_raw, token_mask), mask_padded_frames)
+        out["logits_raw"] = logits_raw
+    return out
 
 
 def fused_scores(clip_scores: Tensor, frame_scores: Tensor, clip_w: float, frame_w: float) -> Tensor:
@@ -489,23 +494,27 @@ class RALStudent(GMMFormerV2Student):
 
     # ---- scores
     def scores(self, query: Tensor, tokens: Tensor, token_mask: Tensor, clip_feat: Tensor, frame_feat: Tensor,
-               frame_mask: Tensor) -> dict[str, Tensor]:
+               frame_mask: Tensor, raw: bool = True) -> dict[str, Tensor]:
         """S_c, U_c (max over clips of the pooled query) and S_f, U_f (word-frame), all (Q, V) (RAL.md 3).
 
         frame_feat: (V, 128, D) from ``encode_video``; frame_mask: (V, L <= 128).
-        Also returns the confidence logits ("logits_cos", "logits_raw").
+        Also returns the confidence logits ("logits_cos", "logits_raw"). ``raw=False``
+        (inference): only "clip_cos", "frame_cos", "logits_cos".
         """
-        dots = torch.einsum("qd,vkd->qvk", query, clip_feat)
-        cos = torch.einsum("qd,vkd->qvk", _unit(query), _unit(clip_feat))
+        out = {"clip_cos": torch.einsum("qd,vkd->qvk", _unit(query), _unit(clip_feat)).amax(dim=-1)}
+        if raw:
+            out["clip_raw"] = torch.einsum("qd,vkd->qvk", query, clip_feat).amax(dim=-1)
         wf = word_frame_pair(tokens, token_mask, frame_feat, self.frame_mask_128(frame_mask), self.text_weight_fc,
-                             self.cfg.mask_padded_frames, self.cfg.confidence_from_normalised)
-        return {"clip_cos": cos.amax(dim=-1), "clip_raw": dots.amax(dim=-1), "frame_cos": wf["cos"],
-                "frame_raw": wf["raw"], "logits_cos": wf["logits_cos"], "logits_raw": wf["logits_raw"]}
+                             self.cfg.mask_padded_frames, self.cfg.confidence_from_normalised, raw)
+        out.update({"frame_cos": wf["cos"], "logits_cos": wf["logits_cos"]})
+        if raw:
+            out.update({"frame_raw": wf["raw"], "logits_raw": wf["logits_raw"]})
+        return out
 
     def inference_scores(self, query: Tensor, tokens: Tensor, token_mask: Tensor, clip_feat: Tensor,
                          frame_feat: Tensor, frame_mask: Tensor) -> dict[str, Tensor]:
         """{"clip": S_c, "frame": S_f, "fused": clip_scale_w S_c + frame_scale_w S_f} (Q, V); no sampling."""
-        s = self.scores(query, tokens, token_mask, clip_feat, frame_feat, frame_mask)
+        s = self.scores(query, tokens, token_mask, clip_feat, frame_feat, frame_mask, raw=False)
         return {"clip": s["clip_cos"], "frame": s["frame_cos"],
                 "fused": fused_scores(s["clip_cos"], s["frame_cos"], self.cfg.clip_scale_w, self.cfg.frame_scale_w)}
 
