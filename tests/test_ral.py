@@ -24,8 +24,8 @@ from method.losses.ral import (AUTHORS_LOG_NAMES, LOSS_TERMS, authors_log, mil_l
 from method.models.model import DLDKD, ModelConfig
 from method.models.students import build_student, student_class
 from method.models.students.ral import (
-    CHARADES_PROPOSAL, COLLECTION_DEFAULTS, PIEHead, RALConfig, RALStudent, UncertaintyHead, pad_frames,
-    ral_config_from_model_config, sample_gaussian, support_set, text_pooling, video_pooling, word_frame_pair,
+    CHARADES_PROPOSAL, COLLECTION_DEFAULTS, PIEHead, RALConfig, RALStudent, UncertaintyHead, is_authors_ral_state,
+    pad_frames, ral_config_from_authors, ral_config_from_model_config, sample_gaussian, support_set, text_pooling, video_pooling, word_frame_pair,
 )
 from method.training.optim import build_optimizer
 from synthetic import write_bigfile, write_h5
@@ -72,6 +72,15 @@ class Golden:
         """Exact equality (names, integers)."""
         np.testing.assert_array_equal(np.asarray(actual), self.npz[key], err_msg=key)
         self.checked.add(key)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny shapes: one intra-op thread (on a loaded machine two threads make each small op 100x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +293,9 @@ def test_vib(golden):
 # --------------------------------------------------------------------------- #
 def test_state_dict_names_shapes_and_parameter_counts(golden):
     g = golden
-    tvr = DLDKD(ModelConfig(visual_input_size=3072, query_input_size=768, student="ral", single_branch=True))
+    with torch.device("meta"):  # shapes only
+        tvr = DLDKD(ModelConfig(visual_input_size=3072, query_input_size=768, student="ral", single_branch=True))
+        act = RALStudent.from_config(RALConfig.for_collection("activitynet"))
     state = tvr.inheritance.state_dict()
     g.equal("tvr_state_dict_names", list(state))
     shapes = np.full((len(state), 3), -1, dtype=np.int64)
@@ -292,7 +303,6 @@ def test_state_dict_names_shapes_and_parameter_counts(golden):
         shapes[i, :x.dim()] = x.shape
     g.equal("tvr_state_dict_shapes", shapes)
     g.equal("tvr_param_count", sum(p.numel() for p in tvr.parameters()))
-    act = RALStudent.from_config(RALConfig.for_collection("activitynet"))
     g.equal("act_param_count", sum(p.numel() for p in act.parameters()))
     # the tiny model's names equal the authors' (their checkpoints load without renaming)
     assert list(tiny_model(g).inheritance.state_dict()) == [k[len(MODEL_PREFIX):] for k in g.npz.files
@@ -553,6 +563,27 @@ def test_config_defaults_and_mapping():
         RALStudent.check_config(dataclasses.replace(rc, max_ctx_l=64))
     with pytest.raises(ValueError, match="even"):
         RALStudent.check_config(dataclasses.replace(rc, hidden_size=9, n_heads=3))
+
+
+def test_authors_checkpoint_maps(golden):
+    """A best.ckpt of the authors' layout (``module.`` names of a multi-GPU run too) rebuilds the model."""
+    state = golden_state(golden)
+    config = {"dataset_name": "activitynet", "collection": "activitynet", "sft_factor": 0.6, "input_drop": 0.0,
+              "drop": 0.0, "n_heads": 2, "loss_factor": [0.02, 0.04, 0.003, 0.11], "neg_factor": [0.2, 32, 1],
+              "clip_scale_w": 0.6, "frame_scale_w": 0.4, "model_name": "RAL_gmmv2_act"}
+    ckpt = {"config": config, "epoch": 3, "model_val": [1.0] * 5, "optimizer": {},
+            "state_dict": {"module." + k: v for k, v in state.items()}}
+    assert is_authors_ral_state(ckpt["state_dict"]) and not is_authors_ral_state(
+        {k: v for k, v in state.items() if not k.startswith(("pie_net", "text_weight_fc"))})
+    cfg = ral_config_from_authors(ckpt["config"], state)
+    assert (cfg.visual_input_size, cfg.query_input_size, cfg.hidden_size, cfg.n_heads) == (16, 12, 8, 2)
+    assert (cfg.qdl_weight, cfg.ot_weight, cfg.qdl_margin, cfg.clip_scale_w, cfg.lr) == (0.003, 0.11, 0.2, 0.6, 2.5e-4)
+    student = RALStudent(cfg)
+    student.load_state_dict({k[len("module."):]: v for k, v in ckpt["state_dict"].items()})
+    _, _, text, text_mask, _, _ = tiny_batch(golden)
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval().encode_query(text, text_mask),
+                                   torch.from_numpy(golden.npz["tiny_query"]), rtol=1e-5, atol=1e-5)
 
 
 def test_init_overwrites_head_init_and_keeps_weight_token():

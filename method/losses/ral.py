@@ -134,11 +134,11 @@ def ral_objective(out: Mapping[str, Any], labels: Tensor, cfg: Any, hard_negativ
 
 
 def authors_log(terms: Mapping[str, Tensor]) -> dict[str, float]:
-    """The authors' per-step dict (``loss.forward``): ``loss_overall`` = the sum of all terms, then the six logged ones."""
+    """The authors' per-step dict (``loss.forward``): ``loss_overall`` (the sum of all terms), then the six logged."""
     log = {"loss_overall": float(sum(v.detach() for v in terms.values()))}
     log.update({AUTHORS_LOG_NAMES[k]: float(terms[k].detach()) for k in AUTHORS_LOG_NAMES})
     return log
 
 
-__all__ = ["LOSS_TERMS", "AUTHORS_LOG_NAMES", "mil_nce", "mil_loss", "vib_terms", "ral_loss_components", "weighted_terms",
-           "ral_objective", "authors_log"]
+__all__ = ["LOSS_TERMS", "AUTHORS_LOG_NAMES", "mil_nce", "mil_loss", "vib_terms", "ral_loss_components",
+           "weighted_terms", "ral_objective", "authors_log"]

@@ -212,9 +212,47 @@ _FROM_MODEL_CONFIG = ("visual_input_size", "query_input_size", "hidden_size", "n
 
 
 def ral_config_from_model_config(cfg: ModelConfig, collection: Optional[str] = None) -> RALConfig:
-    """The one mapping from today's ``ModelConfig``: the collection's defaults (or the TVR ones), then its model fields."""
+    """The one mapping from today's ``ModelConfig``: the collection's defaults (default TVR), then its model fields."""
     base = COLLECTION_DEFAULTS.get(collection or "tvr", {})
     return RALConfig(**{**base, **{name: getattr(cfg, name) for name in _FROM_MODEL_CONFIG}})
+
+
+# The authors' best.ckpt (``{config, epoch, model_val, state_dict, optimizer}``): its ``config`` keys -> RALConfig fields.
+AUTHORS_CONFIG_KEYS = {
+    "visual_feature": "visual_feature", "max_ctx_l": "max_ctx_l", "max_desc_l": "max_desc_l", "map_size": "map_size",
+    "n_heads": "n_heads", "input_drop": "input_drop", "drop": "drop", "sft_factor": "sft_factor", "margin": "margin",
+    "lr": "lr", "n_epoch": "n_epoch", "max_es_cnt": "max_es_cnt", "hard_negative_start_epoch":
+    "hard_negative_start_epoch", "hard_pool_size": "hard_pool_size", "seed": "seed", "model_name": "model_name",
+    "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w", "eval_context_bsz": "eval_context_bsz",
+    "eval_query_bsz": "eval_query_bsz",
+}
+RAL_MARKER_KEYS = ("text_weight_fc.0.weight", "pie_net_text.fc.weight", "frame_branch_query_proj.net.1.weight")
+
+
+def is_authors_ral_state(state: dict) -> bool:
+    """Whether a state dict (the authors' names, ``module.`` allowed) is RAL's (GMMFormerV2 has ``weight_token`` too)."""
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state}
+    return all(k in keys for k in RAL_MARKER_KEYS)
+
+
+def ral_config_from_authors(config: dict, state: dict) -> RALConfig:
+    """RALConfig of the authors' best.ckpt: sizes from the tensors (names without ``module.``), settings from its
+    ``config`` (``dataset_name`` / ``collection`` picks the defaults; ``loss_factor`` f0..f3, ``neg_factor``)."""
+    collection = str(config.get("collection", config.get("dataset_name", "tvr")))
+    collection = {"act": "activitynet", "anet": "activitynet"}.get(collection, collection)
+    values = dict(COLLECTION_DEFAULTS.get(collection, COLLECTION_DEFAULTS["tvr"]))
+    values.update({ours: config[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in config})
+    if "loss_factor" in config:
+        values.update(zip(("clip_nce_weight", "frame_nce_weight", "qdl_weight", "ot_weight"),
+                          map(float, config["loss_factor"])))
+    if "neg_factor" in config:
+        values.update(zip(("qdl_margin", "qdl_scale", "qdl_focal"), map(float, config["neg_factor"])))
+    query_pos = state["query_pos_embed.position_embeddings.weight"]
+    values.update(visual_input_size=int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+                  query_input_size=int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+                  hidden_size=int(query_pos.shape[1]), max_desc_l=int(query_pos.shape[0]),
+                  max_ctx_l=int(state["frame_pos_embed.position_embeddings.weight"].shape[0]))
+    return RALConfig(**values)
 
 
 def as_ral_config(cfg: Union[RALConfig, ModelConfig]) -> RALConfig:
@@ -284,7 +322,10 @@ class PIEHead(nn.Module):
 
 
 class UncertaintyHead(nn.Module):
-    """``UncertaintyModuleImage(D, D, D/2)``: ``log sigma = fc(r') + fc2(p)`` (RAL.md 2.6); names ``attention``, ``fc``, ``fc2``."""
+    """``UncertaintyModuleImage(D, D, D/2)``: ``log sigma = fc(r') + fc2(p)`` (RAL.md 2.6).
+
+    Names ``attention.w_1``, ``attention.w_2``, ``fc``, ``fc2`` (its unused sigmoid has no parameters).
+    """
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -362,7 +403,7 @@ def fused_scores(clip_scores: Tensor, frame_scores: Tensor, clip_w: float, frame
 
 
 def caption_slots(labels: Tensor, n_videos: int) -> tuple[Tensor, Tensor]:
-    """(slot (Q,), counts (V,)): each caption's position among its video's captions (batch order), captions per video."""
+    """(slot (Q,), counts (V,)): each caption's rank among its video's captions (batch order); captions per video."""
     onehot = F.one_hot(labels, n_videos)  # (Q, V)
     slot = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1
     return slot, onehot.sum(dim=0)
@@ -418,7 +459,7 @@ def sample_gaussian(mean: Tensor, logsigma: Tensor, n_samples: int, generator: O
 
 
 def pad_frames(frames: Tensor, frame_mask: Tensor, length: int = V2_FRAMES) -> tuple[Tensor, Tensor]:
-    """Zero-pad a batch's frames (V, L, Dv) and mask (V, L) to ``length`` positions (the authors' RAL loader, RAL.md 1)."""
+    """Zero-pad a batch's frames (V, L, Dv) and mask (V, L) to ``length`` positions (the authors' loader, RAL.md 1)."""
     if frames.shape[1] > length:
         raise ValueError(f"{frames.shape[1]} frames exceed {length}")
     extra = length - frames.shape[1]
@@ -575,7 +616,8 @@ class RALStudent(GMMFormerV2Student):
             raise ValueError(f"ral needs an even --hidden_size (its heads attend at D/2), got {cfg.hidden_size}")
 
 
-__all__ = ["RALConfig", "COLLECTION_DEFAULTS", "CHARADES_PROPOSAL", "LOSS_TERMS", "RALStudent",
+__all__ = ["RALConfig", "COLLECTION_DEFAULTS", "CHARADES_PROPOSAL", "LOSS_TERMS", "RALStudent", "AUTHORS_CONFIG_KEYS",
+           "RAL_MARKER_KEYS", "is_authors_ral_state", "ral_config_from_authors",
            "ral_config_from_model_config", "as_ral_config", "reset_parameters", "AttentionPooling", "PIEHead",
            "UncertaintyHead", "confidence_head", "token_confidences", "word_frame_scores", "word_frame_pair",
            "fused_scores", "caption_slots", "support_set", "text_pooling", "video_pooling", "sample_gaussian",
