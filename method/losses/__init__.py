@@ -12,6 +12,9 @@ from method.losses.evidential import (
 )
 from method.losses.objective import BatchLayout, DLDKDLoss, LocalBatch, LossSettings, Objective, QueryDiversity, SoftNCEOptions, TeacherScores
 from method.losses.query import ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms
+from method.losses.ral import (
+    AUTHORS_LOG_NAMES, authors_log, mil_loss, mil_nce, ral_loss_components, ral_objective, vib_terms, weighted_terms,
+)
 from method.losses.ranking import (
     draw_t2v, draw_v2t, hard_count, nce_loss, nce_t2v_terms, nce_v2t_terms, positive_mask, sample_t2v_negatives,
     sample_v2t_negatives, soft_nce_loss, soft_nce_reduce, soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives,
@@ -26,4 +29,6 @@ __all__ = [
     "draw_t2v", "draw_v2t", "hard_count", "nce_loss", "nce_t2v_terms", "nce_v2t_terms", "positive_mask",
     "sample_t2v_negatives", "sample_v2t_negatives", "soft_nce_loss", "soft_nce_reduce", "soft_nce_t2v_terms",
     "soft_nce_v2t_terms", "t2v_negatives", "triplet_loss", "triplet_t2v_terms", "triplet_v2t_terms", "v2t_negatives",
+    "AUTHORS_LOG_NAMES", "authors_log", "mil_loss", "mil_nce", "ral_loss_components", "ral_objective", "vib_terms",
+    "weighted_terms",
 ]
