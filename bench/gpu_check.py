@@ -234,7 +234,7 @@ def zero_gradients(opt, sizes: Sizes, state: dict, batch: dict, settings: dict) 
     run = make_run(opt, sizes, torch.device("cpu"), state)
     run.model.double()
     train_step(run, {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()},
-               settings, "none")
+               settings)
     norms = {n: float(p.grad.norm()) for n, p in run.model.named_parameters() if p.grad is not None}
     top = max(norms.values())
     return {n for n, g in norms.items() if g <= 1e-10 * top}

@@ -1,7 +1,7 @@
 """Training steps of one process or of several (gloo on the CPU), for tests/test_distributed.py.
 
 ``run_steps`` trains a tiny model of a recipe (``CASES``: the student and its
-objective, from the training flags through ``method.training.loop.model_config`` and
+objective, from the training flags through ``method.config.settings.model_config`` and
 ``make_loss``) on fixed global batches through the training loop's own
 ``train_step``; each process takes its share of every batch with
 ``GlobalBatchSampler``'s own ``share``. ``spawn_worker`` is the entry point of a

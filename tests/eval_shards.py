@@ -5,12 +5,11 @@ GMMFormer v1) on the test split of a synthetic collection through
 ``make_eval_feed`` and ``evaluate``; ``spawn_eval`` is the entry point of a
 spawned process.
 """
-import argparse
 import os
 
 import torch
 
-from method.config.settings import data_options
+from method.data.options import DataOptions
 from method.parallel import distributed
 from method.data import build_split
 from method.evaluation.evaluate import evaluate, make_eval_feed
@@ -31,10 +30,10 @@ def evaluate_share(d: distributed.Dist, root: str, case: dict, scores_path=None)
     """This process's share of the evaluation of ``case`` (student, block sizes, preload); every metric."""
     torch.set_num_threads(1)  # the one-process reference runs with the same thread count
     model = tiny_model(case["student"], case["context"])
-    opt = argparse.Namespace(eval_video_bsz=case["video_bsz"], eval_query_bsz=case["query_bsz"],
-                             preload=case["preload"], preload_dtype="float32", num_workers=0)
+    data = DataOptions(root, "tvr", "i3d_resnet", eval_video_bsz=case["video_bsz"], eval_query_bsz=case["query_bsz"],
+                       preload=case["preload"], num_workers=0)
     split = build_split(root, "tvr", "i3d_resnet", "test", False, 128, 30)
-    feed = make_eval_feed(split, data_options(opt), torch.device("cpu"), model, d)
+    feed = make_eval_feed(split, data, torch.device("cpu"), model, d)
     res = evaluate(model, feed.videos, feed.queries, torch.device("cpu"), FUSION, case["query_bsz"], scores_path, d)
     return {"t2v": res["t2v"], "v2t": res["v2t"], "video_ids": res["video_ids"], "cap_ids": res["cap_ids"],
             "own_videos": sum(len(b["video_ids"]) for b in feed.videos)}

@@ -1,4 +1,4 @@
-"""torchrun worker of the fault test: ``method.training.loop`` whose process ``KILL_RANK`` dies by SIGKILL.
+"""torchrun worker of the fault test: ``method.train`` whose process ``KILL_RANK`` dies by SIGKILL.
 
 With ``DLDKD_TEST_KILL=RANK:EPOCH`` in the environment, process RANK kills
 itself at the start of epoch EPOCH on the group's first attempt only

@@ -174,7 +174,7 @@ def test_recipe_defaults_per_collection_and_explicit_flags_win():
     assert not explicit.pool_to_teacher and explicit.separate_query_proj
     iccv = parse_train_args(["--root_path", "r", "--collection", "tvr"])
     assert (iccv.recipe, iccv.n_epoch, iccv.seed, iccv.lr, iccv.label_style, iccv.kd_schedule) == (
-        "iccv", 100, 2018, 2.5e-4, "hard", "fixed")
+        "iccv", 100, 2018, 2.5e-4, "hard", "exp_decay")
     with pytest.raises(SystemExit):
         parse_train_args(["--root_path", "r", "--collection", "tvr", "--recipe", "dldkdpp", "--no_teacher"])
 

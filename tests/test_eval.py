@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from method.evaluation import evaluate as evaluation
+from method import eval as eval_cli
 from method.evaluation import metrics
 from method.models.checkpoint import released_to_own
 from method.data import build_split, collate_queries, collate_videos
@@ -88,7 +88,7 @@ def test_authors_checkpoint_through_do_test(data, tmp_path):
 
 def test_model_dir_is_looked_up_in_results(data, tmp_path):
     authors_run(Path(data) / "tvr" / "results" / "checkpoint_tvr")
-    result = evaluation.main(["--root_path", data, "--collection", "tvr", "--model_dir", "checkpoint_tvr",
+    result = eval_cli.main(["--root_path", data, "--collection", "tvr", "--model_dir", "checkpoint_tvr",
                               "--device", "cpu", "--num_workers", "0", "--eval_split", "val"])
     assert result["split"] == "val"
     assert (Path(data) / "tvr" / "results" / "checkpoint_tvr" / "eval_val.json").is_file()
@@ -97,8 +97,8 @@ def test_model_dir_is_looked_up_in_results(data, tmp_path):
 def test_chunk_size_does_not_change_results(data, tmp_path):
     authors_run(tmp_path / "run")
     common = ["--root_path", data, "--model_dir", str(tmp_path / "run"), "--device", "cpu", "--num_workers", "0"]
-    a = evaluation.main([*common, "--eval_query_bsz", "1", "--eval_video_bsz", "2"])
-    b = evaluation.main([*common, "--eval_query_bsz", "1000", "--eval_video_bsz", "1000"])
+    a = eval_cli.main([*common, "--eval_query_bsz", "1", "--eval_video_bsz", "2"])
+    b = eval_cli.main([*common, "--eval_query_bsz", "1000", "--eval_video_bsz", "1000"])
     assert a["t2v"] == b["t2v"] and a["v2t"] == b["v2t"]
 
 

@@ -26,7 +26,7 @@ transformers = pytest.importorskip("transformers")
 av = pytest.importorskip("av")
 Image = pytest.importorskip("PIL.Image")
 
-from method import extract_teacher as et# noqa: E402  (after the optional-dependency skips)
+from method.extraction import teacher as et  # noqa: E402  (after the optional-dependency skips)
 from method.data.bigfile import parse_video2frames  # noqa: E402
 
 PROJ_DIM = 24

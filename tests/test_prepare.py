@@ -266,8 +266,8 @@ def test_trains_one_epoch_and_evaluates(prepared, tmp_path):
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python: method.extraction.prepare prints its last line, method.training.loop its arguments one a line.
-if [ "$2" = method.extraction.prepare ]; then echo "prepare $*"; echo "train with: $TRAIN_LINE"; exit 0; fi
+# Stands in for python: method.prepare prints its last line, method.train its arguments one a line.
+if [ "$2" = method.prepare ]; then echo "prepare $*"; echo "train with: $TRAIN_LINE"; exit 0; fi
 shift 2; printf '%s\\n' "$@"
 """
 
@@ -287,7 +287,7 @@ def test_do_custom_runs_prepare_then_the_printed_training_command(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0] == f"prepare -m method.prepare {root} mine --videos /videos --captions c.txt"
     assert lines[2:] == ["--root_path", root, "--collection", "mine", "--visual_feature", "feat",
-                         "--no_teacher", "--kd_schedule", "exp_decay", "--n_epoch", "3", "--bsz", "8"]
+                         "--no_teacher", "--n_epoch", "3", "--bsz", "8"]
     env["TRAIN"] = "0"
     proc = subprocess.run([os.path.join(REPO, "do_custom.sh"), root, "mine", "/videos"], env=env,
                           capture_output=True, text=True)

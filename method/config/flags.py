@@ -396,10 +396,10 @@ def stored_settings(stored: dict, overrides: dict) -> argparse.Namespace:
     """A stored run's settings for evaluation or analysis: its opt.json (completed from the recipe table for runs
     older than a flag), its machine flags replaced by the parser's defaults, and ``overrides`` on top."""
     defaults = vars(build_train_parser().parse_args([]))
-    machine = {k: defaults[k] for k in MACHINE_FLAGS if k in defaults}
-    kept = {k: v for k, v in stored.items() if k not in MACHINE_FLAGS or k == "root_path"}  # the data's default
+    machine = {k: defaults[k] for k in MACHINE_FLAGS if k in defaults and k != "root_path"}  # the data's: stored
+    kept = {k: v for k, v in stored.items() if k not in machine}
     values = recipe_values(stored.get("recipe", "iccv"), stored.get("collection"), stored.get("student"))
-    base = {**{k: v for k, v in defaults.items() if v is not None}, **values, **kept, **machine}
+    base = {**defaults, **values, **kept, **machine}
     opt = resolve(base, overrides)
     error = check_conflicts(opt, {})
     if error:
