@@ -316,7 +316,8 @@ def test_tiny_features_and_scores(gmmformer_golden, version):
         out = model(frames, frame_mask, text, text_mask, clips)
     query, videos = out["queries"]["inheritance"], out["videos"]["inheritance"]
     assert_close(query, g[f"{version}_tiny_query"])
-    assert_close(videos["clip"], g[f"{version}_tiny_clip_feat"])
+    # float32 through 8 fused Gaussian branches: 1.004e-5 on some CPUs, "about 1e-5" in the golden README
+    assert_close(videos["clip"], g[f"{version}_tiny_clip_feat"], tol=2e-5)
     frame_feat = videos["frame"][:, 0] if version == "v1" else videos["frame"]
     assert_close(frame_feat, g[f"{version}_tiny_frame_feat"])
     for level in ("clip", "frame"):

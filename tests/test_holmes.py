@@ -96,7 +96,7 @@ class Golden:
 @pytest.fixture(scope="session")
 def hg():
     if not GOLDEN_PATH.is_file():
-        pytest.fail(f"Holmes golden file missing: {GOLDEN_PATH} (copy of shared/spec/golden/holmes_golden.npz)")
+        pytest.fail(f"Holmes golden file missing: {GOLDEN_PATH} (it is part of the repository: restore it from git)")
     return Golden(GOLDEN_PATH)
 
 

@@ -95,7 +95,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def golden() -> Golden:
     if not GOLDEN_PATH.is_file():
-        pytest.fail(f"RAL golden file missing: {GOLDEN_PATH} (copy /work/shared/spec/golden/ral_golden.npz there)")
+        pytest.fail(f"RAL golden file missing: {GOLDEN_PATH} (it is part of the repository: restore it from git)")
     return Golden(GOLDEN_PATH)
 
 

@@ -65,22 +65,9 @@ STUDENT_RUNS = {"gmmformer_v2": ["--recipe", "gmmformer_v2", "--hard_negative_st
 
 @pytest.mark.parametrize("extra", [[], *STUDENT_RUNS.values()], ids=["dldkd", *STUDENT_RUNS])
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extra):
-    full = tmp_path / "full"
+    full, cut = tmp_path / "full", tmp_path / "cut"
     run(data, full, "--n_epoch", "2", *extra)
-
-    real, calls = loop.train_one_epoch, []
-
-    def interrupted_in_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    cut = tmp_path / "cut"
-    monkeypatch.setattr(loop, "train_one_epoch", interrupted_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(data, cut, "--n_epoch", "2", *extra)
-    monkeypatch.undo()
+    interrupted_run(data, cut, monkeypatch, *extra)
     assert torch.load(cut / "latest.ckpt", weights_only=True)["epoch"] == 1
     train.main(["--resume", str(cut), "--device", "cpu", "--num_workers", "0"])
     a, b = final_weights(full), final_weights(cut)

@@ -20,12 +20,18 @@ from method.models.students.blocks import GMMAttentionLayer, GMMBlock, LinearLay
 
 
 @dataclass
-class GMMFormerConfig(StudentConfig):
-    """GMMFormer's settings (GMMFormer and GMMFormerV2 share the first two)."""
+class GMMFamilyConfig(StudentConfig):
+    """The settings every GMMFormer-family student has."""
 
     map_size: int = setting(32, "GMMFormer family: clips per video (mean-pooled frames)")
     gauss_centred: bool = setting(False, "GMMFormer family, fixes quirk Q2: centre each Gaussian on its own key "
                                          "position (i / (L - 1)) instead of i / L (changes results)")
+
+
+@dataclass
+class GMMFormerConfig(GMMFamilyConfig):
+    """GMMFormer's settings."""
+
     gauss_own_length: bool = setting(False, "GMMFormer, fixes quirk Q1: size each video's frame Gaussians by its own "
                                             "length, not the padded batch length (changes results)")
     eval_context_bsz: int = setting(100, "GMMFormer: videos encoded together at evaluation; their frame Gaussians are "

@@ -16,20 +16,17 @@ from torch import nn
 from method.models.students import register
 from dataclasses import dataclass
 
-from method.models.students.base import Student, StudentConfig, setting
-from method.models.students.gmmformer import GMMFormerLosses
+from method.models.students.base import Student, setting
+from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 from method.models.students.blocks import DyGMMBlock, FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
 
 V2_CLIPS, V2_FRAMES = 32, 128  # the fusion heads predict weights per absolute position (quirk Q4)
 
 
 @dataclass
-class GMMFormerV2Config(StudentConfig):
+class GMMFormerV2Config(GMMFamilyConfig):
     """GMMFormerV2's settings."""
 
-    map_size: int = setting(32, "GMMFormer family: clips per video (mean-pooled frames)")
-    gauss_centred: bool = setting(False, "GMMFormer family, fixes quirk Q2: centre each Gaussian on its own key "
-                                         "position (i / (L - 1)) instead of i / L (changes results)")
     sft_factor: float = setting(0.09, "GMMFormerV2: temperature of the softmax that fuses the Gaussian branches per "
                                       "position")
     mask_padded_frames: bool = setting(False, "GMMFormerV2, fixes quirk Q3: padded frames take no part in the "
