@@ -498,7 +498,8 @@ def test_empty_share_encodes(version):
 def test_shared_query_projection():
     """with_query_proj=False builds no projection; encode_query then uses the one passed in."""
     cfg = tiny_cfg("v2")
-    owner, borrower = build_student(cfg).eval(), build_student(cfg, with_query_proj=False).eval()
+    owner = build_student(cfg.student, cfg.student_cfg).eval()
+    borrower = build_student(cfg.student, cfg.student_cfg, with_query_proj=False).eval()
     assert not hasattr(borrower, "query_input_proj")
     borrower.load_state_dict({k: v for k, v in owner.state_dict().items() if not k.startswith("query_input_proj")})
     feat, mask = torch.randn(3, 5, 12), torch.ones(3, 5)
