@@ -7,8 +7,8 @@ epochs) and a ``--no_teacher`` run (2 epochs) to compare it with
 the GMMFormer and GMMFormerV2 recipes and DL-DKD's two branches on the
 GMMFormer student.
 """
-from method.data import demo as demo_data
 from method import train
+from method.data import demo as demo_data
 
 DEMO_VIDEOS = 150
 TRAIN_ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",

@@ -14,18 +14,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from method.config.settings import model_config, loss_settings
-from method.parallel import distributed
-from method.training import rng
-from method.training import loop
 from method.config.flags import parse_train_args
+from method.config.settings import loss_settings, model_config
 from method.data import clip_features, collate_train
 from method.data.collate import sort_key
 from method.data.sampler import share
 from method.models.model import DLDKD
-from method.training.optim import build_optimizer
 from method.models.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
 from method.models.teacher import PrecomputedTeacher
+from method.parallel import distributed
+from method.training import loop, rng
+from method.training.optim import build_optimizer
 
 DV, DQ, DT = 6, 5, 4
 TINY = ["--root_path", "unused", "--collection", "tvr", "--hidden_size", "8", "--n_heads", "2",

@@ -8,13 +8,13 @@ spawned process.
 import os
 
 import torch
+from synthetic import DQ, DV
 
-from method.data.options import DataOptions
-from method.parallel import distributed
 from method.data import build_split
+from method.data.options import DataOptions
 from method.evaluation.evaluate import evaluate, make_eval_feed
 from method.models.model import DLDKD, ModelConfig
-from synthetic import DQ, DV
+from method.parallel import distributed
 
 FUSION = {"exploration": 0.3, "inheritance": 0.7, "clip": 0.7, "frame": 0.3}
 

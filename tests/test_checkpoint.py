@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from method.models.checkpoint import (CheckpointError, atomic_save, load_model, model_payload, own_to_released,
-                                      read_checkpoint,
-                               released_to_own)
+from method.models.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_model,
+    model_payload,
+    own_to_released,
+    read_checkpoint,
+    released_to_own,
+)
 from method.models.model import DLDKD, ModelConfig
 
 easydict = pytest.importorskip("easydict")

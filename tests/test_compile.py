@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from method.training import rng
-from method.training import loop
-from method.training.compiled import CompiledForward, ShapePolicy, bucket
 from method.config.flags import parse_train_args
 from method.data import collate_train
-from method.parallel.distributed import Dist
 from method.losses import DLDKDLoss, Objective
 from method.models.model import DLDKD, ModelConfig
+from method.parallel.distributed import Dist
+from method.training import loop, rng
+from method.training.compiled import CompiledForward, ShapePolicy, bucket
 from method.training.optim import build_optimizer
 
 DV, DQ = 6, 5

@@ -8,17 +8,34 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from synthetic import DQ, DT, DV, write_bigfile, write_collection, write_h5  # noqa: E402
 from torch.utils.data import DataLoader
 
-from method.data.bigfile import BigFile, parse_video2frames
 from method.data import (
-    DataError, H5Store, QueryDataset, TrainDataset, align_frames, build_split,
-    caption_key_candidates, check_split, collate_queries, collate_train, collate_videos, dataset_paths,
-    l2_normalize, open_video_store, read_caption_file, reduce_frames, resolve_caption_keys, seed_worker,
-    student_frames, student_tokens, teacher_frames, uniform_pool,
+    DataError,
+    H5Store,
+    QueryDataset,
+    TrainDataset,
+    align_frames,
+    build_split,
+    caption_key_candidates,
+    check_split,
+    collate_queries,
+    collate_train,
+    collate_videos,
+    dataset_paths,
+    l2_normalize,
+    open_video_store,
+    read_caption_file,
+    reduce_frames,
+    resolve_caption_keys,
+    seed_worker,
+    student_frames,
+    student_tokens,
+    teacher_frames,
+    uniform_pool,
 )
-
-from synthetic import DQ, DT, DV, write_bigfile, write_collection, write_h5  # noqa: E402
+from method.data.bigfile import BigFile, parse_video2frames
 
 
 @pytest.fixture

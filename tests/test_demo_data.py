@@ -5,12 +5,12 @@ import os
 import h5py
 import numpy as np
 import pytest
+from synthetic import read_tree
 
+from method.data import build_split, collate_train, read_caption_file
 from method.data import demo as demo_data
 from method.data.bigfile import BigFile
-from method.data import build_split, collate_train, read_caption_file
 from method.data.moment_file import moments_path, read_moments
-from synthetic import read_tree
 
 N_VIDEOS = 60
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from dist_steps import free_port, noise_only, run_steps, spawn_worker
+from synthetic import write_collection
 from torch.utils.data import RandomSampler
 
-from dist_steps import free_port, noise_only, run_steps, spawn_worker
 from method import train
-from method.training import loop
 from method.data import GlobalBatchSampler
-from method.parallel.distributed import Dist
 from method.models.model import DLDKD, ModelConfig
-from synthetic import write_collection
+from method.parallel.distributed import Dist
+from method.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 

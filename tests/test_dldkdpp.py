@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import write_bigfile, write_collection, write_h5
 
 from method import train
-from method.models.checkpoint import dldkdpp_to_own, load_model
 from method.config.flags import parse_train_args
 from method.data import build_split, collate_queries, collate_train, collate_videos
+from method.losses import DLDKDLoss, SoftNCEOptions
+from method.models.checkpoint import dldkdpp_to_own, load_model
+from method.models.model import DLDKD, ModelConfig
+from method.models.teacher import PrecomputedTeacher
 from method.parallel.distributed import Dist
 from method.parallel.global_batch import GlobalBatch, share_sizes
-from method.losses import DLDKDLoss, SoftNCEOptions
-from method.models.model import DLDKD, ModelConfig
 from method.training.schedules import alpha_schedule, beta_schedule, kd_factor
-from method.models.teacher import PrecomputedTeacher
-from synthetic import write_bigfile, write_collection, write_h5
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = {"inher_trip": "trip_inh", "inher_nce": "nce_inh", "explore_trip": "trip_exp",

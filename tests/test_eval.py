@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from method import eval as eval_cli
-from method.evaluation import metrics
-from method.models.checkpoint import released_to_own
-from method.data import build_split, collate_queries, collate_videos
-from method.models.model import DLDKD, ModelConfig
 from synthetic import DQ, DV, write_collection
 from test_checkpoint import released_cfg, released_state
+
+from method import eval as eval_cli
+from method.data import build_split, collate_queries, collate_videos
+from method.evaluation import metrics
+from method.models.checkpoint import released_to_own
+from method.models.model import DLDKD, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN = 8

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from dist_steps import free_port
 from eval_shards import evaluate_share, spawn_eval, tiny_model
+from synthetic import write_collection
+
+from method.config.flags import parse_train_args, save_opt
 from method.evaluation import metrics
 from method.models.checkpoint import atomic_save, model_payload
-from method.config.flags import parse_train_args, save_opt
 from method.parallel.distributed import Dist
-from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from demo_run import STUDENT_RUNS, demo_runs, student_runs
-from method.evaluation import metrics
+
 from method.analysis import explore
+from method.analysis.retrieval import TeacherCurves, load_run, pair_curves, video_scores
 from method.data import build_split, collate_train
 from method.data.moment_file import moments_path
-from method.analysis.retrieval import TeacherCurves, load_run, pair_curves, video_scores
+from method.evaluation import metrics
 from method.models.teacher import PrecomputedTeacher
 
 

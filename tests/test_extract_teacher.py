@@ -26,8 +26,8 @@ transformers = pytest.importorskip("transformers")
 av = pytest.importorskip("av")
 Image = pytest.importorskip("PIL.Image")
 
-from method.extraction import teacher as et  # noqa: E402  (after the optional-dependency skips)
 from method.data.bigfile import parse_video2frames  # noqa: E402
+from method.extraction import teacher as et  # noqa: E402  (after the optional-dependency skips)
 
 PROJ_DIM = 24
 COLLECTION = "toy"

@@ -10,12 +10,25 @@ import pytest
 import torch
 
 from method.losses import (
-    nce_loss, ot_loss, ot_matches, ot_pair_count, qdl_v1, qdl_v1_terms, qdl_v2, qdl_v2_terms, triplet_loss,
+    nce_loss,
+    ot_loss,
+    ot_matches,
+    ot_pair_count,
+    qdl_v1,
+    qdl_v1_terms,
+    qdl_v2,
+    qdl_v2_terms,
+    triplet_loss,
 )
 from method.models.model import DLDKD, ModelConfig, cosine_video_scores, normalize_frames, score_level
 from method.models.students import build_student, student_class
 from method.models.students.blocks import (
-    DYGMM_WIDTHS, GMM_WIDTHS, DyGMMBlock, GaussianSelfAttention, GMMBlock, gaussian_matrix,
+    DYGMM_WIDTHS,
+    GMM_WIDTHS,
+    DyGMMBlock,
+    GaussianSelfAttention,
+    GMMBlock,
+    gaussian_matrix,
 )
 
 STUDENTS = {"v1": "gmmformer", "v2": "gmmformer_v2"}

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import write_bigfile, write_h5
 
 from method.data import build_split, clip_features, collate_queries, collate_train, collate_videos
 from method.data.transforms import l2_normalize, reduce_frames
 from method.evaluation.metrics import t2v_metrics
-from synthetic import write_bigfile, write_h5
 
 POOL_SIZES = (1, 3, 5, 31, 32, 33, 47, 100, 129, 200, 300)
 EVAL_VIDEOS = ("w0", "w1")

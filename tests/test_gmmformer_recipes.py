@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import write_collection
 from torch.utils.data import DataLoader
 
-from method.config.settings import loss_settings
-from method.training import loop
 from method.config.flags import parse_train_args
+from method.config.settings import loss_settings
 from method.data import collate_queries, collate_videos
-from method.parallel.distributed import Dist
 from method.evaluation.evaluate import evaluate
 from method.models.model import DLDKD, ModelConfig
+from method.parallel.distributed import Dist
+from method.training import loop
 from method.training.optim import build_optimizer, param_groups
-from synthetic import write_collection
 
 REPO = Path(__file__).resolve().parents[1]
 VERSIONS = {"v1": "gmmformer", "v2": "gmmformer_v2"}

@@ -4,13 +4,12 @@ import re
 
 import pytest
 
-from method.extraction import teacher as extract_teacher
-from method.config import flags as config
-from method.extraction import convert
-from method.extraction import prepare
+from method import eval as evaluate
 from method import train
 from method.analysis import explore, report, summarize
-from method import eval as evaluate
+from method.config import flags as config
+from method.extraction import convert, prepare
+from method.extraction import teacher as extract_teacher
 
 COMMANDS = {  # module: (its main, the parser behind its --help)
     "method.train": (train.main, config.build_train_parser),

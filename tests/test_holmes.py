@@ -15,31 +15,55 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_h5
 
 from method.data import build_split, collate_queries, collate_train, collate_videos
 from method.data.holmes_pooling import clip_features_f32, frame_features_f32, pad_frames_to, segment_means_f32
 from method.data.transforms import clip_features, l2_normalize, reduce_frames
 from method.evaluation.metrics import t2v_metrics
 from method.losses.evidential import (
-    TERM_NAMES, EvidentialSettings, batch_pot, dc_loss, ds_combine, ds_combine_reference, edl_alpha, edl_loss,
+    TERM_NAMES,
+    EvidentialSettings,
+    batch_pot,
+    dc_loss,
+    ds_combine,
+    ds_combine_reference,
+    edl_alpha,
+    edl_loss,
     edl_variance,
-    expected_entropy, holmes_loss, holmes_loss_details, masked_edl_loss, pack_by_video, query_identification,
-    sinkhorn_log_plan, smooth_labels,
+    expected_entropy,
+    holmes_loss,
+    holmes_loss_details,
+    masked_edl_loss,
+    pack_by_video,
+    query_identification,
+    sinkhorn_log_plan,
+    smooth_labels,
 )
 from method.losses.query import qdl_v2
 from method.losses.ranking import nce_loss, triplet_loss
 from method.models.students import StudentConfig
-from method.models.students.gmmformer_v2 import GMMFormerV2Config
 from method.models.students.blocks import gaussian_matrix
+from method.models.students.gmmformer_v2 import GMMFormerV2Config
 from method.models.students.holmes import (
-    HOLMES_WIDTHS, HolmesConfig, HolmesDyGMMBlock, HolmesStudent, authors_checkpoint_student,
-    config_from_authors_checkpoint, config_from_model_config, eval_scores, holmes_config, level_scores,
+    HOLMES_WIDTHS,
+    HolmesConfig,
+    HolmesDyGMMBlock,
+    HolmesStudent,
+    authors_checkpoint_student,
+    config_from_authors_checkpoint,
+    config_from_model_config,
+    eval_scores,
+    holmes_config,
+    level_scores,
 )
 from method.models.students.holmes_dual import (
-    HolmesDualConfig, HolmesDualStudent, holmes_dual_config, token_wise_scores,
+    HolmesDualConfig,
+    HolmesDualStudent,
+    holmes_dual_config,
+    token_wise_scores,
 )
 from method.training.optim import build_optimizer, param_groups
-from synthetic import write_h5
 
 GOLDEN_PATH = Path(__file__).resolve().parent / "golden" / "holmes_golden.npz"
 TOL = 1e-5

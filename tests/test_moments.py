@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
 from method.data import DataError
 from method.data.moment_file import check_known, moment_fractions, read_moments, write_moments
-from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
 
 
 def loop_estimate(curve, n, threshold):

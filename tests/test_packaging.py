@@ -3,10 +3,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from method.config.flags import parse_train_args
 from method.config.recipes import RECIPES

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from synthetic import DQ, DT, DV, write_collection
 from torch.utils.data import DataLoader
 
 from method import train
@@ -9,7 +10,6 @@ from method.data import GlobalBatchSampler, build_split, collate_queries, collat
 from method.data.feed import EvalBlocks, TrainFeed, as_float32
 from method.data.preload import STORAGE_DTYPES, pack_queries, pack_train, pack_videos, packed_bytes
 from method.data.sampler import block_range, share
-from synthetic import DQ, DT, DV, write_collection
 
 CPU = torch.device("cpu")
 K = 4  # clips per video

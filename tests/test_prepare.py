@@ -19,17 +19,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 pytest.importorskip("av")
 
-from method.extraction import convert
-from method.extraction import prepare# noqa: E402  (after the optional-dependency skips)
+from synthetic import read_tree, write_bigfile  # noqa: E402
+from tiny_models import (  # noqa: E402
+    IMAGE_DIM,
+    SIGLIP_DIM,
+    TEXT_DIM,
+    VIDEO_DIM,
+    make_tiny_models,
+    write_pattern_frames,
+    write_pattern_video,
+)
+
 from method.data.bigfile import BigFile  # noqa: E402
-from method.extraction import encoders, prefetch, writers  # noqa: E402
+from method.extraction import (  # noqa: E402
+    convert,
+    encoders,
+    prefetch,
+    prepare,  # noqa: E402  (after the optional-dependency skips)
+    writers,
+)
 from method.extraction.captions import parse_split_rule, read_single_file, split_captions  # noqa: E402
 from method.extraction.clips import Part  # noqa: E402
 from method.extraction.decode import FrameSource  # noqa: E402
 from method.extraction.sampling import clip_grid, grid_indices  # noqa: E402
-from synthetic import read_tree, write_bigfile  # noqa: E402
-from tiny_models import (IMAGE_DIM, SIGLIP_DIM, TEXT_DIM, VIDEO_DIM, make_tiny_models,  # noqa: E402
-                         write_pattern_frames, write_pattern_video)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTION = "toy"

@@ -16,19 +16,40 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_bigfile, write_h5
 
 from method.data import build_split, collate_train, collate_videos
 from method.evaluation.metrics import t2v_metrics
-from method.losses.ral import (AUTHORS_LOG_NAMES, LOSS_TERMS, authors_log, mil_loss, mil_nce, ral_loss_components,
-                               ral_objective, vib_terms)
+from method.losses.ral import (
+    AUTHORS_LOG_NAMES,
+    LOSS_TERMS,
+    authors_log,
+    mil_loss,
+    mil_nce,
+    ral_loss_components,
+    ral_objective,
+    vib_terms,
+)
 from method.models.model import DLDKD, ModelConfig
 from method.models.students import STUDENTS, build_student, student_class
 from method.models.students.ral import (
-    CHARADES_PROPOSAL, COLLECTION_DEFAULTS, PIEHead, RALConfig, RALStudent, UncertaintyHead, is_authors_ral_state,
-    pad_frames, ral_config_from_authors, ral_config_from_model_config, sample_gaussian, support_set, text_pooling, video_pooling, word_frame_pair,
+    CHARADES_PROPOSAL,
+    COLLECTION_DEFAULTS,
+    PIEHead,
+    RALConfig,
+    RALStudent,
+    UncertaintyHead,
+    is_authors_ral_state,
+    pad_frames,
+    ral_config_from_authors,
+    ral_config_from_model_config,
+    sample_gaussian,
+    support_set,
+    text_pooling,
+    video_pooling,
+    word_frame_pair,
 )
 from method.training.optim import build_optimizer
-from synthetic import write_bigfile, write_h5
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from demo_run import demo_runs, student_runs
+
 from method.analysis import explore, plots, report
 from method.analysis.retrieval import TeacherCurves, load_run, video_scores
 

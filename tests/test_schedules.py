@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from method.training.schedules import (
-    DECAY_WAY_NAMES, SCHEDULES, alpha_schedule, beta_schedule, kd_factor, resolve_schedule, warmup_linear,
+    DECAY_WAY_NAMES,
+    SCHEDULES,
+    alpha_schedule,
+    beta_schedule,
+    kd_factor,
+    resolve_schedule,
+    warmup_linear,
 )
 
 

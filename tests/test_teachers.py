@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_collection, write_h5
 
 from method import train
 from method.data import DataError, build_split
 from method.data.stores import H5Store, TeacherFrames, TeacherSentences
 from method.losses import kl_distill_loss
 from method.models.teacher import PrecomputedTeacher, mixture_scores
-from synthetic import write_collection, write_h5
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
         "--hidden_size", "16", "--n_heads", "2", "--bsz", "3", "--margin", "0.1", "--kd_schedule", "exp_decay",

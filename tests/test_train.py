@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 import torch
-
-from method.training import runtime
-from method import train
-from method.training import loop
-from method.models.model import DLDKD
 from synthetic import write_collection
+
+from method import train
+from method.models.model import DLDKD
+from method.training import loop, runtime
 
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
         "--hidden_size", "16", "--n_heads", "2", "--bsz", "3", "--margin", "0.1", "--kd_schedule", "exp_decay",

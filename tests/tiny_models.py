@@ -11,9 +11,8 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from tokenizers import ByteLevelBPETokenizer, Tokenizer, models, pre_tokenizers
-
 from test_extract_teacher import make_tiny_clip  # noqa: F401  (re-exported: the teacher tests' tiny CLIP)
+from tokenizers import ByteLevelBPETokenizer, Tokenizer, models, pre_tokenizers
 
 VIDEO_DIM, IMAGE_DIM, TEXT_DIM, SIGLIP_DIM = 32, 16, 24, 20
 VIDEO_FRAMES = 4  # the tiny VideoMAE's clip length

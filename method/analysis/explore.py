@@ -26,12 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
+from method.analysis.retrieval import (
+    EncodedSplit,
+    Run,
+    add_run_args,
+    all_ranks,
+    encode_split,
+    load_run,
+    open_split,
+    pair_curves,
+    stored_frame_counts,
+    video_scores,
+)
 from method.common.cli import HelpFormatter
 from method.data import DataError, Split, read_caption_file
 from method.data.moment_file import check_known, moment_fractions, moments_path, read_moments
-from method.analysis.moments import estimate_moments, interval_iou, moment_metrics, random_span_iou
-from method.analysis.retrieval import (EncodedSplit, Run, add_run_args, all_ranks, encode_split, load_run, open_split,
-                        pair_curves, stored_frame_counts, video_scores)
 
 
 @dataclass

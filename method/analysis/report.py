@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from method.analysis import plots
-from method.common.cli import HelpFormatter
 from method.analysis.explore import Analysis, analyse, query_records, select_queries
 from method.analysis.moments import estimate_moments
 from method.analysis.retrieval import Run, TeacherCurves, add_run_args, load_run, pair_curves
+from method.common.cli import HelpFormatter
 
 METRIC_COLUMNS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("R@100", "r100"), ("SumR", "sumr"),
                   ("MedR", "medr"), ("MnR", "meanr"), ("mAP", "map"))

@@ -19,16 +19,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from method.evaluation import metrics
-from method.models.checkpoint import CheckpointError, load_model, model_file
 from method.common.cli import device_name, resolve_device
 from method.config.flags import fusion_weights
-from method.data import (DataError, H5Store, Split, build_split, clip_features, dataset_paths, resolve_caption_keys,
-                   teacher_frames, teacher_sentence)
 from method.config.run_options import recipe_fallback, resolve_model_dir, run_options
 from method.config.settings import data_options
+from method.data import (
+    DataError,
+    H5Store,
+    Split,
+    build_split,
+    clip_features,
+    dataset_paths,
+    resolve_caption_keys,
+    teacher_frames,
+    teacher_sentence,
+)
+from method.evaluation import metrics
 from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders
 from method.evaluation.evaluate import encode_split as eval_encode_split
+from method.models.checkpoint import CheckpointError, load_model, model_file
 from method.models.model import DLDKD, cosine_video_scores, frame_dot
 
 

@@ -37,7 +37,14 @@ from method.data.sampler import GlobalBatchSampler, seed_worker
 from method.data.split import Split, build_split, check_split
 from method.data.stores import H5Store, caption_key_candidates, open_video_store, resolve_caption_keys
 from method.data.transforms import (
-    align_frames, clip_features, l2_normalize, reduce_frames, student_frames, student_tokens, teacher_frames, teacher_sentence,
+    align_frames,
+    clip_features,
+    l2_normalize,
+    reduce_frames,
+    student_frames,
+    student_tokens,
+    teacher_frames,
+    teacher_sentence,
     uniform_pool,
 )
 

@@ -45,10 +45,10 @@ from dataclasses import dataclass, replace
 import h5py
 import numpy as np
 
-from method.data.moment_file import moments_path, write_moments
-from method.data import caption_key_candidates
-from method.data.paths import teacher_file_names
 from method.common.cli import HelpFormatter
+from method.data import caption_key_candidates
+from method.data.moment_file import moments_path, write_moments
+from method.data.paths import teacher_file_names
 
 __all__ = ["DEFAULT_VIDEOS", "DemoConfig", "VISUAL_FEATURES", "generate", "main"]
 

@@ -5,8 +5,14 @@ from method.data.bigfile import BigFile, DataError
 from method.data.captions import Captions, read_caption_file
 from method.data.datasets import QueryDataset, TrainDataset, VideoDataset
 from method.data.paths import SPLITS, DatasetPaths, dataset_paths, teacher_paths
-from method.data.stores import (H5Store, TeacherFrames, TeacherSentences, missing_message, open_video_store,
-                                resolve_caption_keys)
+from method.data.stores import (
+    H5Store,
+    TeacherFrames,
+    TeacherSentences,
+    missing_message,
+    open_video_store,
+    resolve_caption_keys,
+)
 
 
 def _missing_videos(video_ids, store):

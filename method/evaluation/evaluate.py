@@ -29,18 +29,17 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from method.evaluation import metrics
-from method.models.checkpoint import CheckpointError, model_file
 from method.common.files import atomic_write_json
-from method.data.options import DataOptions
+from method.common.timing import device_timer
 from method.data import DataError, build_split, collate_queries, collate_videos
 from method.data.feed import EvalBlocks
+from method.data.options import DataOptions
 from method.data.preload import STORAGE_DTYPES, pack_queries, pack_videos
 from method.data.sampler import block_range
-from method.parallel.distributed import Dist, gather, offsets
+from method.evaluation import metrics
+from method.models.checkpoint import CheckpointError, model_file
 from method.models.model import DLDKD, cosine_video_scores, normalize_frames
-from method.common.timing import device_timer
-
+from method.parallel.distributed import Dist, gather, offsets
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from method.data.bigfile import BigFile
 from method.common.cli import HelpFormatter
+from method.data.bigfile import BigFile
 from method.extraction.writers import read_video2frames, write_bigfile
 
 ROW_IDS_ATTR = "row_ids"

@@ -27,10 +27,16 @@ import shlex
 
 import numpy as np
 
-from method.common.cli import resolve_device
-from method.extraction.captions import (SPLITS, parse_split_rule, read_single_file, released_captions, split_captions,
-                                     video_id, write_caption_files)
-from method.common.cli import HelpFormatter
+from method.common.cli import HelpFormatter, resolve_device
+from method.extraction.captions import (
+    SPLITS,
+    parse_split_rule,
+    read_single_file,
+    released_captions,
+    split_captions,
+    video_id,
+    write_caption_files,
+)
 from method.extraction.clips import Part
 from method.extraction.decode import FrameSource
 from method.extraction.encoders import DualEncoder, ImageEncoder, TokenEncoder, VideoEncoder, model_config

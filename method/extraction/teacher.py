@@ -38,12 +38,10 @@ import time
 import h5py
 from tqdm import tqdm
 
+from method.common.cli import HelpFormatter, resolve_device
 from method.data.bigfile import parse_video2frames
-from method.common.cli import resolve_device
-from method.data.paths import COLLECTIONS
-from method.data.paths import teacher_file_names
+from method.data.paths import COLLECTIONS, teacher_file_names
 from method.extraction.captions import SPLITS, read_captions
-from method.common.cli import HelpFormatter
 from method.extraction.decode import load_frames
 from method.extraction.encoders import encode_images, encode_texts, load_clip
 from method.extraction.prefetch import SourceError, prefetch_streams

@@ -17,9 +17,20 @@ from torch import Tensor, nn
 
 from method.losses.distill import kl_distill_loss
 from method.losses.query import ot_loss, qdl_v1, qdl_v2
-from method.losses.ranking import (draw_t2v, draw_v2t, hard_count, nce_t2v_terms, nce_v2t_terms, soft_nce_reduce,
-                      soft_nce_t2v_terms, soft_nce_v2t_terms, t2v_negatives, triplet_t2v_terms, triplet_v2t_terms,
-                      v2t_negatives)
+from method.losses.ranking import (
+    draw_t2v,
+    draw_v2t,
+    hard_count,
+    nce_t2v_terms,
+    nce_v2t_terms,
+    soft_nce_reduce,
+    soft_nce_t2v_terms,
+    soft_nce_v2t_terms,
+    t2v_negatives,
+    triplet_t2v_terms,
+    triplet_v2t_terms,
+    v2t_negatives,
+)
 
 SUFFIX = {"inheritance": "inh", "exploration": "exp"}
 

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+
 def positive_mask(labels: Tensor, video_index: Tensor) -> Tensor:
     """Bool (Q, C): ``[q, c]`` is True iff query q belongs to video ``video_index[c]``."""
     return labels[:, None] == video_index[None, :]

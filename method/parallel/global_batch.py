@@ -27,11 +27,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from method.parallel.distributed import Dist, gather, offsets
 from method.losses import BatchLayout, LocalBatch, TeacherScores
 from method.losses.query import ot_pair_count
 from method.models.model import ScoreOutput, score_level
 from method.models.teacher import PrecomputedTeacher, mixture_scores
+from method.parallel.distributed import Dist, gather, offsets
 
 
 @dataclass

@@ -36,9 +36,9 @@ from typing import Optional
 
 import torch
 
-from method.parallel.global_batch import pad_positions
 from method.models.model import ModelConfig
 from method.models.students import student_class
+from method.parallel.global_batch import pad_positions
 
 FRAME_BUCKETS = (16, 32, 64, 128)
 TOKEN_BUCKETS = (8, 16, 30)

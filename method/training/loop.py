@@ -15,9 +15,9 @@ import dataclasses
 import functools
 import logging
 import time
-from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -27,23 +27,23 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from method.parallel import distributed
-from method.training import rng, runtime
-from method.models.checkpoint import atomic_save, load_model, model_payload, read_checkpoint
-from method.training.compiled import CompiledForward, ShapePolicy
+from method.common.files import atomic_write_json
 from method.data import DataError, GlobalBatchSampler, build_split, collate_train, seed_worker
 from method.data.feed import TrainFeed
+from method.data.options import DataOptions
 from method.data.preload import STORAGE_DTYPES, pack_train
 from method.evaluation.evaluate import EvalFeed, evaluate, evaluate_split, make_eval_feed
-from method.parallel.global_batch import GlobalBatch, pad_share, share_sizes
 from method.losses import DLDKDLoss
+from method.models.checkpoint import atomic_save, load_model, model_payload, read_checkpoint
 from method.models.model import DLDKD
-from method.training.run_dir import setup_logging, write_metrics
-from method.training.settings import TrainSettings
-from method.common.files import atomic_write_json
-from method.data.options import DataOptions
-from method.training.schedules import epoch_settings
 from method.models.teacher import PrecomputedTeacher
+from method.parallel import distributed
+from method.parallel.global_batch import GlobalBatch, pad_share, share_sizes
+from method.training import rng, runtime
+from method.training.compiled import CompiledForward, ShapePolicy
+from method.training.run_dir import setup_logging, write_metrics
+from method.training.schedules import epoch_settings
+from method.training.settings import TrainSettings
 
 log = logging.getLogger("dldkd")
 EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable

@@ -6,15 +6,14 @@ one vector per video. Parameter names equal the authors' state-dict names.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from method.models.students import register
-from dataclasses import dataclass
-
 from method.losses.objective import QueryDiversity
+from method.models.students import register
 from method.models.students.base import Student, StudentConfig, setting
 from method.models.students.blocks import GMMAttentionLayer, GMMBlock, LinearLayer, PositionalEncoding, attention_pool
 

@@ -7,6 +7,7 @@ Parameter names equal the authors' state-dict names.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -14,11 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from method.models.students import register
-from dataclasses import dataclass
-
 from method.models.students.base import Student, setting
-from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 from method.models.students.blocks import DyGMMBlock, FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 
 V2_CLIPS, V2_FRAMES = 32, 128  # the fusion heads predict weights per absolute position (quirk Q4)
 

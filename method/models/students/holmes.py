@@ -255,7 +255,8 @@ def config_from_authors_checkpoint(ckpt: dict) -> HolmesConfig:
     ``neg_factor``), then the sizes read from the tensors. The ``state_dict`` keys load as they are
     (after stripping ``module.``) into the student.
     """
-    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS, HolmesDualConfig
+    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS
+    from method.models.students.holmes_dual import HolmesDualConfig
 
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
     kind = authors_checkpoint_student(state)

@@ -76,7 +76,6 @@ from method.models.students.blocks import FFNAttentionLayer, LinearLayer, Positi
 from method.models.students.gmmformer_v2 import V2_CLIPS, V2_FRAMES, GMMFormerV2Student
 
 
-
 def _f(default: Any, help: str) -> Any:
     """A dataclass field (immutable default) with its help text (for the flags / docs)."""
     return field(default=default, metadata={"help": help})
