@@ -9,6 +9,7 @@ versions of the vectorised losses serve as oracles on random inputs.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ from method.models.students.holmes import (
     HOLMES_WIDTHS,
     HolmesConfig,
     HolmesDyGMMBlock,
+    HolmesLosses,
+    HolmesNetConfig,
     HolmesStudent,
     authors_checkpoint_student,
     config_from_authors_checkpoint,
@@ -818,6 +821,46 @@ def test_tiny_training_step(hg, tree, warmup_end):
         hg.check(key, named[key.split("/", 1)[1]].grad)
     assert student.weight_token.grad is None  # H1
     hg.check(f"{p}tiny_{phase}_grad_is_none/weight_token", np.array(student.weight_token.grad is None))
+
+
+@pytest.mark.parametrize("warmup_end", [False, True])
+def test_tiny_training_step_through_the_training_objective(hg, warmup_end):
+    """The registered student under ``DLDKD`` (one branch), ``GlobalBatch`` and ``DLDKDLoss`` with the objective
+    of ``HolmesStudent.objective_terms`` (what ``method.train --recipe holmes`` runs): the golden terms, total
+    and gradients of ``loss.forward``."""
+    from method.losses import LossSettings, Objective
+    from method.models.model import DLDKD, ModelConfig
+    from method.parallel.distributed import Dist
+    from method.parallel.global_batch import GlobalBatch, share_sizes
+
+    phase = phase_name(warmup_end)
+    settings = tiny_settings(hg, "hol")  # TVR's loss settings, hard pool 1
+    net = HolmesNetConfig(**{f.name: getattr(tiny_config("hol"), f.name) for f in fields(HolmesNetConfig)})
+    model = DLDKD(ModelConfig(net, "holmes", share_query_proj=False, single_branch=True))
+    model.load_state_dict({"inheritance." + k: v for k, v in hg.state("hol_model/").items()})
+    model.train()  # dropout 0
+    losses = HolmesLosses(**{f.name: getattr(holmes_config("tvr"), f.name) for f in fields(HolmesLosses)})
+    objective = Objective(**HolmesStudent.objective_terms(losses, settings.frame_nce_weight))
+    loss_fn = LossSettings(settings.margin, 1, 0.2, objective).build()
+    frames, mask, text, text_mask, clips, labels = tiny_batch(hg, "hol")
+    batch = {"video_feat": frames, "video_mask": mask, "query_feat": text, "query_mask": text_mask,
+             "clip_feat": clips, "query_labels": labels}
+    d = Dist()
+    emb = model(frames, mask, text, text_mask, clips, second_queries=True)
+    view = GlobalBatch.build(d, emb, batch, share_sizes(d, batch, model.n_clips))
+    terms = loss_fn(view.branch_scores(), view.layout, None, hard_negative=True, local=view.local,
+                    warmup_end=warmup_end)
+    assert list(terms) == list(TERM_NAMES)
+    reference = hg.npz[f"hol_tiny_{phase}_loss_components_unweighted"] * hg.npz[f"hol_tiny_{phase}_loss_weights"]
+    for name, ref in zip(TERM_NAMES, reference):
+        assert terms[name].item() == pytest.approx(float(ref), rel=1e-5, abs=1e-7), name
+    total = sum(terms.values())
+    hg.check(f"hol_tiny_{phase}_loss_total", total)
+    total.backward()
+    named = dict(model.inheritance.named_parameters())
+    for key in hg.keys(f"hol_tiny_{phase}_grad/"):
+        hg.check(key, named[key.split("/", 1)[1]].grad)
+    assert model.inheritance.weight_token.grad is None  # H1
 
 
 @pytest.mark.parametrize("tree", ["hol", "ms"])

@@ -120,7 +120,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m method.train",
         description="Train a PRVR recipe: DL-DKD (dual learning with dynamic knowledge distillation), DL-DKD++, "
-                    "GMMFormer or GMMFormerV2. Experiment flags default to the recipe table's values for the "
+                    "GMMFormer, GMMFormerV2 or Holmes. Experiment flags default to the recipe table's values for the "
                     "collection (docs/recipes.md); flags given here override them.",
         formatter_class=HelpFormatter)
     add_data_args(p)
@@ -136,7 +136,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--recipe", choices=sorted(RECIPES), default="iccv",
                    help="the recipe whose values are the defaults: iccv (DL-DKD, ICCV 2023), dldkdpp (DL-DKD++, soft "
-                        "alignment), gmmformer or gmmformer_v2 (one network, no teacher), each with its per-collection "
+                        "alignment), gmmformer or gmmformer_v2 (one network, no teacher), holmes (Holmes, ICML 2026: one "
+                        "network, no teacher, an evidential objective, one process), each with its per-collection "
                         "values (docs/recipes.md)")
     g.add_argument("--exp_id", help="name of the experiment, part of the run folder name (default: the recipe's name, "
                                     "with the student's when --student is given)")
@@ -162,7 +163,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "fails")
     g = p.add_argument_group("model")
     g.add_argument("--student", choices=sorted(STUDENTS),
-                   help="the network of a branch (method/models/students): dldkd (ICCV 2023), gmmformer, gmmformer_v2; "
+                   help="the network of a branch (method/models/students): dldkd (ICCV 2023), gmmformer, gmmformer_v2, "
+                        "holmes; "
                         "it brings its own settings and the loss factors of its objective for the collection (default: "
                         "the recipe's, dldkd for iccv and dldkdpp)")
     g.add_argument("--separate_query_proj", action=argparse.BooleanOptionalAction, default=None,

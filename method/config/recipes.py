@@ -3,7 +3,8 @@
 A recipe is the training setup of one published code: ``iccv`` (DL-DKD,
 ICCV 2023: its launch scripts), ``dldkdpp`` (the authors' DL-DKD++ code),
 ``gmmformer`` and ``gmmformer_v2`` (the GMMFormer / GMMFormerV2 codes: one
-network, no teacher). A run's values are resolved in this order, each layer
+network, no teacher), ``holmes`` (the Holmes code: one network, no teacher,
+an evidential objective; one process). A run's values are resolved in this order, each layer
 overriding the one before:
 
 1. ``COMMON``: the values every recipe shares unless it says otherwise (the
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from method.models.students import StudentConfig, student_class
+from method.models.students import holmes
 
 # Every recipe's value unless the recipe, or its student, says otherwise: the ICCV 2023 code's.
 COMMON = {
@@ -131,6 +133,14 @@ RECIPES = {
             "charades": {"lr": 2e-4, "input_drop": 0.25, "drop": 0.25, "margin": 0.2,
                          "hard_negative_start_epoch": 20},
         }),
+    # Holmes (ICML 2026): every value of the authors' Configs/{tvr,act,cha}.py that is not the student's own
+    # setting (lr, epochs, early stop, seed 0, dropouts, margin, frame NCE weight, hard negatives from epoch 20,
+    # inference weights 0.6 / 0.4, ...), read from their one source, holmes.COLLECTION_DEFAULTS; its warm-up epoch
+    # (20) and loss factors are the student's (HolmesLosses, collection_defaults).
+    "holmes": Recipe(
+        "Holmes (ICML 2026)", "the authors' Configs/{tvr,act,cha}.py",
+        values={"no_teacher": True, "single_branch": True, "batch_sort": "frames", "student": "holmes"},
+        collections={c: holmes.recipe_collection_values(c) for c in ("tvr", "activitynet", "charades")}),
 }
 
 

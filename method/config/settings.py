@@ -54,7 +54,8 @@ def epoch_schedule(opt: argparse.Namespace) -> EpochSchedule:
         loss_init_weight=opt.loss_init_weight, kd_k=opt.kd_k, kd_b=opt.kd_b,
         hard_negative_start_epoch=opt.hard_negative_start_epoch, label_style=opt.label_style, n_epoch=opt.n_epoch,
         alpha=opt.alpha, beta=opt.beta, alpha_decay=opt.alpha_decay, beta_decay=opt.beta_decay,
-        soft_exp_k=opt.soft_exp_k, soft_sigmoid_k=opt.soft_sigmoid_k)
+        soft_exp_k=opt.soft_exp_k, soft_sigmoid_k=opt.soft_sigmoid_k,
+        warmup_epoch=getattr(opt, "warmup_epoch", None))  # a student objective's warm-up (Holmes' Losses)
 
 
 def runtime_policy(opt: argparse.Namespace) -> RuntimePolicy:

@@ -258,6 +258,71 @@ def masked_edl_loss(sim: Tensor, plan: Tensor, mask: Tensor, tau: float) -> Tens
     return ((rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-8)).mean()
 
 
+def _edl_part(clip_scores: Tensor, frame_scores: Tensor, labels: Tensor, s: Any, warmup_end: bool,
+              intra_sim: Optional[Tensor], pot_plan: Optional[Tensor], caption_mask: Optional[Tensor]):
+    """The evidential terms, unweighted, in the authors' order (intra_edl, frame_edl, clip_edl, combine_edl), the
+    EDL targets, the query sets (after the warm-up) and the two views' Dirichlets. ``s``: any object with the
+    fields edl_tau, edl_intra_video_tau, division_beta, smooth_beta."""
+    alpha_f, alpha_c = edl_alpha(frame_scores, s.edl_tau), edl_alpha(clip_scores, s.edl_tau)
+    alpha_a = ds_combine(alpha_f, alpha_c)["alpha"]
+    raw: Dict[str, Tensor] = {}
+    sets: Dict[str, Dict[str, Tensor]] = {}
+    if warmup_end:
+        if intra_sim is None or pot_plan is None or caption_mask is None:
+            raise ValueError("after the warm-up the loss needs intra_sim, pot_plan and caption_mask")
+        raw["intra_edl"] = masked_edl_loss(intra_sim, pot_plan.detach(), caption_mask, s.edl_intra_video_tau)
+        sets = {"frame": query_identification(frame_scores.detach(), alpha_f.detach(), labels, s.division_beta),
+                "clip": query_identification(clip_scores.detach(), alpha_c.detach(), labels, s.division_beta)}
+        targets = smooth_labels(frame_scores.detach(), clip_scores.detach(), labels, sets["frame"], sets["clip"],
+                                s.smooth_beta)
+    else:
+        raw["intra_edl"] = clip_scores.new_zeros(())
+        targets = F.one_hot(labels, clip_scores.shape[1]).to(clip_scores.dtype)
+    raw["frame_edl"] = edl_loss(targets, alpha_f)
+    raw["clip_edl"] = edl_loss(targets, alpha_c)
+    raw["combine_edl"] = edl_loss(targets, alpha_a)
+    return raw, targets, sets, (alpha_f, alpha_c)
+
+
+@dataclass(frozen=True)
+class EvidentialTerms:
+    """The settings of Holmes' evidential terms inside the training objective (``method.losses.Objective``);
+    the student's ``Losses`` fills them (``HolmesLosses.evidential``)."""
+
+    intra_edl_weight: float
+    edl_weight: float
+    edl_tau: float
+    edl_intra_video_tau: float
+    division_beta: float
+    smooth_beta: float
+    pot_scale: float
+    pot_prompt_ratio: float
+    pot_iters: int
+    pot_minmax_valid_only: bool
+
+
+def evidential_terms(clip_scores: Tensor, frame_scores: Tensor, clips: Tensor, queries2: Tensor, labels: Tensor,
+                     s: EvidentialTerms, warmup_end: bool) -> Dict[str, Tensor]:
+    """Holmes' evidential terms of a whole batch, weighted: intra_edl (0 in the warm-up), frame_edl, clip_edl,
+    combine_edl.
+
+    clip_scores S_c, frame_scores S_f: (Q, V) cosine video scores; clips: (V, P, d) clip embeddings;
+    queries2: q' (Q, d); labels: (Q,). After the warm-up the partial-OT pseudo-labels of each video's
+    captions over its clips are computed here (``pack_by_video``, ``batch_pot``: what the authors'
+    ``training_forward`` computes), the EDL targets are smoothed. The same numbers as ``holmes_loss``'s terms.
+    """
+    intra_sim = pot_plan = caption_mask = None
+    if warmup_end:
+        clip_pack, text_pack, caption_mask = pack_by_video(clips, queries2, labels)
+        pot = batch_pot(clip_pack, text_pack, caption_mask, scale=s.pot_scale, prompt_ratio=s.pot_prompt_ratio,
+                        iters=s.pot_iters, minmax_valid_only=s.pot_minmax_valid_only)
+        intra_sim, pot_plan = pot["sim"], pot["plan"]
+    raw, _, _, _ = _edl_part(clip_scores, frame_scores, labels, s, warmup_end, intra_sim, pot_plan, caption_mask)
+    weights = {"intra_edl": s.intra_edl_weight if warmup_end else 0.0, "frame_edl": s.edl_weight,
+               "clip_edl": s.edl_weight, "combine_edl": s.edl_weight}
+    return {name: weights[name] * value for name, value in raw.items()}
+
+
 # --------------------------------------------------------------------------- #
 # the total, by phase (5.7)
 # --------------------------------------------------------------------------- #
@@ -319,7 +384,6 @@ def holmes_loss_details(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Te
     adds the dual-query consistency term ``dc`` (weight ``dc_weight``, 0 in the authors' config).
     """
     s = settings
-    zero = clip_scores.new_zeros(())
     raw: Dict[str, Tensor] = {
         "clip_nce": nce_loss(clip_dots, labels),
         "clip_trip": triplet_loss(clip_scores, labels, s.margin, hard_negative, s.hard_pool_size, generator),
@@ -327,23 +391,9 @@ def holmes_loss_details(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Te
         "frame_trip": triplet_loss(frame_scores, labels, s.margin, hard_negative, s.hard_pool_size, generator),
         "qdl": qdl_v2(queries2, labels, s.qdl_margin, s.qdl_scale, s.qdl_focal),
     }
-    alpha_f, alpha_c = edl_alpha(frame_scores, s.edl_tau), edl_alpha(clip_scores, s.edl_tau)
-    alpha_a = ds_combine(alpha_f, alpha_c)["alpha"]
-    sets: Dict[str, Dict[str, Tensor]] = {}
-    if warmup_end:
-        if intra_sim is None or pot_plan is None or caption_mask is None:
-            raise ValueError("after the warm-up the loss needs intra_sim, pot_plan and caption_mask")
-        raw["intra_edl"] = masked_edl_loss(intra_sim, pot_plan.detach(), caption_mask, s.edl_intra_video_tau)
-        sets = {"frame": query_identification(frame_scores.detach(), alpha_f.detach(), labels, s.division_beta),
-                "clip": query_identification(clip_scores.detach(), alpha_c.detach(), labels, s.division_beta)}
-        targets = smooth_labels(frame_scores.detach(), clip_scores.detach(), labels, sets["frame"], sets["clip"],
-                                s.smooth_beta)
-    else:
-        raw["intra_edl"] = zero
-        targets = F.one_hot(labels, clip_scores.shape[1]).to(clip_scores.dtype)
-    raw["frame_edl"] = edl_loss(targets, alpha_f)
-    raw["clip_edl"] = edl_loss(targets, alpha_c)
-    raw["combine_edl"] = edl_loss(targets, alpha_a)
+    edl, targets, sets, (alpha_f, alpha_c) = _edl_part(clip_scores, frame_scores, labels, s, warmup_end, intra_sim,
+                                                       pot_plan, caption_mask)
+    raw.update(edl)
     weights = {"clip_nce": s.clip_nce_weight, "clip_trip": 1.0, "frame_nce": s.frame_nce_weight, "frame_trip": 1.0,
                "qdl": s.qdl_weight, "intra_edl": s.intra_edl_weight if warmup_end else 0.0,
                "frame_edl": s.edl_weight, "clip_edl": s.edl_weight, "combine_edl": s.edl_weight}
@@ -367,4 +417,4 @@ def holmes_loss(clip_scores: Tensor, clip_dots: Tensor, frame_scores: Tensor, fr
 __all__ = ["TERM_NAMES", "edl_evidence", "edl_alpha", "edl_variance", "edl_row_terms", "edl_loss", "ds_combine",
            "ds_combine_reference", "dc_loss", "expected_entropy", "query_identification", "smooth_labels",
            "pack_by_video", "sinkhorn_log_plan", "batch_pot", "masked_edl_loss", "EvidentialSettings",
-           "HolmesLossOutput", "holmes_loss_details", "holmes_loss"]
+           "HolmesLossOutput", "holmes_loss_details", "holmes_loss", "EvidentialTerms", "evidential_terms"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from method.losses.distill import kl_distill_loss
+from method.losses.evidential import EvidentialTerms, evidential_terms
 from method.losses.query import ot_loss, qdl_v1, qdl_v2
 from method.losses.ranking import (
     draw_t2v,
@@ -137,17 +138,25 @@ class Objective:
         qdl: the query-diversity term, or None.
         ot_weight: weight of GMMFormerV2's matching (OT) term (0: none).
         kd_level: the level whose per-position scores distil the teacher.
+        evidential: Holmes' evidential terms (on the clip and frame levels), or None.
     """
 
     nce_weights: Mapping[str, float] = field(default_factory=lambda: {"frame": 0.04})
     qdl: Optional[QueryDiversity] = None
     ot_weight: float = 0.0
     kd_level: str = "frame"
+    evidential: Optional[EvidentialTerms] = None
 
     @property
     def needs_second_queries(self) -> bool:
-        """Whether the terms read a second encoding of the queries (query diversity, OT)."""
-        return self.qdl is not None or self.ot_weight > 0
+        """Whether the terms read a second encoding of the queries (query diversity, OT, partial OT)."""
+        return self.qdl is not None or self.ot_weight > 0 or self.evidential is not None
+
+    @property
+    def whole_batch(self) -> bool:
+        """Whether a term needs the whole batch in one process (the evidential terms: the Dempster-Shafer
+        evidence over the batch's videos, the query sets' thresholds and median over all its queries)."""
+        return self.evidential is not None
 
 
 class DLDKDLoss(nn.Module):
@@ -161,7 +170,9 @@ class DLDKDLoss(nn.Module):
     one-level student (DL-DKD) gives ``trip_inh``, ``nce_inh``, ``kd``,
     ``trip_exp``, ``nce_exp``; a student with levels gives ``<level>_nce``,
     ``<level>_trip``, ``qdl``, ``ot`` (the GMMFormer authors' names), with
-    ``_inh`` / ``_exp`` appended when there are two branches. The training
+    ``_inh`` / ``_exp`` appended when there are two branches; an objective
+    with ``evidential`` terms adds ``intra_edl``, ``frame_edl``, ``clip_edl``,
+    ``combine_edl`` (Holmes' names; one process only). The training
     loop sums the values. Every value is this process's contribution: the
     sum over the processes of a distributed run is the global term.
     """
@@ -178,7 +189,7 @@ class DLDKDLoss(nn.Module):
     def forward(self, scores: Mapping[str, Mapping[str, object]], layout: BatchLayout,
                 teacher: Optional[TeacherScores] = None, kd_factor: float = 0.0, hard_negative: bool = False,
                 alpha: float = 1.0, beta: float = 1.0, generator: Optional[torch.Generator] = None,
-                local: Optional[LocalBatch] = None) -> Dict[str, Tensor]:
+                local: Optional[LocalBatch] = None, warmup_end: bool = False) -> Dict[str, Tensor]:
         """Compute the weighted loss terms.
 
         Args:
@@ -194,6 +205,7 @@ class DLDKDLoss(nn.Module):
             alpha, beta: soft-alignment schedule values of the epoch (soft only).
             generator: generator of the negative draws (None: the default generator).
             local: the share's second query encodings and clips (needed by query diversity and OT).
+            warmup_end: whether the evidential terms' warm-up is over (pseudo-labels, smoothing).
 
         Returns:
             Dict of scalar tensors (see the class docstring for the names).
@@ -215,7 +227,7 @@ class DLDKDLoss(nn.Module):
                     terms[f"trip{suffix}"], terms[f"nce{suffix}"] = trip, nce
                 else:
                     terms[f"{prefix}nce{suffix}"], terms[f"{prefix}trip{suffix}"] = nce, trip
-            if obj.qdl is not None or obj.ot_weight > 0:
+            if obj.needs_second_queries:
                 if local is None or name not in local.queries2:
                     raise ValueError("query diversity and OT need the second query encoding (local.queries2)")
                 queries2 = local.queries2[name]
@@ -228,6 +240,12 @@ class DLDKDLoss(nn.Module):
             if obj.ot_weight > 0:
                 value = ot_loss(queries2, local.clips[name], local.labels, num_pairs=local.num_pairs)
                 terms[f"ot{suffix}"] = obj.ot_weight * value
+            if obj.evidential is not None:
+                if (layout.rows, layout.cols) != (slice(0, layout.num_queries), slice(0, layout.num_videos)):
+                    raise ValueError("the evidential terms need the whole batch in one process")
+                value = evidential_terms(scores[name]["clip"].rows.video_scores, scores[name]["frame"].rows.video_scores,
+                                         local.clips[name], queries2, local.labels, obj.evidential, warmup_end)
+                terms.update({f"{k}{suffix}": v for k, v in value.items()})
             if name == "inheritance" and teacher is not None:
                 rows = scores[name][obj.kd_level].rows
                 row_labels = layout.labels[layout.rows]

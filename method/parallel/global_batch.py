@@ -107,7 +107,8 @@ class GlobalBatch:
     def build(cls, d: Dist, embeddings: dict, batch: dict, sizes: ShareSizes) -> "GlobalBatch":
         """Gather the shares: ``embeddings`` from the model's forward, ``batch`` this process's (padded) share."""
         labels, mask = batch["query_labels"], batch["video_mask"]
-        local = LocalBatch(queries2=embeddings.get("queries2", {}),
+        # without a second encoding (--reuse_query_encoding) the terms read the first one
+        local = LocalBatch(queries2=embeddings.get("queries2", embeddings["queries"]),
                            clips={b: lv["clip"] for b, lv in embeddings["videos"].items() if "clip" in lv},
                            labels=labels, num_queries=sum(sizes.queries), num_pairs=sizes.ot_pairs)
         if not d.enabled:

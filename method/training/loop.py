@@ -52,6 +52,9 @@ EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable
 def train(s: TrainSettings, d: distributed.Dist, device: torch.device, run_dir: Path, resuming: bool) -> Optional[dict]:
     """Train in ``run_dir`` (continuing its ``latest.ckpt`` when ``resuming``), then evaluate the best checkpoint on
     the test split; returns that result (process 0)."""
+    if d.enabled and s.loss.objective.whole_batch:
+        raise SystemExit(f"--recipe {s.recipe} (student {s.model.student}) trains in one process only: its evidential "
+                         f"terms need the whole batch's score matrices in one process (start it without torchrun)")
     setup_logging(run_dir, d)
     log.info(runtime.policy_summary(device))
     rng.set_seed(s.seed)

@@ -187,13 +187,15 @@ class EpochSchedule:
     beta_decay: str = "sigmoid"
     soft_exp_k: float = 0.95
     soft_sigmoid_k: float = 800.0
+    warmup_epoch: Optional[int] = None  # the objective's warm-up ends at this epoch (Holmes), None: it has none
 
 
 def epoch_settings(s: EpochSchedule, epoch: int) -> dict:
     """Everything the training step needs that depends on the epoch: a pure function of (schedule, epoch).
 
-    Returns ``kd_factor`` (0 without a teacher), ``hard_negative`` and, with
-    ``label_style == 'soft'``, ``alpha`` and ``beta``.
+    Returns ``kd_factor`` (0 without a teacher), ``hard_negative``, with
+    ``label_style == 'soft'`` ``alpha`` and ``beta``, and with a ``warmup_epoch``
+    ``warmup_end`` (the epoch is past the objective's warm-up).
     """
     settings = {
         "kd_factor": kd_factor(epoch, s.kd_schedule, s.loss_scale_weight, s.loss_init_weight, s.kd_k,
@@ -204,4 +206,6 @@ def epoch_settings(s: EpochSchedule, epoch: int) -> dict:
         common = {"n_epoch": s.n_epoch, "exp_k": s.soft_exp_k, "sigmoid_k": s.soft_sigmoid_k}
         settings["alpha"] = alpha_schedule(epoch, s.alpha, s.alpha_decay, **common)
         settings["beta"] = beta_schedule(epoch, s.beta, s.beta_decay, **common)
+    if s.warmup_epoch is not None:
+        settings["warmup_end"] = epoch >= s.warmup_epoch
     return settings

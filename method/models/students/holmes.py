@@ -7,15 +7,18 @@ and an evidential objective (``method.losses.evidential``). Parameter names
 equal the authors' state-dict names (``Holmes_Net``), so ``best.ckpt``'s
 ``state_dict`` loads as is: 297 tensors, TVR dims 32,273,440 parameters.
 
-Settings live in ``HolmesConfig`` (one field per setting, with help) and the
-per-collection values of the authors' ``Configs/{tvr,act,cha}.py`` in
-``COLLECTION_DEFAULTS``; ``holmes_config(collection, **overrides)`` gives
-the resolved config. The student builds from a ``HolmesConfig``
-(``HolmesStudent.from_config``) or from a ``StudentConfig``
-(``config_from_model_config``, one small mapping). It is not yet a
-registered ``--student``: its recipe, its objective in the training loop and
-the authors' checkpoint detection are the next step
-(``docs/holmes_integration.md``).
+The registered student (``--student holmes``, ``--recipe holmes``) declares
+its network settings in ``HolmesNetConfig`` (its ``Config``) and its
+objective's in ``HolmesLosses`` (``objective_terms``: GMMFormerV2's ranking
+terms without OT, plus the evidential terms that ``method.losses`` adds from
+the clip and frame score matrices). ``HolmesConfig`` is every setting of an
+authors' run (both of these plus the run's: lr, epochs, seed, ...), the
+per-collection values of the authors' ``Configs/{tvr,act,cha}.py`` are in
+``COLLECTION_DEFAULTS`` (the one source of the student's
+``collection_defaults`` and of the recipe's values, ``RUN_FLAGS``), and
+``holmes_config(collection, **overrides)`` resolves them. The student also
+builds from a ``HolmesConfig`` (``HolmesStudent.from_config``, the golden
+tests) and keeps the authors' ``training_forward``.
 
 Quirks of the authors' code (HOLMES.md section 9) and the decisions taken
 here; every default is the faithful behaviour, a field removes a quirk where
@@ -72,8 +75,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from method.models.students.base import Student, StudentConfig
+from method.losses.evidential import EvidentialTerms
+from method.models.students import register
+from method.models.students.base import Student, StudentConfig, setting
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 
 HOLMES_WIDTHS = (None, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # e_attns.0..7 (None = no Gaussian)
 HOLMES_CLIPS, HOLMES_FRAMES = 32, 128  # the fusion heads predict weights per absolute position
@@ -81,18 +87,65 @@ MASK_VALUE = -1e10
 
 
 def _f(default: Any, help: str):
-    """A dataclass field with a help text (``metadata["help"]``)."""
+    """A dataclass field with a help text (``metadata["help"]``), as ``setting``."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+    return setting(default, help)
 
 
 @dataclass
-class HolmesConfig:
-    """Every setting of a Holmes run; defaults are the authors' TVR values (``Configs/tvr.py``).
+class HolmesNetConfig(GMMFamilyConfig):
+    """The Holmes network's settings (the registered student's ``Config``; flags ``--<field>``).
+
+    Defaults are the authors' TVR values; other collections: ``HolmesStudent.collection_defaults``.
+    """
+
+    sft_factor: float = setting(0.09, "Holmes: temperature of the DyGMM branch-fusion softmax (sft_factor)")
+    mask_padded_frames: bool = setting(False, "GMMFormerV2, fixes quirk Q3: padded frames take no part in the "
+                                              "frame-level max (the authors' zeroed padded frames floor every shorter "
+                                              "video's frame score at 0)")
+    token_valid_positions: bool = setting(False, "Holmes, fixes quirk H2: the DyGMM fusion token averages the valid "
+                                                 "positions only (the authors' average includes the padded frames)")
+
+
+@dataclass
+class HolmesLosses(GMMFormerLosses):
+    """The factors of Holmes' objective: GMMFormerV2's ranking terms (no OT) and the evidential terms."""
+
+    qdl_weight: float = setting(8e-5, "GMMFormer family: weight of the query-diversity loss (0: off)")
+    qdl_focal: float = setting(1.0, "GMMFormerV2's query-diversity loss: exponent of its focal factor (1 + cos)^x "
+                                    "(neg_factor[2])")
+    intra_edl_weight: float = setting(0.8, "Holmes: weight of the intra-video evidential loss against the partial-OT "
+                                           "pseudo-labels (loss_factor[3]; 0 in the warm-up)")
+    edl_weight: float = setting(0.2, "Holmes: weight of each of the three inter-video evidential terms (frame, "
+                                     "clip, combined; loss_factor[4])")
+    edl_tau: float = setting(0.05, "Holmes: evidence temperature of the inter-video terms, E = exp(tanh(S) / tau)")
+    edl_intra_video_tau: float = setting(0.06, "Holmes: evidence temperature of the intra-video term")
+    division_beta: float = setting(0.3, "Holmes: clamp beta of the query identification thresholds (division_beta)")
+    smooth_beta: float = setting(0.2, "Holmes: label-smoothing weight of the ambiguous queries (smooth_beta)")
+    pot_scale: float = setting(0.1, "Holmes: entropic scale of the partial OT of the pseudo-labels (pot_scale)")
+    pot_prompt_ratio: float = setting(0.3, "Holmes: dustbin value of the partial OT, this quantile of the valid "
+                                           "similarities (pot_prompt_ratio)")
+    pot_iters: int = setting(50, "Holmes: Sinkhorn iterations of the partial OT")
+    pot_minmax_valid_only: bool = setting(False, "Holmes, fixes quirk H3: the partial OT's min-max runs over the "
+                                                 "real captions only (the authors' includes the padded ones)")
+    warmup_epoch: int = setting(20, "Holmes: first epoch (0-based) of label smoothing and of the intra-video term "
+                                    "(warmup_end)")
+
+    def evidential(self) -> EvidentialTerms:
+        """The evidential terms' settings (``method.losses.evidential``)."""
+        return EvidentialTerms(**{f.name: getattr(self, f.name) for f in fields(EvidentialTerms)})
+
+
+@dataclass
+class HolmesConfig(HolmesLosses, HolmesNetConfig):
+    """Every setting of a Holmes run as the authors' config has it: the network's (``HolmesNetConfig``), the
+    objective's (``HolmesLosses``) and the run's below; defaults are the authors' TVR values (``Configs/tvr.py``).
 
     Per-collection values: ``COLLECTION_DEFAULTS``. The authors' names are given
-    in the help texts (``loss_factor[i]``, ``neg_factor``, ...).
+    in the help texts (``loss_factor[i]``, ``neg_factor``, ...). The registered
+    student takes a ``HolmesNetConfig``; the run's fields are its recipe
+    (``method/config/recipes.py`` reads them from ``COLLECTION_DEFAULTS``).
     """
 
     # data
@@ -100,15 +153,9 @@ class HolmesConfig:
     visual_feature: str = _f("i3d_resnet", "frame features, FeatureData/<visual_feature>/feature.hdf5")
     visual_input_size: int = _f(3072, "visual feature size (visual_feat_dim; hard-wired per collection, H10)")
     query_input_size: int = _f(768, "RoBERTa token size (q_feat_size)")
-    max_desc_l: int = _f(30, "tokens kept per caption")
-    max_ctx_l: int = _f(128, "frame positions of the frame block (must be 128)")
-    map_size: int = _f(32, "clips per video (must be 32)")
-    # network
-    hidden_size: int = _f(384, "hidden size D")
-    n_heads: int = _f(4, "attention heads")
+    # network (the TVR values of the run; the network's own fields are HolmesNetConfig's)
     input_drop: float = _f(0.2, "dropout of the input projections and positional encodings (input_drop)")
     drop: float = _f(0.2, "dropout inside the attention layers and the fusion head (drop)")
-    sft_factor: float = _f(0.09, "temperature of the DyGMM branch-fusion softmax (sft_factor)")
     initializer_range: float = _f(0.02, "std of the normal init of Linear / Embedding weights")
     # inference
     clip_scale_w: float = _f(0.6, "inference weight of the clip-level score")
@@ -116,28 +163,12 @@ class HolmesConfig:
     # ranking losses (GMMFormerV2's)
     margin: float = _f(0.1, "triplet margin")
     hard_pool_size: int = _f(20, "hard-negative pool of the triplet")
-    clip_nce_weight: float = _f(0.05, "weight of the clip-level InfoNCE (loss_factor[0])")
-    frame_nce_weight: float = _f(0.04, "weight of the frame-level InfoNCE (loss_factor[1])")
-    qdl_weight: float = _f(8e-5, "weight of the query-diverse loss (loss_factor[2])")
-    qdl_margin: float = _f(0.15, "QDL margin mrg (neg_factor[0])")
-    qdl_scale: float = _f(32.0, "QDL scale a (neg_factor[1])")
-    qdl_focal: float = _f(1.0, "QDL focal exponent lam (neg_factor[2])")
-    # evidential losses
-    intra_edl_weight: float = _f(0.8, "weight of the intra-video evidential loss (loss_factor[3])")
-    edl_weight: float = _f(0.2, "weight of each of the three inter-video evidential terms (loss_factor[4])")
+    frame_nce_weight: float = _f(0.04, "weight of the frame-level InfoNCE (loss_factor[1]; --nce_weight)")
     dc_weight: float = _f(0.0, "weight of the dual-query consistency term (loss_factor[5]; 0, unused in src/)")
-    edl_tau: float = _f(0.05, "evidence temperature of the inter-video EDL: E = exp(tanh(S) / edl_tau)")
-    edl_intra_video_tau: float = _f(0.06, "evidence temperature of the intra-video EDL")
-    division_beta: float = _f(0.3, "query identification: threshold clamp beta (division_beta)")
-    smooth_beta: float = _f(0.2, "label smoothing weight of the ambiguous queries (smooth_beta)")
-    pot_scale: float = _f(0.1, "entropic scale epsilon of the partial OT (pot_scale)")
-    pot_prompt_ratio: float = _f(0.3, "dustbin value: this quantile of the valid similarities (pot_prompt_ratio)")
-    pot_iters: int = _f(50, "Sinkhorn iterations of the partial OT")
     # training
     lr: float = _f(3e-4, "peak learning rate (BertAdam)")
     n_epoch: int = _f(100, "epochs (also the horizon of the LR schedule)")
     max_es_cnt: int = _f(20, "early stop when the epochs without val SumR improvement exceed this")
-    warmup_epoch: int = _f(20, "epoch from which label smoothing and the intra-video loss are on (warmup_end)")
     hard_negative_start_epoch: int = _f(20, "epoch from which the triplets use hard negatives")
     seed: int = _f(0, "seed of Python, numpy and torch")
     bsz: int = _f(128, "videos per training batch")
@@ -145,18 +176,13 @@ class HolmesConfig:
     lr_warmup_proportion: float = _f(0.01, "LR warm-up fraction of all steps")
     eval_context_bsz: int = _f(100, "videos per evaluation batch (no effect on the numbers)")
     eval_query_bsz: int = _f(50, "captions per evaluation batch, each re-sorted by token count (no effect)")
-    # quirk fixes (default: the authors' behaviour)
-    token_valid_positions: bool = _f(False, "fix H2: DyGMM token = mean over valid positions only")
-    pot_minmax_valid_only: bool = _f(False, "fix H3: POT min-max over the valid captions only")
-    gauss_centred: bool = _f(False, "fix Q2: Gaussian centres on the key grid")
-    mask_padded_frames: bool = _f(False, "fix Q3: padded frames leave the frame-level max")
     reuse_query_encoding: bool = _f(False, "fix Q5: QDL and POT reuse the first query encoding")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HolmesConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "HolmesConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -211,11 +237,33 @@ def holmes_config(collection: str = "tvr", cls: type = HolmesConfig, defaults: O
 
 
 def config_from_model_config(cfg: StudentConfig, cls: type = HolmesConfig) -> HolmesConfig:
-    """A student configuration (``StudentConfig`` or one of the GMMFormer family's) -> a Holmes config: the
-    network fields it has; the others keep ``cls``'s defaults."""
-    names = ("visual_input_size", "query_input_size", "hidden_size", "n_heads", "max_ctx_l", "max_desc_l", "map_size",
-             "input_drop", "drop", "sft_factor", "gauss_centred", "mask_padded_frames")
-    return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+    """A student configuration (``HolmesNetConfig``, ``StudentConfig`` or one of the GMMFormer family's) -> a Holmes
+    config: the network fields it has; the others keep ``cls``'s defaults."""
+    names = {f.name for f in fields(HolmesNetConfig)}
+    return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names})
+
+
+# The run's values that are flags of every recipe, not the student's settings: {HolmesConfig field: flag}. The
+# recipe table (``method/config/recipes.py``) takes them from here, so COLLECTION_DEFAULTS is their one source.
+RUN_FLAGS = {"lr": "lr", "n_epoch": "n_epoch", "max_es_cnt": "max_es_cnt", "input_drop": "input_drop",
+             "drop": "drop", "margin": "margin", "hard_pool_size": "hard_pool_size", "frame_nce_weight": "nce_weight",
+             "hard_negative_start_epoch": "hard_negative_start_epoch", "seed": "seed", "bsz": "bsz", "wd": "wd",
+             "lr_warmup_proportion": "lr_warmup_proportion", "clip_scale_w": "clip_scale_w",
+             "frame_scale_w": "frame_scale_w", "reuse_query_encoding": "reuse_query_encoding"}
+
+
+def recipe_collection_values(collection: str, cls: type = HolmesConfig, defaults: Optional[dict] = None) -> dict:
+    """The recipe's flag values for ``collection`` (``RUN_FLAGS`` of the collection's config)."""
+    cfg = holmes_config(collection, cls, defaults)
+    return {flag: getattr(cfg, name) for name, flag in RUN_FLAGS.items()}
+
+
+def student_collection_values(collection: str, cls: type = HolmesConfig, defaults: Optional[dict] = None) -> dict:
+    """The student's own settings (network beyond ``StudentConfig``, and objective) for ``collection``."""
+    cfg = holmes_config(collection, cls, defaults)
+    common = {f.name for f in fields(StudentConfig)}
+    own = [f.name for f in fields(HolmesNetConfig) if f.name not in common] + [f.name for f in fields(HolmesLosses)]
+    return {name: getattr(cfg, name) for name in own}
 
 
 # The authors' config keys (``Configs/*.py``, stored as ``config`` in best.ckpt) that map one to one.
@@ -427,10 +475,18 @@ def init_holmes_weights(module: nn.Module, std: float = 0.02) -> None:
 # --------------------------------------------------------------------------- #
 # the student
 # --------------------------------------------------------------------------- #
+@register
 class HolmesStudent(Student):
-    """Holmes_Net: query encoder (projection, positions, FFN attention layer, pooling), clip and frame DyGMM blocks."""
+    """Holmes_Net: query encoder (projection, positions, FFN attention layer, pooling), clip and frame DyGMM blocks.
+
+    Registered as ``--student holmes`` (``--recipe holmes``): its ``Config`` is the network's settings, its
+    ``Losses`` the objective's factors, ``collection_defaults`` the authors' values per collection.
+    """
 
     name = "holmes"
+    Config = HolmesNetConfig
+    Losses = HolmesLosses
+    collection_defaults = {c: student_collection_values(c) for c in COLLECTION_DEFAULTS}
     levels = ("clip", "frame")
     needs_clips = True
     kd_levels = ("frame", "clip")
@@ -438,7 +494,9 @@ class HolmesStudent(Student):
     config_class = HolmesConfig
 
     def __init__(self, cfg, with_query_proj: bool = True):
-        """``cfg``: a ``HolmesConfig`` or a ``StudentConfig`` (mapped by ``config_from_model_config``)."""
+        """``cfg``: a ``HolmesConfig``, or a ``HolmesNetConfig`` / ``StudentConfig`` (mapped by
+        ``config_from_model_config``; the objective's fields then keep their TVR defaults, which only
+        ``training_forward``'s partial OT reads: training through ``method.train`` reads ``Losses``)."""
         super().__init__(cfg)
         hcfg = cfg if isinstance(cfg, HolmesConfig) else config_from_model_config(cfg, self.config_class)
         self.check_config(hcfg)
@@ -550,6 +608,16 @@ class HolmesStudent(Student):
                        pot_prompt=pot["prompt"], pot_log_plan=pot["log_plan"], pot_mass=pot["mass"])
         return out
 
+    @classmethod
+    def n_clips(cls, cfg: HolmesNetConfig) -> int:
+        return cfg.map_size
+
+    @classmethod
+    def objective_terms(cls, losses: HolmesLosses, nce_weight: float) -> dict:
+        """GMMFormerV2's ranking terms without its OT, and the evidential terms (whole batch)."""
+        return {"nce_weights": {"clip": losses.clip_nce_weight, "frame": nce_weight},
+                "qdl": losses.query_diversity(focal=losses.qdl_focal), "evidential": losses.evidential()}
+
     @staticmethod
     def check_config(cfg) -> None:
         if cfg.hidden_size % cfg.n_heads:
@@ -562,6 +630,7 @@ class HolmesStudent(Student):
                              f"got {cfg.map_size}")
 
 
-__all__ = ["HOLMES_WIDTHS", "HolmesConfig", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
+__all__ = ["HOLMES_WIDTHS", "HolmesNetConfig", "HolmesLosses", "HolmesConfig", "RUN_FLAGS",
+           "recipe_collection_values", "student_collection_values", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
            "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "config_from_authors_checkpoint",
            "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores", "init_holmes_weights"]
