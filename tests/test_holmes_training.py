@@ -1,18 +1,29 @@
 """``--recipe holmes`` through ``train.main([...])`` on tiny generated data (CPU): named finite terms by phase,
-a bit-identical ``--resume``, one process only."""
+a bit-identical ``--resume``, one process only; an authors' Holmes best.ckpt through ``method.eval``."""
 import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from synthetic import write_collection
 from test_train import final_weights, interrupted_run, read_metrics, run
 
+from method import eval as evaluate
 from method import train
 from method.config.flags import parse_train_args
 from method.config.settings import train_settings
+from method.data import build_split, collate_queries, collate_videos
 from method.losses.evidential import TERM_NAMES
+from method.models.checkpoint import (
+    CheckpointError,
+    authors_gmm_options,
+    checkpoint_format,
+    load_model,
+    read_checkpoint,
+)
+from method.models.students.holmes import HolmesStudent, eval_scores, holmes_config
 from method.training import loop
 
 # warm-up over after epoch 0, hard negatives from epoch 1: both phases in two epochs
@@ -64,3 +75,51 @@ def test_several_processes_are_refused_at_the_start(tmp_path):
     opt = parse_train_args(["--root_path", str(tmp_path), "--collection", "tvr", "--recipe", "holmes"])
     with pytest.raises(SystemExit, match="one process only: its evidential terms need the whole batch"):
         loop.train(train_settings(opt), SimpleNamespace(enabled=True), torch.device("cpu"), tmp_path, False)
+
+
+def write_authors_best(folder, collection_alias="tvr"):
+    """A tiny best.ckpt in the Holmes code's layout (``module.`` keys, its config keys); returns the student."""
+    torch.manual_seed(3)
+    cfg = holmes_config("tvr", visual_input_size=16, query_input_size=12, hidden_size=8, n_heads=2)
+    student = HolmesStudent.from_config(cfg).eval()
+    config = {"dataset_name": collection_alias, "visual_feature": "i3d_resnet", "visual_feat_dim": 16,
+              "q_feat_size": 12, "hidden_size": 8, "n_heads": 2, "max_ctx_l": 128, "max_desc_l": 30, "map_size": 32,
+              "input_drop": 0.2, "drop": 0.2, "sft_factor": 0.09, "clip_scale_w": 0.6, "frame_scale_w": 0.4,
+              "loss_factor": [0.05, 0.04, 8e-5, 0.8, 0.2, 0], "neg_factor": [0.15, 32, 1], "seed": 0}
+    folder.mkdir(parents=True)
+    torch.save({"config": config, "epoch": 5, "model_val": [1.0, 2.0, 3.0, 4.0, 10.0, None],
+                "state_dict": {f"module.{k}": v for k, v in student.state_dict().items()}, "optimizer": {}},
+               folder / "best.ckpt")
+    return student
+
+
+def test_authors_best_ckpt_evaluates_with_its_weights(tmp_path):
+    """``python -m method.eval --model_dir FOLDER`` on a Holmes best.ckpt: recognised before GMMFormerV2's
+    ``weight_token`` rule, rebuilt, scored 0.6 S_c + 0.4 S_f as the authors' evaluator scores it."""
+    root = tmp_path / "data"
+    write_collection(str(root), n_videos=7, dims=(16, 12, 4))
+    run_dir = tmp_path / "authors_holmes"
+    student = write_authors_best(run_dir)
+    ckpt = read_checkpoint(run_dir / "best.ckpt")
+    assert checkpoint_format(ckpt) == "holmes"
+    evaluate.main(["--model_dir", str(run_dir), "--root_path", str(root), "--device", "cpu", "--num_workers", "0",
+                   "--save_scores"])
+    result = json.loads((run_dir / "eval_test.json").read_text())
+    assert result["checkpoint_format"] == "holmes" and result["checkpoint_epoch"] == 5
+    assert list(result["t2v"]) == ["fused", "clip", "frame"]
+    split = build_split(str(root), "tvr", "i3d_resnet", "test", False, 128, 30)
+    vids = collate_videos([split.video_dataset(32)[i] for i in range(len(split.captions.video_ids))])
+    caps = collate_queries([split.query_dataset()[i] for i in range(len(split.captions))])
+    fused = eval_scores(student, [(caps["query_feat"], caps["query_mask"])],
+                        [(vids["video_feat"], vids["video_mask"], vids["clip_feat"])], weights=(0.6, 0.4))
+    np.testing.assert_allclose(np.load(run_dir / "scores_test.npy"), fused.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(CheckpointError, match="does not store 'gauss_centred'"):  # without the recipe table
+        load_model(run_dir / "best.ckpt")
+
+
+def test_dual_query_best_ckpt_is_recognised_and_refused(tmp_path):
+    state = {"module.clip_encoder.e_attns.0.self.query.weight": torch.zeros(1), "module.weight_token": torch.zeros(1),
+             "module.text_weight_fc.0.weight": torch.zeros(1)}
+    assert checkpoint_format({"state_dict": state, "config": {}}) == "holmes_dual"
+    with pytest.raises(CheckpointError, match="dual-query Holmes"):
+        authors_gmm_options({"state_dict": state, "config": {}})

@@ -40,7 +40,7 @@ import torch
 
 from method.common.files import atomic_write
 from method.models.model import DLDKD, ModelConfig
-from method.models.students import ConfigError, student_class
+from method.models.students import ConfigError, holmes, student_class
 
 FORMAT = "dldkd-v1"
 log = logging.getLogger("dldkd")
@@ -109,8 +109,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_format(ckpt: dict) -> str:
-    """'own' (this project), 'iccv' (the authors' A_/B_ names), 'dldkdpp' (their master names), 'gmmformer' or
-    'gmmformer_v2' (the GMMFormer codes' best.ckpt); else 'unknown'.
+    """'own' (this project), 'iccv' (the authors' A_/B_ names), 'dldkdpp' (their master names), 'gmmformer',
+    'gmmformer_v2', 'holmes' or 'holmes_dual' (the GMMFormer and Holmes codes' best.ckpt); else 'unknown'.
 
     The authors' keys may carry a ``module.`` prefix (a multi-GPU run).
     """
@@ -118,6 +118,9 @@ def checkpoint_format(ckpt: dict) -> str:
         return "own"
     if "state_dict" in ckpt and "model" not in ckpt:
         keys = {_strip_module(k) for k in ckpt["state_dict"]}
+        holmes_kind = holmes.authors_checkpoint_student(keys)  # before V2's rule: Holmes has weight_token too
+        if holmes_kind is not None:
+            return holmes_kind
         if "weight_token" in keys:
             return "gmmformer_v2"
         if any(k.startswith("clip_encoder_2.") for k in keys):
@@ -246,10 +249,28 @@ def gmm_model_config(student: str, config: dict, state: dict, path="checkpoint",
     return ModelConfig(cfg, student, share_query_proj=False, single_branch=True)
 
 
+def holmes_model_config(ckpt: dict, path="checkpoint", fallback=None) -> ModelConfig:
+    """ModelConfig of a Holmes best.ckpt: sizes from the tensors, the rest from its config (the authors' keys,
+    ``holmes.authors_checkpoint_values``), else the recipe table's (``fallback``)."""
+    try:
+        kind, sizes, stored = holmes.authors_checkpoint_values(ckpt)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: the Holmes state dict lacks {e.args[0]!r}") from None
+    if kind != "holmes":
+        raise CheckpointError(f"{path}: a dual-query Holmes checkpoint ({kind}): its token-wise frame score is not a "
+                              f"registered student yet (docs/holmes_integration.md)")
+    cfg = _authors_config("holmes", "holmes", path, sizes, stored, fallback)
+    return ModelConfig(cfg, "holmes", share_query_proj=False, single_branch=True)
+
+
 def authors_gmm_options(ckpt: dict) -> dict:
-    """Evaluation settings (this project's flag names) of a GMMFormer-family best.ckpt, from its ``config``."""
+    """Evaluation settings (this project's flag names) of a GMMFormer-family or Holmes best.ckpt, from its
+    ``config``."""
     cfg = dict(ckpt.get("config") or {})
     student = checkpoint_format(ckpt)
+    if student == "holmes_dual":
+        raise CheckpointError("a dual-query Holmes best.ckpt: its token-wise frame score is not a registered student "
+                              "yet (docs/holmes_integration.md)")
     out = {"recipe": student, "student": student, "single_branch": True, "no_teacher": True}
     for ours, theirs in (("collection", "dataset_name"), ("collection", "collection"),
                          ("visual_feature", "visual_feature"), ("max_ctx_l", "max_ctx_l"),
@@ -257,17 +278,20 @@ def authors_gmm_options(ckpt: dict) -> dict:
                          ("frame_scale_w", "frame_scale_w"), ("map_size", "map_size"), ("q_feat_size", "q_feat_size")):
         if theirs in cfg:
             out[ours] = cfg[theirs]
+    if student == "holmes" and "collection" in out:  # the Holmes code's -d values act / cha
+        out["collection"] = holmes.COLLECTION_ALIASES.get(out["collection"], out["collection"])
     return out
 
 
 def model_file(run_dir: str | Path) -> Path:
-    """The model of a run folder: ``model.ckpt`` (this project's, the authors' DL-DKD) or ``best.ckpt`` (GMMFormer)."""
+    """The model of a run folder: ``model.ckpt`` (this project's, the authors' DL-DKD) or ``best.ckpt`` (GMMFormer,
+    Holmes)."""
     run_dir = Path(run_dir)
     for name in ("model.ckpt", "best.ckpt"):
         if (run_dir / name).is_file():
             return run_dir / name
     raise CheckpointError(f"{run_dir}: no model.ckpt (this project's runs, the authors' DL-DKD checkpoints) and no "
-                          f"best.ckpt (the authors' GMMFormer / GMMFormerV2 runs)")
+                          f"best.ckpt (the authors' GMMFormer / GMMFormerV2 / Holmes runs)")
 
 
 def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tuple[DLDKD, dict]:
@@ -291,6 +315,9 @@ def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tupl
         state = OrderedDict((_strip_module(k), v) for k, v in ckpt["state_dict"].items())
         cfg = gmm_model_config(fmt, dict(ckpt.get("config") or {}), state, path, fallback)
         state = OrderedDict((f"inheritance.{k}", v) for k, v in state.items())
+    elif fmt in ("holmes", "holmes_dual"):
+        cfg = holmes_model_config(ckpt, path, fallback)
+        state = OrderedDict((f"inheritance.{_strip_module(k)}", v) for k, v in ckpt["state_dict"].items())
     elif fmt == "own":
         try:
             cfg = ModelConfig.from_dict(ckpt["model_config"], f"{path}: model_config")
@@ -301,7 +328,7 @@ def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tupl
         keys = list(ckpt.get("model", ckpt.get("state_dict", {})))[:3]
         raise CheckpointError(
             f"{path}: neither this project's checkpoint (format {FORMAT!r}) nor the authors' (ICCV keys "
-            f"A_*/B_*, DL-DKD++ keys query_*/visual_*/exp_*, or a GMMFormer best.ckpt); first keys: {keys}")
+            f"A_*/B_*, DL-DKD++ keys query_*/visual_*/exp_*, or a GMMFormer / Holmes best.ckpt); first keys: {keys}")
     try:
         model = DLDKD(cfg)
     except ValueError as e:

@@ -296,34 +296,44 @@ def authors_checkpoint_student(state_keys) -> Optional[str]:
     return "holmes_dual" if "text_weight_fc.0.weight" in keys else "holmes"
 
 
-def config_from_authors_checkpoint(ckpt: dict) -> HolmesConfig:
-    """The config of an authors' ``best.ckpt`` (``{config, epoch, model_val, state_dict, optimizer}``).
-
-    The collection's defaults, then the stored ``config`` (``AUTHORS_CONFIG_KEYS``, ``loss_factor``,
-    ``neg_factor``), then the sizes read from the tensors. The ``state_dict`` keys load as they are
-    (after stripping ``module.``) into the student.
-    """
-    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS
-    from method.models.students.holmes_dual import HolmesDualConfig
-
+def authors_checkpoint_values(ckpt: dict) -> tuple[str, dict, dict]:
+    """(kind, sizes, stored) of an authors' ``best.ckpt``: "holmes" or "holmes_dual", the sizes its tensors fix,
+    and the settings its ``config`` stores (``AUTHORS_CONFIG_KEYS``, ``loss_factor``, ``neg_factor``; our names,
+    the collection's aliases resolved)."""
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
     kind = authors_checkpoint_student(state)
     if kind is None:
         raise ValueError("not a Holmes state dict (no clip_encoder.e_attns.* keys)")
-    cls, table = (HolmesDualConfig, DUAL_DEFAULTS) if kind == "holmes_dual" else (HolmesConfig, COLLECTION_DEFAULTS)
-    stored = dict(ckpt.get("config") or {})
-    values = {ours: stored[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in stored}
+    config = dict(ckpt.get("config") or {})
+    stored = {ours: config[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in config}
     for key, names in (("loss_factor", LOSS_FACTOR_FIELDS), ("neg_factor", NEG_FACTOR_FIELDS)):
-        if key in stored:
-            values.update(zip(names, (float(x) for x in stored[key])))
-    collection = COLLECTION_ALIASES.get(values.get("collection", "tvr"), values.get("collection", "tvr"))
-    base = {"collection": collection, **table.get(collection, {})}
+        if key in config:
+            stored.update(zip(names, (float(x) for x in config[key])))
+    if "collection" in stored:
+        stored["collection"] = COLLECTION_ALIASES.get(stored["collection"], stored["collection"])
     query_pos = state["query_pos_embed.position_embeddings.weight"]
     sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
              "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
              "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
              "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
              "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    return kind, sizes, stored
+
+
+def config_from_authors_checkpoint(ckpt: dict) -> HolmesConfig:
+    """The config of an authors' ``best.ckpt`` (``{config, epoch, model_val, state_dict, optimizer}``).
+
+    The collection's defaults, then the stored ``config`` (``AUTHORS_CONFIG_KEYS``, ``loss_factor``,
+    ``neg_factor``), then the sizes read from the tensors (``authors_checkpoint_values``). The
+    ``state_dict`` keys load as they are (after stripping ``module.``) into the student.
+    """
+    from method.models.students.holmes_dual import COLLECTION_DEFAULTS as DUAL_DEFAULTS
+    from method.models.students.holmes_dual import HolmesDualConfig
+
+    kind, sizes, values = authors_checkpoint_values(ckpt)
+    cls, table = (HolmesDualConfig, DUAL_DEFAULTS) if kind == "holmes_dual" else (HolmesConfig, COLLECTION_DEFAULTS)
+    collection = values.get("collection", "tvr")
+    base = {"collection": collection, **table.get(collection, {})}
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in {**base, **values, **sizes}.items() if k in names})
 
@@ -632,5 +642,5 @@ class HolmesStudent(Student):
 
 __all__ = ["HOLMES_WIDTHS", "HolmesNetConfig", "HolmesLosses", "HolmesConfig", "RUN_FLAGS",
            "recipe_collection_values", "student_collection_values", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
-           "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "config_from_authors_checkpoint",
+           "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "authors_checkpoint_values", "config_from_authors_checkpoint",
            "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores", "init_holmes_weights"]
