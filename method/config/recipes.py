@@ -25,8 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from method.models.students import StudentConfig, student_class
-from method.models.students import holmes
+from method.models.students import StudentConfig, holmes, student_class
 
 # Every recipe's value unless the recipe, or its student, says otherwise: the ICCV 2023 code's.
 COMMON = {
