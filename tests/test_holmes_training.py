@@ -57,6 +57,16 @@ def test_two_epochs_give_the_named_terms_of_both_phases(data, tmp_path):
     assert set(result["t2v"]) == {"fused", "clip", "frame"}
 
 
+def test_reuse_query_encoding_trains(data, tmp_path):
+    """--reuse_query_encoding (fix Q5): the query-diversity term and the partial OT read the first encoding (the
+    model encodes the queries once)."""
+    run_dir = tmp_path / "reuse"
+    run(data, run_dir, "--n_epoch", "1", "--bsz", "9", *HOLMES, "--warmup_epoch", "0", "--reuse_query_encoding")
+    (row,) = read_metrics(run_dir)
+    assert int(row["warmup_end"]) == 1 and float(row["intra_edl"]) > 0
+    assert all(math.isfinite(float(row[k])) for k in (*TERM_NAMES, "loss"))
+
+
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(data, full, "--n_epoch", "2", *HOLMES)
