@@ -12,7 +12,7 @@ from test_train import final_weights, interrupted_run, read_metrics, run
 
 from method import eval as evaluate
 from method import train
-from method.config.flags import parse_train_args
+from method.config.flags import MACHINE_FLAGS, parse_train_args
 from method.config.settings import train_settings
 from method.data import build_split, collate_queries, collate_videos
 from method.losses.evidential import TERM_NAMES
@@ -35,6 +35,22 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_collection(str(root), n_videos=9)
     return str(root)
+
+
+@pytest.mark.parametrize("collection", ["tvr", "activitynet", "charades"])
+def test_recipe_resolves_to_the_authors_config(collection):
+    """Every setting of the authors' config that is a flag here resolves to its value (frame_nce_weight is
+    --nce_weight), with the recipe's own: one network, no teacher, batches by frames."""
+    opt = vars(parse_train_args(["--root_path", "/r", "--collection", collection, "--recipe", "holmes"]))
+    cfg = holmes_config(collection)
+    flags = {name: name for name in cfg.__dataclass_fields__ if name in opt and name not in MACHINE_FLAGS}
+    flags["frame_nce_weight"] = "nce_weight"
+    # all but the data's sizes, initializer_range (the model's init, 0.02), dc_weight (dual), the evaluation batches
+    assert len(flags) == 43
+    assert {name: getattr(cfg, name) for name in flags} == {name: opt[flag] for name, flag in flags.items()}
+    assert (opt["student"], opt["single_branch"], opt["no_teacher"], opt["batch_sort"], opt["optim"]) == \
+        ("holmes", True, True, "frames", "bertadam")
+    assert (opt["seed"], opt["warmup_epoch"], opt["hard_negative_start_epoch"]) == (0, 20, 20)
 
 
 def test_two_epochs_give_the_named_terms_of_both_phases(data, tmp_path):
