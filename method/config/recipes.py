@@ -134,8 +134,9 @@ RECIPES = {
         }),
     # Holmes (ICML 2026): every value of the authors' Configs/{tvr,act,cha}.py that is not the student's own
     # setting (lr, epochs, early stop, seed 0, dropouts, margin, frame NCE weight, hard negatives from epoch 20,
-    # inference weights 0.6 / 0.4, ...), read from their one source, holmes.COLLECTION_DEFAULTS; its warm-up epoch
-    # (20) and loss factors are the student's (HolmesLosses, collection_defaults).
+    # inference weights 0.6 / 0.4, ...), read from their one source in method/models/students/holmes.py (HolmesConfig's
+    # defaults, TVR, and COLLECTION_DEFAULTS); its warm-up epoch (20) and loss factors are the student's
+    # (HolmesLosses, collection_defaults).
     "holmes": Recipe(
         "Holmes (ICML 2026)", "the authors' Configs/{tvr,act,cha}.py",
         values={"no_teacher": True, "single_branch": True, "batch_sort": "frames", "student": "holmes"},
