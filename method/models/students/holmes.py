@@ -12,11 +12,11 @@ its network settings in ``HolmesNetConfig`` (its ``Config``) and its
 objective's in ``HolmesLosses`` (``objective_terms``: GMMFormerV2's ranking
 terms without OT, plus the evidential terms that ``method.losses`` adds from
 the clip and frame score matrices). ``HolmesConfig`` is every setting of an
-authors' run (both of these plus the run's: lr, epochs, seed, ...), the
-per-collection values of the authors' ``Configs/{tvr,act,cha}.py`` are in
-``COLLECTION_DEFAULTS`` (the one source of the student's
-``collection_defaults`` and of the recipe's values, ``RUN_FLAGS``), and
-``holmes_config(collection, **overrides)`` resolves them. The student also
+authors' run (both of these plus the run's: lr, epochs, seed, ...); their
+defaults are the authors' TVR values, ``COLLECTION_DEFAULTS`` holds what
+``Configs/act.py`` and ``cha.py`` change, and ``holmes_config(collection,
+**overrides)`` resolves them: the one source of the student's
+``collection_defaults`` and of the recipe's values (``RUN_FLAGS``). The student also
 builds from a ``HolmesConfig`` (``HolmesStudent.from_config``, the golden
 tests) and keeps the authors' ``training_forward``.
 
