@@ -437,6 +437,7 @@ def test_every_video_corrupt_is_an_error(root, tiny_clip, tmp_path):
     assert not os.path.exists(video_file) and os.path.isfile(video_file + ".partial")
 
 
+@pytest.mark.slow  # a new interpreter
 def test_every_video_corrupt_exits_non_zero_with_one_line(root, tiny_clip, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                TQDM_DISABLE="1")
@@ -470,6 +471,7 @@ def test_a_model_error_stops_the_run(root, media, tiny_clip, tmp_path, monkeypat
     assert not os.path.exists(video_file) and os.path.isfile(video_file + ".partial")
 
 
+@pytest.mark.slow
 def test_shell_wrapper_runs_the_extractor(root, media, tiny_clip):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
