@@ -102,6 +102,7 @@ def test_padding_to_the_buckets_keeps_the_losses(student):
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-7), (step, name)
 
 
+@pytest.mark.slow
 def test_an_epoch_compiles_at_most_one_graph_per_bucket_pair():
     """Varied frames, tokens, videos and captions; an empty share and a one-video share run eagerly."""
     batches = epoch_batches("dldkd", 8)

@@ -87,6 +87,7 @@ def spawned(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # spawns one group of processes per world size
 @pytest.mark.parametrize("case,world,steps", JOBS, ids=[f"{c}-{w}proc" for c, w, _ in JOBS])
 def test_processes_match_one_process(spawned, case, world, steps):
     """Dropout off, hard negatives drawn from a pool of 2: loss terms, every gradient, weights after the steps.
@@ -152,6 +153,7 @@ def run_folders(root: Path, exp_id: str) -> list:
     return sorted((root / "tvr" / "results").glob(f"tvr-{exp_id}-*"))
 
 
+@pytest.mark.slow
 def test_do_tvr_with_two_processes_matches_one_process(data):
     two = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", "two"], env={"NPROC": "2"})
     assert two.returncode == 0, two.stderr[-3000:]
@@ -176,6 +178,7 @@ def torchrun(*extra, run_dir, kill=None, restarts=0):
     return launch(cmd, env=env)
 
 
+@pytest.mark.slow
 def test_killed_process_restarts_from_latest_and_ends_with_the_same_weights(data, tmp_path):
     args = ["--root_path", str(data), "--collection", "tvr", *TINY, "--n_epoch", "3", "--margin", "0.1",
             "--kd_schedule", "exp_decay"]

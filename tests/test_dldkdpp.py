@@ -189,6 +189,7 @@ TINY = ["--device", "cpu", "--num_workers", "0", "--hidden_size", "8", "--n_head
         "--eval_query_bsz", "4", "--eval_video_bsz", "3"]
 
 
+@pytest.mark.slow
 def test_recipe_run_then_do_test(tmp_path):
     root = tmp_path / "data"
     write_collection(str(root), n_videos=9)
@@ -210,6 +211,7 @@ def test_recipe_run_then_do_test(tmp_path):
     assert json.loads((run_dir / "eval_test.json").read_text())["t2v"] == result["t2v"]
 
 
+@pytest.mark.slow
 def test_authors_dldkdpp_checkpoint_through_do_test(dldkdpp_golden, tmp_path):
     """A results folder of the authors' master code: their state-dict names, EasyDict config and opt.json."""
     easydict = pytest.importorskip("easydict")
@@ -251,6 +253,7 @@ def charades_root(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["dldkdpp", "iccv"])
 def test_charades_script(tmp_path, recipe):
     root = charades_root(tmp_path)
@@ -265,6 +268,7 @@ def test_charades_script(tmp_path, recipe):
     assert json.loads((run_dir / "eval_test.json").read_text())["n_queries"] > 0
 
 
+@pytest.mark.slow
 def test_charades_without_val_captions_names_the_file(tmp_path):
     root = charades_root(tmp_path)
     (root / "charades" / "TextData" / "charadesval.caption.txt").unlink()

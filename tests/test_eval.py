@@ -102,6 +102,7 @@ def test_chunk_size_does_not_change_results(data, tmp_path):
     assert a["t2v"] == b["t2v"] and a["v2t"] == b["v2t"]
 
 
+@pytest.mark.slow
 def test_missing_opt_json(data, tmp_path):
     authors_run(tmp_path / "run")
     (tmp_path / "run" / "opt.json").unlink()
@@ -109,6 +110,7 @@ def test_missing_opt_json(data, tmp_path):
     assert proc.returncode != 0 and "opt.json not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_feature_size_mismatch(data, tmp_path):
     authors_run(tmp_path / "run", visual=DV + 3)
     proc = do_test("tvr", "i3d_resnet", data, tmp_path / "run", "--device", "cpu", "--num_workers", "0")
@@ -116,6 +118,7 @@ def test_feature_size_mismatch(data, tmp_path):
     assert f"expects {DV + 3}-d frames" in proc.stderr and f"{DV}-d frames" in proc.stderr and "model.ckpt" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_checkpoint_format(data, tmp_path):
     authors_run(tmp_path / "run")
     torch.save({"model": {"encoder.weight": torch.zeros(1)}}, tmp_path / "run" / "model.ckpt")
@@ -123,6 +126,7 @@ def test_unknown_checkpoint_format(data, tmp_path):
     assert proc.returncode != 0 and "neither this project's checkpoint" in proc.stderr
 
 
+@pytest.mark.slow
 def test_split_without_captions(data, tmp_path):
     root = tmp_path / "data"
     write_collection(str(root), n_videos=3)

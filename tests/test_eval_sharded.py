@@ -41,6 +41,7 @@ def root(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow  # spawned processes
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_processes_give_the_one_process_metrics(root, tmp_path, name):
     case, world = CASES[name]
@@ -88,6 +89,7 @@ def do_test(*args, nproc=1):
                           env=env, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow
 def test_do_test_with_two_processes_matches_one(root, tmp_path):
     """A GMMFormer v1 run folder (groups of 3 videos) through NPROC=2 ./do_test.sh (torchrun) and one process."""
     run_dir = tmp_path / "run"

@@ -147,6 +147,7 @@ def student_analysis(students):
     return {name: explore.analyse(load_run(students[name], device="cpu"), "test") for name in STUDENT_RUNS}
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 @pytest.mark.parametrize("name", STUDENT_RUNS)
 def test_student_ranks_agree_with_eval_test_json(students, student_analysis, name):
     an = student_analysis[name]
@@ -156,6 +157,7 @@ def test_student_ranks_agree_with_eval_test_json(students, student_analysis, nam
         assert metrics.summarize_t2v(ranks) == evaluated[score], score
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 @pytest.mark.parametrize("name", STUDENT_RUNS)
 def test_student_moments_are_on_the_positional_level_and_in_range(student_analysis, name):
     """Clips (GMMFormer) or frames (GMMFormerV2); every moment inside its video, clips scaled by fraction."""
@@ -193,6 +195,7 @@ def test_student_moments_are_on_the_positional_level_and_in_range(student_analys
     assert ev["estimate"]["n"] == len(enc.cap_ids) and 0 <= ev["estimate"]["miou"] <= 100
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 def test_student_curves_of_the_other_level(student_analysis):
     """pair_curves of any level: their max over the positions is the level's video score."""
     for name in ("gmmformer", "gmmformer_v2"):
@@ -208,6 +211,7 @@ def test_student_curves_of_the_other_level(student_analysis):
             torch.testing.assert_close(curves.amax(1), own, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 def test_cli_table_has_a_column_per_score(students, tmp_path, capsys):
     records = explore.main([students["dldkd-gmmformer"], "--device", "cpu", "--worst", "2", "--top_k", "3",
                             "--jsonl", str(tmp_path / "w.jsonl")])
@@ -216,6 +220,7 @@ def test_cli_table_has_a_column_per_score(students, tmp_path, capsys):
     assert header.split()[2:-1] == ["fused", "inh", "exp", "inh_clip", "inh_frame", "exp_clip", "exp_frame"]
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 @pytest.mark.parametrize("level", ["frame", "clip"])
 def test_teacher_curves_are_the_distillation_targets(runs, students, level):
     """The teacher's curve on a student's positions is the KD target of training on those positions."""

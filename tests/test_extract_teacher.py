@@ -28,6 +28,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from method.data.bigfile import parse_video2frames  # noqa: E402
 from method.extraction import teacher as et  # noqa: E402  (after the optional-dependency skips)
+from method.extraction.encoders import DualProcessors  # noqa: E402
 
 PROJ_DIM = 24
 COLLECTION = "toy"
@@ -416,9 +417,61 @@ def test_frame_folder_without_images_is_reported(root, media, tiny_clip, tmp_pat
     assert run(root, str(frames), tiny_clip, "--fps", "3", "--skip_text") == 0
     out = capsys.readouterr().out
     assert "videos: 1 encoded (7 frames), 0 already present, 1 missing from --videos, 1 failed" in out
-    assert "clipA: ValueError: no image files in the frame folder" in out
+    assert "clipA: no image files in the frame folder" in out
 
 
+def corrupt_videos(folder):
+    """A --videos folder where both caption videos are corrupt (random bytes, an empty file)."""
+    folder.mkdir()
+    (folder / "clipA.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    (folder / "clipB.mp4").write_bytes(b"")
+    return str(folder)
+
+
+def test_every_video_corrupt_is_an_error(root, tiny_clip, tmp_path):
+    videos = corrupt_videos(tmp_path / "corrupt")
+    with pytest.raises(SystemExit, match=r"^none of the 2 videos could be encoded \(the first, clipA: "
+                                         r"InvalidDataError.*\); nothing usable"):
+        run(root, videos, tiny_clip, "--fps", "2", "--skip_text")
+    video_file, _ = et.output_paths(root, COLLECTION)
+    assert not os.path.exists(video_file) and os.path.isfile(video_file + ".partial")
+
+
+@pytest.mark.slow  # a new interpreter
+def test_every_video_corrupt_exits_non_zero_with_one_line(root, tiny_clip, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "method.extract_teacher", "--root_path", root, "--collection",
+                           COLLECTION, "--videos", corrupt_videos(tmp_path / "corrupt"), "--clip_model", tiny_clip,
+                           "--device", "cpu", "--fps", "2", "--skip_text"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("none of the 2 videos could be encoded (the first, clipA: InvalidDataError"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["encode", "processor"])
+def test_a_model_error_stops_the_run(root, media, tiny_clip, tmp_path, monkeypatch, where):
+    """An error of the model (main thread) or of its image processor (decoding thread) is no failed video."""
+    videos = tmp_path / "mixed"
+    videos.mkdir()
+    os.symlink(os.path.join(media["videos"], "clipA.mp4"), videos / "clipA.mp4")
+    (videos / "clipB.mp4").write_bytes(b"")  # a corrupt one too: it does not hide the error
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom") if where == "encode" else TypeError("unexpected keyword 'images'")
+    if where == "encode":
+        monkeypatch.setattr(et, "encode_images", fail)
+    else:
+        real = et.load_clip
+        monkeypatch.setattr(et, "load_clip", lambda *a: (real(*a)[0], DualProcessors(fail, None)))
+    with pytest.raises(RuntimeError if where == "encode" else TypeError, match="boom|unexpected keyword"):
+        run(root, str(videos), tiny_clip, "--fps", "2", "--skip_text")
+    video_file, _ = et.output_paths(root, COLLECTION)
+    assert not os.path.exists(video_file) and os.path.isfile(video_file + ".partial")
+
+
+@pytest.mark.slow
 def test_shell_wrapper_runs_the_extractor(root, media, tiny_clip):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])

@@ -205,6 +205,7 @@ def write_authors_run(folder: Path, g, version: str, tmp_path: Path) -> None:
     (folder / "log.txt").write_text("epoch 7: val SumR 10.0\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_authors_run_folder_evaluates_through_do_test(g, version, tmp_path):
     """No code from the file runs (a plain weights-only load refuses it); the scores are the model's."""

@@ -5,12 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = ["env", "nccl", "parity_iccv", "parity_dldkdpp", "parity_gmmformer", "parity_gmmformer_v2",
             "parity_iccv_student_gmmformer_v2", "precision", "step_fp32", "step_tf32", "step_bf16",
             "step_bf16_compile", "epoch_data", "epoch_device", "epoch_files", "eval", "summary"]
 
 
+@pytest.mark.slow  # a new interpreter running every check of the bench script
 def test_gpu_check_on_the_cpu_tiny():
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--tiny"],

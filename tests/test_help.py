@@ -1,6 +1,9 @@
 """``--help`` of every command: each flag explained, each default stated once, no "(default: None)"."""
 import argparse
 import re
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,9 @@ COMMANDS = {  # module: (its main, the parser behind its --help)
     "method.convert": (convert.main, convert.build_parser),
     "method.extract_teacher": (extract_teacher.main, extract_teacher.build_parser),
 }
+# the ``python -m method.<name>`` entry points: the modules at the top of method/ with a __main__ block
+ENTRY_POINTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "method").glob("*.py")
+                      if "__name__ == \"__main__\"" in p.read_text(encoding="utf-8"))
 APPENDED = re.compile(r"\(default: [^)]*\)$")  # what an ArgumentDefaultsHelpFormatter adds
 MENTION = re.compile(r"\bdefault\b", re.IGNORECASE)
 
@@ -51,3 +57,18 @@ def test_the_formatter_adds_a_default_only_where_the_help_has_none():
     p.add_argument("--c", default=None, help="none to state")
     shown = {a.dest: p._get_formatter()._expand_help(a) for a in p._actions if a.dest != "help"}
     assert shown == {"a": "plain (default: 3)", "b": "stated (default 3)", "c": "none to state"}
+
+
+def test_every_command_has_its_entry_point():
+    assert {f"method.{name}" for name in ENTRY_POINTS} == {*COMMANDS, "method.demo_data"}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_python_m_entry_point_runs_the_command(name, monkeypatch, capsys):
+    """``python -m method.<name> --help``, run in this process as __main__: the command's own help, status 0."""
+    path = Path(__file__).resolve().parents[1] / "method" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(path), run_name="__main__")
+    assert done.value.code in (0, None)
+    assert capsys.readouterr().out.startswith("usage: ")

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import traceback
 
 import h5py
 import numpy as np
@@ -40,7 +41,7 @@ from method.extraction import (  # noqa: E402
 )
 from method.extraction.captions import parse_split_rule, read_single_file, split_captions  # noqa: E402
 from method.extraction.clips import Part  # noqa: E402
-from method.extraction.decode import FrameSource  # noqa: E402
+from method.extraction.decode import DecodeError, FrameSource  # noqa: E402
 from method.extraction.sampling import clip_grid, grid_indices  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +143,7 @@ def test_split_rules_and_caption_ids(tmp_path):
         parse_split_rule("half")
 
 
-def test_prefetch_keeps_order_reports_failures_and_abandons_streams():
+def test_prefetch_keeps_order_reraises_producer_errors_and_abandons_streams():
     produced = []
 
     def produce(item):
@@ -156,13 +157,46 @@ def test_prefetch_keeps_order_reports_failures_and_abandons_streams():
     for item, stream in prefetch.prefetch_streams(produce, ["a", "bad", "c", "d"], workers=2):
         try:
             values = list(stream) if item != "c" else [next(stream)]  # "c" is abandoned after one value
-        except prefetch.SourceError as err:
-            failures.append(str(err))
+        except ValueError as err:  # the producer's own exception, raised in this thread
+            failures.append((item, str(err), any(f.name == "produce" for f in traceback.extract_tb(err.__traceback__))))
             continue
         seen.append((item, len(values)))
     assert seen == [("a", 50), ("c", 1), ("d", 50)]
-    assert failures == ["bad: ValueError: broken"]
+    assert failures == [("bad", "broken", True)]  # with the worker's traceback
     assert sum(1 for item, _ in produced if item == "c") < 50  # its producer stopped
+
+
+def test_prefetch_passes_on_a_system_exit_of_a_producer():
+    def produce(item):
+        raise SystemExit("no av")
+        yield item
+
+    with pytest.raises(SystemExit, match="no av"):
+        for _, stream in prefetch.prefetch_streams(produce, ["a"], workers=1):
+            list(stream)
+
+
+def test_unreadable_sources_are_decode_errors(tmp_path):
+    """Only reading a video or its frames makes a DecodeError (a failed video); the reason names the cause."""
+    def read(kind, where):
+        source = FrameSource(kind, str(where), 3.0)
+        with pytest.raises(DecodeError) as info:
+            times, _ = source.timeline()
+            list(source.frames(range(len(times))))
+        return str(info.value)
+
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert read("videos", tmp_path / "noise.mp4").startswith("InvalidDataError")
+    assert read("videos", tmp_path / "empty.mp4").startswith("InvalidDataError")
+    assert read("videos", tmp_path / "gone.mp4").startswith("FileNotFoundError")
+    frames = tmp_path / "frames"
+    write_pattern_frames(str(frames), 3, seed=0)
+    (frames / "00002.png").write_bytes(b"not a png")  # the second frame is unreadable
+    assert read("frames", frames).startswith("UnidentifiedImageError")
+    (tmp_path / "no_images").mkdir()
+    assert read("frames", tmp_path / "no_images") == "no image files in the frame folder"
+    assert read("frames", tmp_path / "no_folder").startswith("FileNotFoundError")
 
 
 def test_part_averages_windows_of_the_video_model():
@@ -368,6 +402,37 @@ def test_a_collection_where_no_video_decodes_is_an_error(raw, models, tmp_path):
         prepare.main([str(tmp_path), COLLECTION, "--videos", raw["videos"], "--captions", str(caps),
                       "--split_rule", "ratio:1,0,0", *model_flags(models)])
     assert not os.path.exists(path(str(tmp_path), "TextData", f"{COLLECTION}train.caption.txt"))
+    assert not os.path.exists(path(str(tmp_path), "FeatureData", FEATURE))  # nothing training would read
+    assert not os.path.exists(path(str(tmp_path), "FeatureData", f"new_clip_vit_32_{COLLECTION}_vid_features.hdf5"))
+
+
+def _raise(exc):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+@pytest.mark.parametrize("where", ["encode", "transform"])
+def test_an_encoder_error_stops_the_run_with_nothing_final(raw, models, tmp_path, monkeypatch, where):
+    """A model's error (encode in this thread, the processor in a decoding thread) is no failed video: it stops
+    the run with that error, the bad video among the good ones notwithstanding, and nothing is finished."""
+    caps = tmp_path / "caps.txt"
+    caps.write_text("v0 one\nbad two\nv1 three\n")
+    if where == "encode":
+        monkeypatch.setattr(encoders.ImageEncoder, "encode", _raise(RuntimeError("boom")))
+        expected = RuntimeError
+    else:
+        monkeypatch.setattr(encoders.VideoEncoder, "transform", _raise(TypeError("unexpected keyword 'images'")))
+        expected = TypeError
+    root = str(tmp_path / "data")
+    with pytest.raises(expected, match="boom|unexpected keyword"):
+        prepare.main([root, COLLECTION, "--videos", raw["videos"], "--captions", str(caps),
+                      "--split_rule", "ratio:1,0,0", *model_flags(models)])
+    feature_dir = path(root, "FeatureData")
+    teacher_file = os.path.join(feature_dir, f"new_clip_vit_32_{COLLECTION}_vid_features.hdf5")
+    assert sorted(os.listdir(feature_dir)) == [os.path.basename(teacher_file) + ".partial"]
+    assert not os.path.exists(path(root, "prepare_failed_videos.txt"))
+    assert not os.path.exists(path(root, "TextData", f"{COLLECTION}train.caption.txt"))
 
 
 def test_siglip_teacher_is_written_under_its_own_name(prepared, raw, models, tmp_path, capsys):

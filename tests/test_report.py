@@ -115,6 +115,7 @@ def student_report(students, tmp_path_factory):
     return pages
 
 
+@pytest.mark.slow  # trains the other students (demo_run.student_runs)
 @pytest.mark.parametrize("name", ["gmmformer", "dldkd-gmmformer"])
 def test_student_report_shows_every_score(students, student_report, name):
     page, out = student_report[name]["html"], student_report[name]["out"]
@@ -133,6 +134,7 @@ def test_student_report_shows_every_score(students, student_report, name):
     assert "<code>student=gmmformer</code>" in page
 
 
+@pytest.mark.slow
 def test_training_curves_know_every_loss_term(students):
     """The students' loss terms and val SumR columns have their panels: none is left to "other columns"."""
     for name in ("gmmformer", "gmmformer_v2", "dldkd-gmmformer"):
@@ -145,6 +147,7 @@ def test_training_curves_know_every_loss_term(students):
         assert plots.other_columns(rows) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,lines,main,steps", [
     ("gmmformer", ["clip", "teacher"], "clip", {"frame": 1}),
     ("gmmformer_v2", ["frame", "teacher"], "frame", {"clip": 32}),
@@ -256,6 +259,7 @@ def console_errors(events):
 CHROMIUM = shutil.which("chromium")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
 def test_report_opens_in_headless_chromium(built, tmp_path):
     with open(tmp_path / "chromium.log", "wb") as log:

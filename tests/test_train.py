@@ -88,8 +88,8 @@ def loss_columns(row: dict) -> list:
     return [k for k in row if k not in settings and not k.startswith("val_") and not k.endswith("_seconds")]
 
 
-@pytest.mark.parametrize("extra", [*STUDENTS.values(), STUDENT_RUNS["dldkd-gmmformer"]],
-                         ids=[*STUDENTS, "dldkd-gmmformer"])
+@pytest.mark.parametrize("extra", [pytest.param(extra, id=name, marks=() if name == "dldkd" else pytest.mark.slow)
+                                   for name, extra in [*STUDENTS.items(), ("dldkd-gmmformer", STUDENT_RUNS["dldkd-gmmformer"])]])
 def test_bf16_autocast_runs_on_the_cpu(data, tmp_path, extra):
     """One epoch under --amp bf16 (CPU autocast): finite losses that differ from float32's by bf16 rounding only."""
     run(data, tmp_path / "fp32", "--n_epoch", "1", *extra)
@@ -104,6 +104,7 @@ def test_bf16_autocast_runs_on_the_cpu(data, tmp_path, extra):
     assert json.loads((tmp_path / "bf16" / "opt.json").read_text())["amp"] == "bf16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", STUDENTS.values(), ids=STUDENTS)
 def test_compile_trains_every_student(data, tmp_path, monkeypatch, extra):
     """--compile hands the model to torch.compile (here its eager backend: Dynamo's graph capture without

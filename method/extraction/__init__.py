@@ -8,7 +8,7 @@ Modules, each with one job; imports point down (nothing here imports training co
 | `cli` | the help formatter of the commands |
 | `sampling` | frame indices: fixed rate, centres of student clips, the clip time grid |
 | `sources` | where each video is: video files or frame folders in the ``--videos`` folders |
-| `decode` | PyAV decoding and frame folders: timelines and the sampled frames as PIL images |
+| `decode` | PyAV decoding and frame folders: timelines and the sampled frames as PIL images; `DecodeError`, the only error that makes a failed (skipped) video |
 | `prefetch` | decoding ahead in worker threads, streamed with bounded memory |
 | `encoders` | Hugging Face image, video, token and CLIP-like dual encoders (batched, device, autocast) |
 | `writers` | resumable, atomic HDF5 and BigFile writers |

@@ -5,11 +5,42 @@ times and the duration (for a video file from the packets' timestamps, which
 needs no decoding); `frames(wanted)` then decodes once, in presentation order,
 and converts only the wanted frames to RGB images, so memory holds only what
 the caller keeps.
+
+What counts as a video that cannot be read is decided here, and only here: a
+`DecodeError` is raised for a source with no video stream, no frame or no
+image file, and for the errors of reading one (`read_errors`: PyAV's
+FFmpegError, OSError such as a missing or unreadable file or PIL's
+UnidentifiedImageError and truncated images, EOFError, PIL's
+DecompressionBombError). The extractors record such a video as failed and go
+on; any other exception (a bug, an API change of a dependency) stops them.
 """
 import numpy as np
 
 from method.extraction.deps import import_optional
 from method.extraction.sources import list_frame_files
+
+
+class DecodeError(Exception):
+    """A video (file or frame folder) that cannot be read; the message says why (the original error is its cause)."""
+
+
+def read_errors(kind):
+    """The exception types of reading a source of `kind` ("videos" or "frames") that make it a DecodeError."""
+    if kind == "videos":
+        return import_optional("av").error.FFmpegError, OSError, EOFError
+    return OSError, EOFError, import_optional("PIL.Image").DecompressionBombError
+
+
+def _as_decode_error(exc):
+    return DecodeError(f"{type(exc).__name__}: {exc}")
+
+
+def _guarded(iterator, errors):
+    """`iterator`'s values; its `errors` become DecodeError."""
+    try:
+        yield from iterator
+    except errors as exc:
+        raise _as_decode_error(exc) from exc
 
 
 class FrameSource:
@@ -29,26 +60,30 @@ class FrameSource:
         if self._files is None:
             self._files = list_frame_files(self.path)
             if not self._files:
-                raise ValueError("no image files in the frame folder")
+                raise DecodeError("no image files in the frame folder")
         return self._files
 
     def timeline(self):
-        """(timestamps float64 (T,), duration in seconds); raises when the source cannot be read."""
-        if self.kind == "frames":
-            n = len(self._frame_files())
-            return np.arange(n) / self.frames_fps, n / self.frames_fps
-        return video_timeline(self.path)
+        """(timestamps float64 (T,), duration in seconds); raises DecodeError when the source cannot be read."""
+        try:
+            if self.kind == "frames":
+                n = len(self._frame_files())
+                return np.arange(n) / self.frames_fps, n / self.frames_fps
+            return video_timeline(self.path)
+        except read_errors(self.kind) as exc:
+            raise _as_decode_error(exc) from exc
 
     def frames(self, wanted):
         """Yield (index, RGB PIL image) for each index of `wanted` (sorted, unique), in order.
 
         Indices past the last frame that actually decodes repeat that frame (a
-        damaged tail); a source with no decodable frame raises ValueError.
+        damaged tail); a source with no decodable frame, or whose reading fails,
+        raises DecodeError (while iterating).
         """
         wanted = [int(i) for i in wanted]
         if self.kind == "frames":
-            return _folder_frames(self._frame_files(), wanted)
-        return _video_frames(self.path, wanted)
+            return _guarded(_folder_frames(self, wanted), read_errors(self.kind))
+        return _guarded(_video_frames(self.path, wanted), read_errors(self.kind))
 
 
 def video_timeline(path):
@@ -62,7 +97,7 @@ def video_timeline(path):
     av = import_optional("av")
     with av.open(path) as container:
         if not container.streams.video:
-            raise ValueError("no video stream")
+            raise DecodeError("no video stream")
         stream = container.streams.video[0]
         pts = [packet.pts for packet in container.demux(stream) if packet.size]
         time_base, rate = stream.time_base, stream.average_rate
@@ -87,12 +122,12 @@ def _decoded_times(path, rate):
         stream.thread_type = "AUTO"
         frames = [(frame.pts, frame.time) for frame in container.decode(stream)]
     if not frames:
-        raise ValueError("no frames decoded")
+        raise DecodeError("no frames decoded")
     if all(t is not None for _, t in frames):
         times = np.asarray([t for _, t in frames], dtype=np.float64)
         return np.maximum.accumulate(times - times[0])
     if not rate:
-        raise ValueError("frames carry no timestamps and the stream no frame rate")
+        raise DecodeError("frames carry no timestamps and the stream no frame rate")
     return np.arange(len(frames)) / float(rate)
 
 
@@ -101,6 +136,8 @@ def _video_frames(path, wanted):
     av = import_optional("av")
     pos, previous = 0, None
     with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
@@ -111,15 +148,16 @@ def _video_frames(path, wanted):
             if pos == len(wanted):
                 return
     if previous is None:
-        raise ValueError("no frames decoded")
+        raise DecodeError("no frames decoded")
     last = previous.to_image()
     for i in wanted[pos:]:
         yield i, last
 
 
-def _folder_frames(files, wanted):
+def _folder_frames(source, wanted):
     """Yield (index, image) for the `wanted` indices of a frame folder's files."""
     image_mod = import_optional("PIL.Image")
+    files = source._frame_files()
     for i in wanted:
         with image_mod.open(files[min(i, len(files) - 1)]) as img:
             yield i, img.convert("RGB")
@@ -136,7 +174,8 @@ def load_frames(path, input_type, sampler, frames_fps):
     Returns:
         list of RGB PIL images, one per sampled index (repeats included).
     Raises:
-        Exception (any) when the video cannot be decoded; the caller records it.
+        DecodeError when the video cannot be read (the caller records it as failed); any other
+        exception is a bug and stops the caller.
     """
     source = FrameSource(input_type, path, frames_fps)
     indices = sampler(*source.timeline())

@@ -3,6 +3,11 @@
 Decoding (PyAV), image resizing (PIL) and the processors' numpy work release
 the GIL for most of their time, so threads overlap them with the model's
 forward passes without copying frames between processes.
+
+An exception of a producer is raised again, the same object with the worker's
+traceback, in the consumer's thread when it reaches that item's values; which
+exceptions are worth surviving is the consumer's decision (the extractors skip
+a `decode.DecodeError` and stop on anything else).
 """
 import queue
 import threading
@@ -13,12 +18,13 @@ _END = object()
 _POLL_SECONDS = 0.05
 
 
-class SourceError(Exception):
-    """An exception raised by a producer; `cause` is the original exception."""
+class _Failure:
+    """The exception a producer raised, on its way to the consumer."""
 
-    def __init__(self, item, cause):
-        super().__init__(f"{item}: {type(cause).__name__}: {cause}")
-        self.item, self.cause = item, cause
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
 
 
 def _put(q, value, cancel):
@@ -38,21 +44,21 @@ def _run(produce, item, q, cancel):
         for value in produce(item):
             if not _put(q, value, cancel):
                 return
-    except Exception as exc:  # any failure of this item is the consumer's to record
-        _put(q, SourceError(item, exc), cancel)
+    except BaseException as exc:  # noqa: B036 - the consumer raises it again; nothing is lost in the thread
+        _put(q, _Failure(exc), cancel)
         return
     _put(q, _END, cancel)
 
 
 def _stream(q, cancel):
-    """The consumer's side of one item: its values in order; a producer failure raises SourceError."""
+    """The consumer's side of one item: its values in order; a producer's exception is raised here."""
     try:
         while True:
             value = q.get()
             if value is _END:
                 return
-            if isinstance(value, SourceError):
-                raise value
+            if isinstance(value, _Failure):
+                raise value.exc
             yield value
     finally:
         cancel.set()
@@ -69,7 +75,7 @@ def prefetch_streams(produce, items, workers, depth=1):
             so memory is bounded by about ``workers * (depth + 1)`` values.
     Yields:
         (item, stream) in the order of `items`; `stream` yields produce(item)'s
-        values and raises SourceError where produce raised. A stream left
+        values and raises, as they are, the exceptions produce raised. A stream left
         unfinished is abandoned (its producer stops) when the next item is taken.
     """
     workers = max(1, int(workers))

@@ -13,8 +13,10 @@ student's rows are clips of a fixed time grid (``--clip_seconds``): per clip the
 video model's features on ``--video_frames_per_clip`` frames, then the image
 model's on ``--image_frames_per_clip`` frames (mean-pooled); the teacher's rows
 are the image features of each clip's centre frame, so every file has one row
-per clip. Runs resume where they stopped; videos that fail to decode are listed,
-skipped and left out of the caption files.
+per clip. Runs resume where they stopped; videos that cannot be read
+(``decode.DecodeError``) are listed, skipped and left out of the caption files,
+while any other error (a model, an API change, a shape) stops the run with its
+traceback, and so does a run where no video can be read.
 """
 from __future__ import annotations
 
@@ -258,7 +260,11 @@ def build_parts(opt, names, device, get_teacher):
 
 
 def encode_visual_stage(opt, video_ids, sources, bigfile, teacher_video_path, get_teacher, device):
-    """Student and teacher frames of the videos not yet written. Returns (jobs, failures)."""
+    """Student and teacher frames of the videos not yet written. Returns (jobs, failures).
+
+    A video that cannot be read (decode.DecodeError) is a failure, skipped; any other error stops the run,
+    as does a run where every video of `video_ids` failed (SystemExit), leaving the outputs partial.
+    """
     teacher_done = h5_keys(teacher_video_path) if opt.teacher_model is not None else set()
     jobs = visual_jobs(opt, video_ids, sources, bigfile.done(), teacher_done)
     if not jobs:
@@ -281,6 +287,10 @@ def encode_visual_stage(opt, video_ids, sources, bigfile, teacher_video_path, ge
                 bigfile.add(job.video_id, np.concatenate(student, axis=1))
 
         failures = encode_videos(jobs, parts, opt.clip_seconds, opt.clips_per_batch, opt.num_workers, write)
+        if len(failures) == len(video_ids):  # nothing usable; inside the writers, so their files stay partial
+            vid, reason = failures[0]
+            raise SystemExit(f"none of the {len(video_ids)} videos could be decoded (the first, {vid}: {reason}); "
+                             f"nothing was written to the caption files")
     return jobs, failures
 
 
@@ -313,7 +323,7 @@ def train_command(opt, teacher_video_path, teacher_text_path):
 
 
 def main(argv=None):
-    """Run the command; returns 0 (failed videos are reported, not fatal)."""
+    """Run the command; returns 0 (failed videos are reported, not fatal, unless every video failed: SystemExit)."""
     opt = parse_args(argv)
     base = os.path.join(opt.root_path, opt.collection)
     splits, from_collection = load_splits(opt)
@@ -342,10 +352,6 @@ def main(argv=None):
                                                      get_teacher, device).items():
         print(f"{label}: {done} encoded, {present} already present")
     jobs, failures = encode_visual_stage(opt, video_ids, sources, bigfile, teacher_video_path, get_teacher, device)
-    if len(failures) == len(video_ids):  # nothing usable: keep the caption files, say why
-        vid, reason = failures[0]
-        raise SystemExit(f"none of the {len(video_ids)} videos could be decoded (the first, {vid}: {reason}); "
-                         f"nothing was written to the caption files")
     assembled = bigfile.finish(order=video_ids)
     print(f"videos: {len(jobs)} of {len(video_ids)} had parts to encode, {len(jobs) - len(failures)} encoded, "
           f"{len(failures)} failed; student frames {'written' if assembled else 'unchanged'} -> {bigfile.folder}")

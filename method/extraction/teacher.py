@@ -26,8 +26,10 @@ each student clip, so teacher and student rows line up one to one).
 
 The run is resumable: entries already in the output files are skipped, each
 video is written whole or not at all, a file gets its name only when the run
-ends normally, and videos that fail to decode are reported at the end without
-stopping the run.
+ends normally, and videos that cannot be read (``decode.DecodeError``: PyAV and
+file errors, undecodable images, no frames) are reported at the end without
+stopping the run. Any other error (the model, an API change, a shape) stops
+the run with its traceback, and a run where every video fails exits non-zero.
 """
 from __future__ import annotations
 
@@ -42,9 +44,9 @@ from method.common.cli import HelpFormatter, resolve_device
 from method.data.bigfile import parse_video2frames
 from method.data.paths import COLLECTIONS, teacher_file_names
 from method.extraction.captions import SPLITS, read_captions
-from method.extraction.decode import load_frames
+from method.extraction.decode import DecodeError, load_frames
 from method.extraction.encoders import encode_images, encode_texts, load_clip
-from method.extraction.prefetch import SourceError, prefetch_streams
+from method.extraction.prefetch import prefetch_streams
 from method.extraction.sampling import centre_indices, fps_indices
 from method.extraction.sources import find_sources, locate_videos, print_list
 from method.extraction.text import encode_captions
@@ -162,19 +164,29 @@ def _extract_texts(opt, captions, get_clip, text_path):
     return len(todo), len(captions) - len(todo)
 
 
-def _extract_videos(opt, todo, sources, n_student, get_clip, video_path):
+def all_failed_error(failures):
+    """The error of a run where every video failed: how many, and the first reason."""
+    return SystemExit(f"none of the {len(failures)} videos could be encoded (the first, {failures[0]}); "
+                      f"nothing usable was written to the video file")
+
+
+def _extract_videos(opt, todo, sources, n_student, get_clip, video_path, failures, n_present):
     """Encode the videos of `todo`, each written whole.
 
     `sources` maps a video id to (input_type, path); `n_student` to its number
-    of student clips (used with --align_to_student).
+    of student clips (used with --align_to_student). Videos that cannot be read
+    (decode.DecodeError) are appended to `failures` ("video_id: reason") and
+    skipped; any other error stops the run, the video file left partial.
 
     Returns:
-        (n_encoded, n_frames, failures) with failures a list of "video_id: reason".
+        (n_encoded, n_frames).
+    Raises:
+        SystemExit when every video failed (none encoded now, none present
+        before, `failures` not empty); the video file is left partial.
     """
-    failures = []
     n_done = n_frames = 0
     if not todo:
-        return n_done, n_frames, failures
+        return n_done, n_frames
 
     def sampler_for(video_id):
         if opt.align_to_student:
@@ -193,8 +205,8 @@ def _extract_videos(opt, todo, sources, n_student, get_clip, video_path):
             for video_id, stream in prefetch_streams(prepare, todo, opt.num_workers):
                 try:
                     pixel_values = next(stream)
-                except SourceError as err:  # any decoding error: record it, go on with the next video
-                    failures.append(str(err))
+                except DecodeError as err:  # a video that cannot be read: record it, go on with the next one
+                    failures.append(f"{video_id}: {err}")
                 else:
                     feats = encode_images(model, pixel_values, device, opt.batch_size)
                     writer.add(video_id, feats)
@@ -205,11 +217,17 @@ def _extract_videos(opt, todo, sources, n_student, get_clip, video_path):
                 bar.update(1)
                 bar.set_postfix(frames_per_s=f"{n_frames / max(time.perf_counter() - start, 1e-9):.1f}",
                                 failed=len(failures))
-    return n_done, n_frames, failures
+        if not n_done and not n_present:  # inside the writer: its file keeps the partial name
+            raise all_failed_error(failures)
+    return n_done, n_frames
 
 
 def main(argv=None):
-    """Run the extractor; returns the exit status (0, or 1 with --strict and failures)."""
+    """Run the extractor; returns the exit status (0, or 1 with --strict and failures).
+
+    Raises SystemExit (non-zero) when every video failed; an error that is not a
+    video's decoding (model, API, shapes) propagates with its traceback.
+    """
     opt = build_parser().parse_args(argv)
     if opt.align_to_student and opt.visual_feature is None:
         if opt.collection not in COLLECTIONS:
@@ -253,9 +271,9 @@ def main(argv=None):
                 failures.append(f"{vid}: not in the student features {opt.visual_feature}")
             else:
                 todo.append(vid)
-        n_done, n_frames, decode_failures = _extract_videos(
-            opt, todo, sources, n_student, get_clip, video_path)
-        failures += decode_failures
+        n_done, n_frames = _extract_videos(opt, todo, sources, n_student, get_clip, video_path, failures, n_present)
+        if failures and not n_done and not n_present:
+            raise all_failed_error(failures)
 
     print(f"captions: {text_done} encoded, {text_present} already present -> {text_path}")
     print(f"videos: {n_done} encoded ({n_frames} frames), {n_present} already present, "

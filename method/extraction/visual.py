@@ -6,8 +6,8 @@ import numpy as np
 from tqdm import tqdm
 
 from method.extraction.clips import clip_chunks
-from method.extraction.decode import FrameSource
-from method.extraction.prefetch import SourceError, prefetch_streams
+from method.extraction.decode import DecodeError, FrameSource
+from method.extraction.prefetch import prefetch_streams
 from method.extraction.sampling import clip_grid, grid_indices
 
 
@@ -32,8 +32,12 @@ def encode_videos(jobs, parts, clip_seconds, clips_per_batch, workers, write):
         write: callable(job, {part: float32 (n_clips, d)}), called for each video
             whose parts all encoded.
     Returns:
-        list of (video_id, reason) of the videos that could not be decoded; they
-        are skipped, the others go on.
+        list of (video_id, reason) of the videos that could not be decoded
+        (decode.DecodeError); they are skipped, the others go on.
+    Raises:
+        any other exception of decoding, transforming or encoding (a bug, an API
+        change of a dependency), with its traceback: nothing of that video is
+        written and the run stops.
     """
     def produce(job):
         timestamps, duration = job.source.timeline()
@@ -51,8 +55,8 @@ def encode_videos(jobs, parts, clip_seconds, clips_per_batch, workers, write):
                 for chunk in stream:
                     for name, pixels in chunk.items():
                         feats[name].append(parts[name].encode(pixels))
-            except SourceError as err:
-                failures.append((job.video_id, f"{type(err.cause).__name__}: {err.cause}"))
+            except DecodeError as err:
+                failures.append((job.video_id, str(err)))
             else:
                 write(job, {name: np.concatenate(chunks) for name, chunks in feats.items()})
             bar.update(1)
