@@ -73,6 +73,7 @@ def test_two_epochs_give_the_named_terms_of_both_phases(data, tmp_path):
     assert set(result["t2v"]) == {"fused", "clip", "frame"}
 
 
+@pytest.mark.slow
 def test_reuse_query_encoding_trains(data, tmp_path):
     """--reuse_query_encoding (fix Q5): the query-diversity term and the partial OT read the first encoding (the
     model encodes the queries once)."""

@@ -257,6 +257,7 @@ def test_resume_refuses_changed_experiment_flags_naming_each(data, tmp_path, mon
     assert torch.load(cut / "latest.ckpt", weights_only=True)["epoch"] == 1  # nothing was touched
 
 
+@pytest.mark.slow
 def test_resume_takes_changed_machine_flags_and_continues(data, tmp_path, monkeypatch):
     """Machine flags may change on resume (here the feeding: preloaded, other batch sizes of evaluation); the run
     ends with the uninterrupted run's weights, and flags equal to opt.json's are accepted."""
