@@ -231,3 +231,27 @@ def test_training_losses_and_gradients(student):
         assert grads.keys() == ref_grads.keys()
         for n in ref_grads:
             rel_close(grads[n], ref_grads[n], grad_tol, n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_compact_dropouts_draw_and_give_the_same(p):
+    """The fast path's dropouts keep less for backward but draw the same random numbers, with the same result."""
+    x = torch.randn(5, 7, 12, requires_grad=True)
+    g = torch.randn(5, 7, 12)
+    module = torch.nn.Dropout(p).train()
+    for fast, ref in ((blocks.dropout, lambda m, y: m(y)),
+                      (blocks.relu_dropout, lambda m, y: m(torch.nn.functional.relu(y)))):
+        outs = []
+        for mode, fn in (("off", ref), ("exact", fast)):
+            old = blocks.FAST_PATH
+            blocks.FAST_PATH = mode
+            try:
+                torch.manual_seed(9)
+                x.grad = None
+                y = fn(module, x)
+                y.backward(g)
+                outs.append((y.detach(), x.grad.clone()))
+            finally:
+                blocks.FAST_PATH = old
+        assert torch.equal(outs[0][0], outs[1][0])
+        assert torch.equal(outs[0][1], outs[1][1])

@@ -110,6 +110,69 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     return torch.cat(outs)[inverse.to(mask.device)]
 
 
+def _draw_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x dropped, kept mask (bool)) with the random numbers ``F.dropout(x, p, True)`` draws: on the CPU
+    ``empty_like(x).bernoulli_(1 - p)`` scaled by 1 / (1 - p), as ATen's dropout; elsewhere ``native_dropout``
+    (what ATen's dropout calls on CUDA)."""
+    if x.device.type == "cpu":
+        noise = torch.empty_like(x).bernoulli_(1 - p)
+        keep = noise != 0
+        noise.div_(1 - p)
+        return x * noise, keep
+    out, keep = torch.native_dropout(x, p, True)
+    return out, keep
+
+
+class _CompactDropout(torch.autograd.Function):
+    """``F.dropout`` (the same random draw, the same numbers) that keeps a bool mask for backward,
+    not the float noise tensor ATen's CPU dropout keeps (a quarter of its memory)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        out, keep = _draw_dropout(x, p)
+        ctx.save_for_backward(keep)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).div_(1 - ctx.p), None
+
+
+class _ReluDropout(torch.autograd.Function):
+    """``F.dropout(F.relu(h), p, True)`` (the same random draw, the same numbers) keeping only its output for
+    backward (which the next Linear keeps anyway): the gradient passes where the output is > 0, scaled by
+    1 / (1 - p), exactly what ReLU's and dropout's backward give; ReLU's output and the noise are not kept."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, p: float) -> torch.Tensor:
+        out, _ = _draw_dropout(F.relu(h), p)
+        ctx.save_for_backward(out)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        scale = torch.ones((), dtype=grad.dtype, device=grad.device).div_(1 - ctx.p)
+        return torch.where(out > 0, grad * scale, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; on the fast path with a bool mask kept for backward (``_CompactDropout``)."""
+    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or x.numel() == 0:
+        return module(x)
+    return _CompactDropout.apply(x, module.p)
+
+
+def relu_dropout(module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
+    """``module(F.relu(h))``; on the fast path keeping only the output for backward (``_ReluDropout``)."""
+    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or h.numel() == 0:
+        return module(F.relu(h))
+    return _ReluDropout.apply(h, module.p)
+
+
 class LinearLayer(nn.Module):
     """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``)."""
 
@@ -284,7 +347,7 @@ class GaussianSelfAttention(nn.Module):
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, None, :]
-        probs = self.dropout(torch.softmax(logits, dim=-1))
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1))
         return (probs @ heads(self.value(memory))).transpose(1, 2).reshape(b, t, d)
 
     def one_query(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -308,7 +371,7 @@ class GaussianSelfAttention(nn.Module):
         logits = (memory @ u.t() + c).transpose(1, 2)  # (B, H, S)
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, :]
-        probs = self.dropout(torch.softmax(logits, dim=-1).contiguous().view(b, h, 1, s)).view(b, h, s)
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1).contiguous().view(b, h, 1, s)).view(b, h, s)
         pooled = probs @ memory  # (B, H, d)
         out = torch.einsum("bhd,hcd->bhc", pooled, self.value.weight.view(h, dh, d))
         out = out + probs.sum(-1, keepdim=True) * self.value.bias.view(h, dh)
@@ -341,7 +404,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer2(self.dropout(F.relu(self.layer1(x))))
+        return self.layer2(relu_dropout(self.dropout, self.layer1(x)))
 
 
 class FFNAttentionLayer(nn.Module):
@@ -366,16 +429,16 @@ class FFNAttentionLayer(nn.Module):
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``.
         """
-        y = self.norm1(x + self.dropout(self.self(x, mask, memory, gauss_length=gauss_length)))
-        return self.norm2(y + self.dropout(self.output(y)))
+        y = self.norm1(x + dropout(self.dropout, self.self(x, mask, memory, gauss_length=gauss_length)))
+        return self.norm2(y + dropout(self.dropout, self.output(y)))
 
     def forward_one_query(self, query: torch.Tensor, memory: torch.Tensor,
                           mask: torch.Tensor | None = None) -> torch.Tensor:
         """``forward(query.expand(B, 1, d), mask, memory)``, query: (1, 1, d) -> (B, 1, d): see
         ``GaussianSelfAttention.one_query``."""
         x = query.expand(memory.shape[0], 1, query.shape[-1])
-        y = self.norm1(x + self.dropout(self.self.one_query(query, memory, mask)))
-        return self.norm2(y + self.dropout(self.output(y)))
+        y = self.norm1(x + dropout(self.dropout, self.self.one_query(query, memory, mask)))
+        return self.norm2(y + dropout(self.dropout, self.output(y)))
 
 
 class GMMBlock(nn.Module):
