@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import statistics
 import time
 
 import torch
@@ -120,10 +121,7 @@ def main(argv=None) -> None:
     objective.ot_loss = timer
     paths = args.paths or [blocks.FAST_PATH]
     for name in args.preset:
-        results = {}
-        for path in paths:
-            blocks.FAST_PATH = path
-            results[path] = measure(args, name, path, device, peak, timer)
+        results = measure(args, name, paths, device, peak, timer)
         if len(paths) > 1 and "off" in results:
             ref = results["off"]
             for path, r in results.items():
@@ -135,38 +133,66 @@ def main(argv=None) -> None:
                          peak_rss_ratio=round(r["peak_rss_mb"] / ref["peak_rss_mb"], 3))
 
 
-def measure(args, name: str, path: str, device: torch.device, peak: float, timer: MatchingTimer) -> dict:
-    """One path's FLOP count, median step seconds and peak RSS; prints and returns its JSON record."""
-    gc.collect()
-    rss_reset = reset_peak_rss()
-    # FLOPs are counted on an eager step (the same maths), so the count does not
-    # depend on how torch.compile traces or fuses the model.
-    counted, _ = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student, args.lengths)
-    counted()  # allocate optimiser state outside the counted step
-    with FlopCounterMode(display=False) as counter:
-        counted()
-    flops = counter.get_total_flops()
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+def measure(args, name: str, paths: list, device: torch.device, peak: float, timer: MatchingTimer) -> dict:
+    """Each path's FLOP count, median step seconds and peak RSS; prints and returns their JSON records.
+
+    The paths' timed steps are interleaved (off, exact, on, off, ...), so a load that comes and goes on a
+    shared machine reaches every path alike; the peak RSS (VmHWM) is reset before each step and the
+    largest of a path's steps reported (the models and batches of the other paths are resident too: the
+    same baseline for every path).
+    """
+    flops, opt = {}, None
+    for path in paths:
+        blocks.FAST_PATH = path
+        # FLOPs are counted on an eager step (the same maths), so the count does not
+        # depend on how torch.compile traces or fuses the model.
+        counted, opt = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student, args.lengths)
+        counted()  # allocate optimiser state outside the counted step
+        with FlopCounterMode(display=False) as counter:
             counted()
-        print(f"# profile: preset {name}, recipe {args.recipe}, path {path}")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
-    del counted
-    step, opt = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe, args.student, args.lengths)
-    timer.seconds = 0.0
-    seconds = median_seconds(step, device, args.steps, args.warmup)
-    matching = timer.seconds / (args.steps + args.warmup)
-    record = dict(bench="train_step", preset=name, recipe=args.recipe, student=opt.student, device=machine(device),
-                  amp=args.amp, compile=args.compile, path=path, lengths=args.lengths,
-                  step_seconds=round(seconds, 4), step_gflop=round(flops / 1e9, 1),
-                  achieved_gflops=round(flops / seconds / 1e9, 1), matmul_peak_gflops=round(peak / 1e9, 1),
-                  fraction_of_peak=round(flops / seconds / peak, 3), matching_seconds=round(matching, 4),
-                  matching_share=round(matching / seconds, 4), peak_rss_mb=round(peak_rss_since_reset_mb()),
-                  peak_rss_reset=rss_reset, **PRESETS[name])
-    del step
-    emit(**record)
-    return record
+        flops[path] = counter.get_total_flops()
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                counted()
+            print(f"# profile: preset {name}, recipe {args.recipe}, path {path}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
+        del counted
+    gc.collect()
+    steps = {}
+    for path in paths:
+        blocks.FAST_PATH = path
+        steps[path], _ = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe, args.student,
+                                   args.lengths)
+    times = {path: [] for path in paths}
+    rss = {path: 0.0 for path in paths}
+    matching = {path: 0.0 for path in paths}
+    resets = True
+    for rep in range(args.warmup + args.steps):
+        for path in paths:
+            blocks.FAST_PATH = path
+            gc.collect()
+            resets = reset_peak_rss() and resets
+            timer.seconds = 0.0
+            seconds = median_seconds(steps[path], device, 1, 0)
+            rss[path] = max(rss[path], peak_rss_since_reset_mb())
+            if rep >= args.warmup:
+                times[path].append(seconds)
+                matching[path] += timer.seconds / args.steps
+    records = {}
+    for path in paths:
+        seconds, f, m = statistics.median(times[path]), flops[path], matching[path]
+        records[path] = dict(
+            bench="train_step", preset=name, recipe=args.recipe, student=opt.student, device=machine(device),
+            amp=args.amp, compile=args.compile, path=path, lengths=args.lengths,
+            step_seconds=round(seconds, 4), step_seconds_all=[round(t, 2) for t in times[path]],
+            step_gflop=round(f / 1e9, 1), achieved_gflops=round(f / seconds / 1e9, 1),
+            matmul_peak_gflops=round(peak / 1e9, 1), fraction_of_peak=round(f / seconds / peak, 3),
+            matching_seconds=round(m, 4), matching_share=round(m / seconds, 4), peak_rss_mb=round(rss[path]),
+            peak_rss_reset=resets, **PRESETS[name])
+        emit(**records[path])
+    del steps
+    return records
 
 
 if __name__ == "__main__":
