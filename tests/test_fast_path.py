@@ -255,3 +255,22 @@ def test_compact_dropouts_draw_and_give_the_same(p):
                 blocks.FAST_PATH = old
         assert torch.equal(outs[0][0], outs[1][0])
         assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_bench_length_distributions():
+    """bench/common.py's --lengths: counts in range, the batch padded to its longest, 'full' as before."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from common import LENGTHS, draw_lengths, synthetic_batch
+
+    g = torch.Generator().manual_seed(0)
+    for kind in LENGTHS:
+        f, t = draw_lengths(kind, 64, 5, 128, 30, g)
+        assert f.shape == (64,) and t.shape == (320,)
+        assert 1 <= int(f.min()) and int(f.max()) <= 128 and 1 <= int(t.min()) and int(t.max()) <= 30
+    preset = {"videos": 6, "frames": 128, "visual_dim": 4, "captions": 2, "tokens": 30, "text_dim": 3}
+    b = synthetic_batch(preset, torch.device("cpu"), lengths="tvr")
+    assert b["video_feat"].shape[1] == int(b["video_mask"].sum(1).max()) <= 60
+    full = synthetic_batch(preset, torch.device("cpu"))
+    assert full["video_mask"].all() and full["video_feat"].shape[1] == 128 and full["query_feat"].shape[1] == 30
