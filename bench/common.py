@@ -26,7 +26,19 @@ from method.common.timing import device_timer  # noqa: E402  (after the path ins
 PRESETS = {
     "tvr": {"videos": 128, "frames": 128, "visual_dim": 3072, "captions": 5, "tokens": 30, "text_dim": 768},
     "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
+    # a quarter of TVR's batch, for profiles and quick comparisons
+    "tvr_mid": {"videos": 32, "frames": 128, "visual_dim": 3072, "captions": 5, "tokens": 30, "text_dim": 768},
 }
+# Length distributions of a batch's videos (frames, at most the preset's) and captions (tokens):
+#   full     every video at the preset's frames, tokens uniform in 8..tokens (the earlier benchmarks);
+#   tvr      TVR-like. Source: TVR (Lei et al., ECCV 2020, "TVR: A Large-Scale Dataset for Video-Subtitle
+#            Moment Retrieval", Sec. 3): videos of 60-90 s (76.2 s on average), queries of 13.4 words on
+#            average; its released ResNet+I3D features (the 3072-d ones) are one per 1.5 s. So frames uniform
+#            in 40..60, and tokens 2 + 1.3 x words (RoBERTa's BPE with <s> </s>), words normal(13.4, 4) in 3..22;
+#            this is an estimate from the published means, not a histogram of the split;
+#   uniform  frames uniform in 1..frames, tokens uniform in 1..tokens (the equivalence tests' range);
+#   long     TVR-like, plus one video of the batch at the preset's full length (a batch padded to 128).
+LENGTHS = ("full", "tvr", "uniform", "long")
 TEACHER_DIM = 512
 # TVR's splits (docs/data.md, "Split sizes"): train videos / captions, test videos / captions.
 TVR_SPLITS = {"train": (17_435, 87_175), "test": (2_179, 10_895)}
@@ -46,17 +58,36 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
-def synthetic_batch(preset: dict, device: torch.device, seed: int = 0) -> dict:
-    """A full-size training batch with random features (all frames valid, token lengths 8..tokens)."""
+def draw_lengths(kind: str, videos: int, captions: int, frames: int, tokens: int, g: torch.Generator):
+    """(frames per video (V,), tokens per caption (Q,)) drawn from the distribution ``kind`` (see LENGTHS)."""
+    q = videos * captions
+    if kind == "full":
+        return torch.full((videos,), frames), torch.randint(8, tokens + 1, (q,), generator=g)
+    if kind == "uniform":
+        return torch.randint(1, frames + 1, (videos,), generator=g), torch.randint(1, tokens + 1, (q,), generator=g)
+    if kind in ("tvr", "long"):
+        f = torch.randint(40, 61, (videos,), generator=g).clamp(max=frames)
+        if kind == "long":
+            f[0] = frames
+        words = (13.4 + 4 * torch.randn(q, generator=g)).round().clamp(3, 22)
+        return f, (2 + 1.3 * words).round().long().clamp(1, tokens)
+    raise ValueError(f"lengths {kind!r}: one of {LENGTHS}")
+
+
+def synthetic_batch(preset: dict, device: torch.device, seed: int = 0, lengths: str = "full") -> dict:
+    """A full-size training batch with random features; frame and token counts drawn by ``lengths``
+    (default: all frames valid, token lengths 8..tokens), padded to the batch's longest as the loader does."""
     g = torch.Generator().manual_seed(seed)
-    v, l, q = preset["videos"], preset["frames"], preset["videos"] * preset["captions"]
-    lengths = torch.randint(8, preset["tokens"] + 1, (q,), generator=g)
-    query_mask = (torch.arange(preset["tokens"])[None] < lengths[:, None]).float()
+    v, q = preset["videos"], preset["videos"] * preset["captions"]
+    frame_counts, token_counts = draw_lengths(lengths, v, preset["captions"], preset["frames"], preset["tokens"], g)
+    l, n = int(frame_counts.max()), (int(token_counts.max()) if lengths != "full" else preset["tokens"])
+    video_mask = (torch.arange(l)[None] < frame_counts[:, None]).float()
+    query_mask = (torch.arange(n)[None] < token_counts[:, None]).float()
     batch = {
-        "video_feat": torch.randn(v, l, preset["visual_dim"], generator=g),
-        "video_mask": torch.ones(v, l),
+        "video_feat": torch.randn(v, l, preset["visual_dim"], generator=g) * video_mask[..., None],
+        "video_mask": video_mask,
         "teacher_video_feat": torch.randn(v, l, TEACHER_DIM, generator=g),
-        "query_feat": torch.randn(q, preset["tokens"], preset["text_dim"], generator=g),
+        "query_feat": torch.randn(q, n, preset["text_dim"], generator=g) * query_mask[..., None],
         "query_mask": query_mask,
         "teacher_query_feat": torch.randn(q, TEACHER_DIM, generator=g),
         "query_labels": torch.arange(v).repeat_interleave(preset["captions"]),
@@ -91,6 +122,31 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         seconds = median_seconds(lambda: a @ b, device, repeats=5, warmup=2)
         best = max(best, 2 * n ** 3 / seconds)
     return best
+
+
+def reset_peak_rss() -> bool:
+    """Returns freed heap to the system and resets this process's peak RSS (Linux: /proc/self/clear_refs 5);
+    False where that is not possible."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_mb() -> float:
+    """Peak resident memory since the last ``reset_peak_rss`` (VmHWM), else since the start, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
 
 
 def peak_rss_mb() -> float:

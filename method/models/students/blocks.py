@@ -5,12 +5,172 @@ Shapes: B sequences of T positions, d hidden size, H heads.
 from __future__ import annotations
 
 import math
+import os
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, as released
+
+# The GMMFormer family's fast path (docs/performance.md, "The GMMFormer family's fast path"):
+#   "off"   the straightforward form (the reference the tests compare with);
+#   "exact" (default) only what gives the same numbers up to float rounding, the same random stream included:
+#           the fusion cross-attention's key / value projections folded into its one query (always), and
+#           videos / captions cut to their own length in length buckets when no dropout draws (evaluation,
+#           or dropout 0);
+#   "on"    "exact", and the length buckets in training with dropout too: the same maths, the same dropout
+#           distribution, but other dropout masks than the reference draws (a seeded run's numbers change).
+# Set this attribute, or the environment variable PRVR_FAST_PATH before the import.
+FAST_PATH = os.environ.get("PRVR_FAST_PATH", "exact")
+FAST_PATH_MODES = ("off", "exact", "on")
+if FAST_PATH not in FAST_PATH_MODES:
+    raise ValueError(f"PRVR_FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
+BUCKET_OVERHEAD = 64  # cost of one more length bucket, in padded positions (its extra small ops)
+MAX_BUCKETS = 8
+
+
+def fast_path() -> str:
+    """The fast-path mode now in force ("off", "exact", "on")."""
+    if FAST_PATH not in FAST_PATH_MODES:
+        raise ValueError(f"blocks.FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
+    return FAST_PATH
+
+
+def buckets_allowed(module: nn.Module) -> bool:
+    """Whether ``module`` may cut its sequences into length buckets: the fast path is "on", or it is "exact"
+    and no dropout of the module draws random numbers (evaluation mode, or every dropout p = 0)."""
+    mode = fast_path()
+    if mode == "off":
+        return False
+    if mode == "on" or not module.training:
+        return True
+    return all(m.p == 0 for m in module.modules() if isinstance(m, nn.Dropout))
+
+
+def extents(mask: torch.Tensor) -> list[int]:
+    """mask: (B, T) 1 = valid -> per row, 1 + the index of its last valid position (T for a row with none)."""
+    t = mask.shape[1]
+    pos = torch.arange(1, t + 1, device=mask.device)
+    ext = ((mask != 0) * pos).amax(dim=1)
+    return torch.where(ext == 0, t, ext).tolist()
+
+
+def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD,
+                   max_buckets: int = MAX_BUCKETS) -> list[tuple[list[int], int]]:
+    """Groups of rows cut to a common length: [(row indices, length)], minimising the padded positions
+    ``sum(rows x length)`` plus ``overhead`` per group, at most ``max_buckets`` groups (dynamic programme
+    over the rows sorted by length)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    if n == 0:
+        return []
+    inf = float("inf")
+    # best[k][j]: least cost of the first j sorted rows in k groups
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + (j - i) * ls[j - 1] + overhead
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda m: best[m][n])
+    groups, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        groups.append((order[i:j], ls[j - 1]))
+        j, k = i, k - 1
+    return groups[::-1]
+
+
+def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: torch.Tensor,
+                 pad_length: bool = True) -> torch.Tensor:
+    """``fn(mask, *tensors)`` for (B, T, ...) sequences whose positions beyond each row's last valid one take no
+    part in anything the others produce (masked keys, masked pooling): each length bucket runs cut to its
+    length, and the outputs are put back in row order, with ``pad_length`` zero-padded to T along dim 1
+    (padded rows: ``fn`` must give 0 there itself)."""
+    t = mask.shape[1]
+    groups = length_buckets(extents(mask))
+    if not groups or (len(groups) == 1 and groups[0][1] == t):  # no rows, or nothing to cut
+        return fn(mask, *tensors)
+    outs, order = [], []
+    for rows, length in groups:
+        idx = torch.tensor(rows, device=mask.device)
+        out = fn(mask[idx, :length], *(x[idx, :length] for x in tensors))
+        if pad_length:
+            out = F.pad(out, (0, 0) * (out.dim() - 2) + (0, t - length))
+        outs.append(out)
+        order.extend(rows)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(outs)[inverse.to(mask.device)]
+
+
+def _draw_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x dropped, kept mask (bool)) with the random numbers ``F.dropout(x, p, True)`` draws: on the CPU
+    ``empty_like(x).bernoulli_(1 - p)`` scaled by 1 / (1 - p), as ATen's dropout; elsewhere ``native_dropout``
+    (what ATen's dropout calls on CUDA)."""
+    if x.device.type == "cpu":
+        noise = torch.empty_like(x).bernoulli_(1 - p)
+        keep = noise != 0
+        noise.div_(1 - p)
+        return x * noise, keep
+    out, keep = torch.native_dropout(x, p, True)
+    return out, keep
+
+
+class _CompactDropout(torch.autograd.Function):
+    """``F.dropout`` (the same random draw, the same numbers) that keeps a bool mask for backward,
+    not the float noise tensor ATen's CPU dropout keeps (a quarter of its memory)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        out, keep = _draw_dropout(x, p)
+        ctx.save_for_backward(keep)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).div_(1 - ctx.p), None
+
+
+class _ReluDropout(torch.autograd.Function):
+    """``F.dropout(F.relu(h), p, True)`` (the same random draw, the same numbers) keeping only its output for
+    backward (which the next Linear keeps anyway): the gradient passes where the output is > 0, scaled by
+    1 / (1 - p), exactly what ReLU's and dropout's backward give; ReLU's output and the noise are not kept."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, p: float) -> torch.Tensor:
+        out, _ = _draw_dropout(F.relu(h), p)
+        ctx.save_for_backward(out)
+        ctx.p = p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        scale = torch.ones((), dtype=grad.dtype, device=grad.device).div_(1 - ctx.p)
+        return torch.where(out > 0, grad * scale, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; on the fast path with a bool mask kept for backward (``_CompactDropout``)."""
+    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or x.numel() == 0:
+        return module(x)
+    return _CompactDropout.apply(x, module.p)
+
+
+def relu_dropout(module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
+    """``module(F.relu(h))``; on the fast path keeping only the output for backward (``_ReluDropout``)."""
+    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or h.numel() == 0:
+        return module(F.relu(h))
+    return _ReluDropout.apply(h, module.p)
 
 
 class LinearLayer(nn.Module):
@@ -187,8 +347,35 @@ class GaussianSelfAttention(nn.Module):
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, None, :]
-        probs = self.dropout(torch.softmax(logits, dim=-1))
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1))
         return (probs @ heads(self.value(memory))).transpose(1, 2).reshape(b, t, d)
+
+    def one_query(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(query.expand(B, 1, d), mask, memory)`` for one query vector shared by every item, without
+        projecting the keys and values (no Gaussian: ``width`` must be None). query: (1, 1, d), memory: (B, S, d),
+        mask: (B, S) or None -> (B, 1, d).
+
+        With q_h the query's head h: ``q_h . (W_k m + b_k)_h = (W_k,h^T q_h) . m + q_h . b_k,h`` and
+        ``sum_s p_s (W_v m_s + b_v)_h = W_v,h (sum_s p_s m_s) + (sum_s p_s) b_v,h``: the same numbers up to
+        float rounding, the same dropout draw (probabilities of the same shape, in the same order), and
+        H d instead of 2 d^2 multiply-adds per memory position.
+        """
+        if self.width is not None:
+            raise ValueError("one_query has no Gaussian prior")
+        b, s, d = memory.shape
+        h, dh = self.n_heads, d // self.n_heads
+        q = self.query(query.reshape(1, d)).view(h, dh)  # (H, dh)
+        wk = self.key.weight.view(h, dh, d)
+        u = torch.einsum("hc,hcd->hd", q, wk) / math.sqrt(dh)  # (H, d)
+        c = (q * self.key.bias.view(h, dh)).sum(-1) / math.sqrt(dh)  # (H,)
+        logits = (memory @ u.t() + c).transpose(1, 2)  # (B, H, S)
+        if mask is not None:
+            logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, :]
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1).contiguous().view(b, h, 1, s)).view(b, h, s)
+        pooled = probs @ memory  # (B, H, d)
+        out = torch.einsum("bhd,hcd->bhc", pooled, self.value.weight.view(h, dh, d))
+        out = out + probs.sum(-1, keepdim=True) * self.value.bias.view(h, dh)
+        return out.reshape(b, 1, d)
 
 
 class GMMAttentionLayer(nn.Module):
@@ -200,9 +387,11 @@ class GMMAttentionLayer(nn.Module):
         self.output = AttentionOutput(dim, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                own_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (B, T, d)."""
-        return self.output(self.self(x, mask, own_lengths=own_lengths), x)
+                own_lengths: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
+        """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (B, T, d).
+
+        ``gauss_length``: see ``GaussianSelfAttention.forward``."""
+        return self.output(self.self(x, mask, own_lengths=own_lengths, gauss_length=gauss_length), x)
 
 
 class FeedForward(nn.Module):
@@ -215,7 +404,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer2(self.dropout(F.relu(self.layer1(x))))
+        return self.layer2(relu_dropout(self.dropout, self.layer1(x)))
 
 
 class FFNAttentionLayer(nn.Module):
@@ -240,8 +429,16 @@ class FFNAttentionLayer(nn.Module):
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``.
         """
-        y = self.norm1(x + self.dropout(self.self(x, mask, memory, gauss_length=gauss_length)))
-        return self.norm2(y + self.dropout(self.output(y)))
+        y = self.norm1(x + dropout(self.dropout, self.self(x, mask, memory, gauss_length=gauss_length)))
+        return self.norm2(y + dropout(self.dropout, self.output(y)))
+
+    def forward_one_query(self, query: torch.Tensor, memory: torch.Tensor,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(query.expand(B, 1, d), mask, memory)``, query: (1, 1, d) -> (B, 1, d): see
+        ``GaussianSelfAttention.one_query``."""
+        x = query.expand(memory.shape[0], 1, query.shape[-1])
+        y = self.norm1(x + dropout(self.dropout, self.self.one_query(query, memory, mask)))
+        return self.norm2(y + dropout(self.dropout, self.output(y)))
 
 
 class GMMBlock(nn.Module):
@@ -253,14 +450,17 @@ class GMMBlock(nn.Module):
             self.add_module(f"attn{k}", GMMAttentionLayer(dim, n_heads, dropout, width, centred))
 
     def branches(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                 own_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (4, B, T, d), attn0..attn3."""
-        return torch.stack([getattr(self, f"attn{k}")(x, mask, own_lengths) for k in range(len(GMM_WIDTHS))])
+                 own_lengths: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
+        """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (4, B, T, d), attn0..attn3.
+
+        ``gauss_length``: see ``GaussianSelfAttention.forward``."""
+        return torch.stack([getattr(self, f"attn{k}")(x, mask, own_lengths, gauss_length)
+                            for k in range(len(GMM_WIDTHS))])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                own_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                own_lengths: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
         """-> (B, T, d), the plain mean of the branches (only the branch axis is reduced: quirk Q6 fixed)."""
-        return self.branches(x, mask, own_lengths).mean(dim=0)
+        return self.branches(x, mask, own_lengths, gauss_length).mean(dim=0)
 
 
 class DyGMMBlock(nn.Module):
@@ -302,7 +502,10 @@ class DyGMMBlock(nn.Module):
         k, b, length, d = outs.shape
         memory = outs.reshape(k * b, length, d)
         keys = None if mask is None else mask.repeat(k, 1)
-        tokens = self.ca(token.expand(k * b, 1, d), keys, memory)  # (K B, 1, d), branch-major
+        if fast_path() == "off":
+            tokens = self.ca(token.expand(k * b, 1, d), keys, memory)  # (K B, 1, d), branch-major
+        else:
+            tokens = self.ca.forward_one_query(token, memory, keys)
         return tokens.view(k, b, d).transpose(0, 1)
 
     def fusion_logits(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,15 @@ from torch import nn
 from method.losses.objective import QueryDiversity
 from method.models.students import register
 from method.models.students.base import Student, StudentConfig, setting
-from method.models.students.blocks import GMMAttentionLayer, GMMBlock, LinearLayer, PositionalEncoding, attention_pool
+from method.models.students.blocks import (
+    GMMAttentionLayer,
+    GMMBlock,
+    LinearLayer,
+    PositionalEncoding,
+    attention_pool,
+    buckets_allowed,
+    run_bucketed,
+)
 
 
 @dataclass
@@ -91,8 +99,17 @@ class GMMFormerStudent(Student):
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
         """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
-        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
-        return attention_pool(self.modular_vector_mapping, self.query_encoder(x, mask), mask)
+        proj = input_proj or self.query_input_proj
+
+        def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            x = self.query_pos_embed(proj(f))
+            return attention_pool(self.modular_vector_mapping, self.query_encoder(x, m), m)
+
+        # Tokens beyond a caption's last one are masked keys and weigh 0 in the pooling: captions may run
+        # cut to their own lengths (blocks.FAST_PATH).
+        if buckets_allowed(self):
+            return run_bucketed(encode, mask, feat, pad_length=False)
+        return encode(mask, feat)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,
                      clips: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
@@ -103,10 +120,21 @@ class GMMFormerStudent(Student):
         """
         c = self.clip_pos_embed(self.clip_input_proj(clips))
         c = self.clip_encoder_2(self.clip_encoder(c))
-        lengths = frame_mask.sum(dim=1).long() if self.cfg.gauss_own_length else None
-        f = self.frame_pos_embed(self.frame_input_proj(frames))
-        f = self.frame_encoder_2(self.frame_encoder_1(f, frame_mask, lengths), frame_mask, lengths)
-        return {"clip": c, "frame": attention_pool(self.modular_vector_mapping_2, f, frame_mask)[:, None]}
+        length = frames.shape[1]  # the Gaussians' length (Q1), whatever length the videos run at
+
+        def encode(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            lengths = m.sum(dim=1).long() if self.cfg.gauss_own_length else None
+            x = self.frame_pos_embed(self.frame_input_proj(x))
+            x = self.frame_encoder_2(self.frame_encoder_1(x, m, lengths, length), m, lengths, length)
+            return attention_pool(self.modular_vector_mapping_2, x, m)
+
+        # Frames beyond a video's last one are masked keys and weigh 0 in the pooling, and the Gaussians are
+        # those of the padded length cut: each video may run cut to its own length (blocks.FAST_PATH).
+        if buckets_allowed(self):
+            f = run_bucketed(encode, frame_mask, frames, pad_length=False)
+        else:
+            f = encode(frame_mask, frames)
+        return {"clip": c, "frame": f[:, None]}
 
     def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """All 32 clips and the one pooled frame vector count: {"clip": (V, K), "frame": (V, 1)} ones."""

@@ -16,7 +16,15 @@ from torch import nn
 
 from method.models.students import register
 from method.models.students.base import Student, setting
-from method.models.students.blocks import DyGMMBlock, FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+from method.models.students.blocks import (
+    DyGMMBlock,
+    FFNAttentionLayer,
+    LinearLayer,
+    PositionalEncoding,
+    attention_pool,
+    buckets_allowed,
+    run_bucketed,
+)
 from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 
 V2_CLIPS, V2_FRAMES = 32, 128  # the fusion heads predict weights per absolute position (quirk Q4)
@@ -80,8 +88,17 @@ class GMMFormerV2Student(Student):
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
         """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
-        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
-        return attention_pool(self.modular_vector_mapping, self.query_encoder(x, mask), mask)
+        proj = input_proj or self.query_input_proj
+
+        def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            x = self.query_pos_embed(proj(f))
+            return attention_pool(self.modular_vector_mapping, self.query_encoder(x, m), m)
+
+        # Tokens beyond a caption's last one are masked keys and weigh 0 in the pooling: captions may run
+        # cut to their own lengths (blocks.FAST_PATH).
+        if buckets_allowed(self):
+            return run_bucketed(encode, mask, feat, pad_length=False)
+        return encode(mask, feat)
 
     def _pad_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """(V, L) -> (V, max_ctx_l), padded with zeros."""
@@ -98,9 +115,14 @@ class GMMFormerV2Student(Student):
         # The authors pad the frames to 128 before the block. Positions beyond the batch's longest video
         # are masked for every video and zeroed at the end, so the block runs on the batch's L positions
         # (as the first L of 128) and the zeros are appended after it: the same numbers, less work.
+        # For the same reason each video may run cut to its own length, in length buckets (blocks.FAST_PATH).
         self._pad_mask(frame_mask)  # checks L <= max_ctx_l
-        f = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(frames)), self.weight_token, frame_mask)
-        f = f.masked_fill(frame_mask[..., None] == 0, 0.0)
+
+        def encode(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            x = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(x)), self.weight_token, m)
+            return x.masked_fill(m[..., None] == 0, 0.0)
+
+        f = run_bucketed(encode, frame_mask, frames) if buckets_allowed(self) else encode(frame_mask, frames)
         return {"clip": c, "frame": F.pad(f, (0, 0, 0, self.cfg.max_ctx_l - f.shape[1]))}
 
     def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:

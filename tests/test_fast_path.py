@@ -1,0 +1,276 @@
+"""The GMMFormer family's fast path (method.models.students.blocks.FAST_PATH) against the reference ("off").
+
+Outputs, losses and gradients to 1e-5 relative in float32, for gmmformer and gmmformer_v2 (tiny hidden sizes),
+frame lengths 1 to 128 and token counts 1 to 30, with batches where nothing is padded; plus the length buckets
+and the single-query cross-attention on their own.
+"""
+import random
+
+import pytest
+import torch
+
+from method.models.model import DLDKD, ModelConfig
+from method.models.students import blocks
+from method.models.students.blocks import FFNAttentionLayer, length_buckets, run_bucketed
+
+STUDENTS = ("gmmformer", "gmmformer_v2")
+
+
+def rel_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5, name: str = "") -> None:
+    """max |a - b| / max(1, |b|) <= tol."""
+    assert a.shape == b.shape, (name, a.shape, b.shape)
+    dev = ((a.double() - b.double()).abs() / b.double().abs().clamp(min=1.0)).max().item() if a.numel() else 0.0
+    assert dev <= tol, f"{name}: max relative deviation {dev:.3g}"
+
+
+def tiny_model(student: str, **overrides) -> DLDKD:
+    torch.manual_seed(0)
+    cfg = ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2, student=student,
+                         single_branch=True, input_drop=0.0, drop=0.0, **overrides)
+    return DLDKD(cfg)
+
+
+def batch(frame_lengths, token_counts, seed=0, max_frames=None, max_tokens=None):
+    g = torch.Generator().manual_seed(seed)
+    lf = max_frames or max(frame_lengths)
+    lt = max_tokens or max(token_counts)
+    fl, tl = torch.tensor(frame_lengths), torch.tensor(token_counts)
+    fmask = (torch.arange(lf)[None] < fl[:, None]).float()
+    tmask = (torch.arange(lt)[None] < tl[:, None]).float()
+    frames = torch.randn(len(fl), lf, 6, generator=g) * fmask[..., None]
+    clips = torch.randn(len(fl), 32, 6, generator=g)
+    text = torch.randn(len(tl), lt, 5, generator=g) * tmask[..., None]
+    return frames, fmask, text, tmask, clips
+
+
+def forward_and_grads(model, mode, b):
+    """Embeddings, a scalar loss of them and the parameter gradients, with blocks.FAST_PATH = mode."""
+    old = blocks.FAST_PATH
+    blocks.FAST_PATH = mode
+    try:
+        model.zero_grad()
+        frames, fmask, text, tmask, clips = b
+        branch = model.inheritance
+        q = branch.encode_query(text, tmask)
+        v = branch.encode_video(frames, fmask, clips)
+        # a loss touching every output: query-video scores of every level, squared
+        loss = sum(((torch.einsum("qd,vkd->qvk", q, v[k]) ** 2).mean() + (v[k] ** 2).mean()) for k in v)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {"query": q.detach(), **{k: x.detach() for k, x in v.items()}}, loss.detach(), grads
+    finally:
+        blocks.FAST_PATH = old
+
+
+CASES = [
+    ([128, 128, 128], [30, 30, 30, 30]),            # nothing padded, the longest
+    ([1, 1], [1, 1, 1]),                              # the shortest, nothing padded
+    ([1, 128, 64, 2, 127], [1, 30, 15, 2, 29, 7]),    # extremes mixed
+    ([5, 17, 3, 9, 9, 40, 33, 12], [3, 11, 4, 20, 8]),
+    ([70] * 4 + [128] + [20] * 5, [13] * 6 + [30, 2]),
+]
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("train", [True, False])
+def test_fast_path_equals_reference(student, case, train):
+    model = tiny_model(student).train(train)
+    b = batch(*CASES[case], seed=case)
+    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    for mode in ("exact", "on"):  # dropout 0: "on" is exact too
+        out, loss, grads = forward_and_grads(model, mode, b)
+        for k in ref_out:
+            rel_close(out[k], ref_out[k])
+        rel_close(loss, ref_loss)
+        assert grads.keys() == ref_grads.keys()
+        for n in ref_grads:
+            rel_close(grads[n], ref_grads[n], name=n)
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+def test_fast_path_random_lengths_padded_batch(student):
+    """Random lengths 1..128 / 1..30 in batches padded beyond their longest item (the loader's fixed sizes)."""
+    rng = random.Random(7)
+    model = tiny_model(student).train()
+    for seed in range(3):
+        fl = [rng.randint(1, 128) for _ in range(9)]
+        tl = [rng.randint(1, 30) for _ in range(11)]
+        b = batch(fl, tl, seed=seed, max_frames=128, max_tokens=30)
+        ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+        out, loss, grads = forward_and_grads(model, "exact", b)
+        for k in ref_out:
+            rel_close(out[k], ref_out[k])
+        rel_close(loss, ref_loss)
+        for n in ref_grads:
+            rel_close(grads[n], ref_grads[n], name=n)
+
+
+def test_gmmformer_q1_fix_fast_path():
+    """The own-length Gaussians (Q1 fix) through the buckets."""
+    model = tiny_model("gmmformer", gauss_own_length=True).train()
+    b = batch([3, 50, 128, 1, 77], [4, 30, 1], seed=11)
+    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    out, loss, grads = forward_and_grads(model, "exact", b)
+    for k in ref_out:
+        rel_close(out[k], ref_out[k])
+    for n in ref_grads:
+        rel_close(grads[n], ref_grads[n], name=n)
+
+
+def test_exact_mode_keeps_the_reference_when_dropout_draws():
+    """With dropout > 0 in training, "exact" runs the full padded shapes: the same random stream, the same numbers."""
+    cfg = dict(input_drop=0.1, drop=0.1)
+    for student in STUDENTS:
+        torch.manual_seed(0)
+        model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                     student=student, single_branch=True, **cfg)).train()
+        b = batch([3, 20, 9], [2, 7], seed=1)
+        assert not blocks.buckets_allowed(model.inheritance)
+        torch.manual_seed(5)
+        ref_out, _, ref_grads = forward_and_grads(model, "off", b)
+        torch.manual_seed(5)
+        out, _, grads = forward_and_grads(model, "exact", b)
+        for k in ref_out:
+            rel_close(out[k], ref_out[k])
+        for n in ref_grads:
+            rel_close(grads[n], ref_grads[n], name=n)
+        model.eval()
+        assert blocks.buckets_allowed(model.inheritance)
+
+
+def test_one_query_cross_attention_with_dropout_draws_the_same():
+    torch.manual_seed(0)
+    layer = FFNAttentionLayer(8, 2, 0.3, 8).train()
+    token = torch.randn(1, 1, 8)
+    memory = torch.randn(6, 5, 8)
+    mask = (torch.arange(5)[None] < torch.tensor([5, 1, 3, 4, 2, 5])[:, None]).float()
+    torch.manual_seed(1)
+    ref = layer(token.expand(6, 1, 8), mask, memory)
+    torch.manual_seed(1)
+    fast = layer.forward_one_query(token, memory, mask)
+    rel_close(fast, ref)
+    with pytest.raises(ValueError):
+        FFNAttentionLayer(8, 2, 0.0, 8, width=1.0).self.one_query(token, memory)
+
+
+def test_length_buckets_cover_every_row_once():
+    rng = random.Random(0)
+    for n in (1, 2, 9, 128):
+        lengths = [rng.randint(1, 128) for _ in range(n)]
+        groups = length_buckets(lengths)
+        assert 1 <= len(groups) <= blocks.MAX_BUCKETS
+        rows = sorted(i for g, _ in groups for i in g)
+        assert rows == list(range(n))
+        for g, length in groups:
+            assert length == max(lengths[i] for i in g)
+    assert length_buckets([]) == []
+    assert length_buckets([128] * 5) == [([0, 1, 2, 3, 4], 128)]
+
+
+def test_run_bucketed_order_and_padding():
+    mask = (torch.arange(6)[None] < torch.tensor([6, 1, 3, 0])[:, None]).float()
+    x = torch.arange(4 * 6, dtype=torch.float32).view(4, 6, 1)
+    out = run_bucketed(lambda m, y: y * m[..., None], mask, x)
+    torch.testing.assert_close(out, x * mask[..., None])
+
+
+def test_fast_path_mode_checked():
+    old = blocks.FAST_PATH
+    blocks.FAST_PATH = "fast"
+    try:
+        with pytest.raises(ValueError):
+            blocks.fast_path()
+    finally:
+        blocks.FAST_PATH = old
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+def test_training_losses_and_gradients(student):
+    """The model's forward and the family's loss terms (InfoNCE, triplet, query diversity, and V2's matching).
+
+    Float32: the loss terms to 1e-5. The gradients of this objective are ill-conditioned on the query side
+    (query diversity at scale 32, the matching): the reference's own float32 gradients are 1.5e-5 from float64
+    there, so float32 gradients are held to 5e-5, and the maths to 1e-9 in float64.
+    """
+    from method.losses import nce_loss, ot_loss, qdl_v1, qdl_v2, triplet_loss
+    from method.models.model import score_level
+
+    model = tiny_model(student).train()
+    frames, fmask, _, _, clips = batch([9, 1, 128, 40, 3, 77], [1], seed=3)
+    labels = torch.arange(6).repeat_interleave(2)
+    _, _, text, tmask, _ = batch([1], [1, 30, 12, 5, 7, 2, 29, 13, 8, 4, 18, 30], seed=4)
+
+    def run(mode, dtype):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            model.to(dtype).zero_grad()
+            out = model(*(x.to(dtype) for x in (frames, fmask, text, tmask, clips)), second_queries=True)
+            query, second = out["queries"]["inheritance"], out["queries2"]["inheritance"]
+            videos = out["videos"]["inheritance"]
+            comps = []
+            for level in ("clip", "frame"):
+                s = score_level(query, videos[level], out["masks"][level])
+                comps += [nce_loss(s.video_scores_raw, labels),
+                          triplet_loss(s.video_scores, labels, 0.1, hard_negative=True, hard_pool_size=1)]
+            if student == "gmmformer":
+                comps.append(qdl_v1(second, labels, 0.15, 32.0))
+            else:
+                comps += [qdl_v2(second, labels, 0.15, 32.0, 1.0), ot_loss(second, videos["clip"], labels)]
+            comps = torch.stack(comps)
+            comps.sum().backward()
+            return comps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        finally:
+            blocks.FAST_PATH = old
+
+    for dtype, loss_tol, grad_tol in ((torch.float32, 1e-5, 5e-5), (torch.float64, 1e-9, 1e-9)):
+        ref, ref_grads = run("off", dtype)
+        fast, grads = run("exact", dtype)
+        rel_close(fast, ref, loss_tol, "losses")
+        assert grads.keys() == ref_grads.keys()
+        for n in ref_grads:
+            rel_close(grads[n], ref_grads[n], grad_tol, n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_compact_dropouts_draw_and_give_the_same(p):
+    """The fast path's dropouts keep less for backward but draw the same random numbers, with the same result."""
+    x = torch.randn(5, 7, 12, requires_grad=True)
+    g = torch.randn(5, 7, 12)
+    module = torch.nn.Dropout(p).train()
+    for fast, ref in ((blocks.dropout, lambda m, y: m(y)),
+                      (blocks.relu_dropout, lambda m, y: m(torch.nn.functional.relu(y)))):
+        outs = []
+        for mode, fn in (("off", ref), ("exact", fast)):
+            old = blocks.FAST_PATH
+            blocks.FAST_PATH = mode
+            try:
+                torch.manual_seed(9)
+                x.grad = None
+                y = fn(module, x)
+                y.backward(g)
+                outs.append((y.detach(), x.grad.clone()))
+            finally:
+                blocks.FAST_PATH = old
+        assert torch.equal(outs[0][0], outs[1][0])
+        assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_bench_length_distributions():
+    """bench/common.py's --lengths: counts in range, the batch padded to its longest, 'full' as before."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from common import LENGTHS, draw_lengths, synthetic_batch
+
+    g = torch.Generator().manual_seed(0)
+    for kind in LENGTHS:
+        f, t = draw_lengths(kind, 64, 5, 128, 30, g)
+        assert f.shape == (64,) and t.shape == (320,)
+        assert 1 <= int(f.min()) and int(f.max()) <= 128 and 1 <= int(t.min()) and int(t.max()) <= 30
+    preset = {"videos": 6, "frames": 128, "visual_dim": 4, "captions": 2, "tokens": 30, "text_dim": 3}
+    b = synthetic_batch(preset, torch.device("cpu"), lengths="tvr")
+    assert b["video_feat"].shape[1] == int(b["video_mask"].sum(1).max()) <= 60
+    full = synthetic_batch(preset, torch.device("cpu"))
+    assert full["video_mask"].all() and full["video_feat"].shape[1] == 128 and full["query_feat"].shape[1] == 30
