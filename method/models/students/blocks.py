@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +259,25 @@ def attention_pool(scorer: nn.Linear, x: torch.Tensor, mask: torch.Tensor) -> to
     """
     logits = scorer(x).squeeze(-1).masked_fill(mask == 0, MASK_VALUE)
     return torch.einsum("bt,btd->bd", torch.softmax(logits, dim=-1), x)
+
+
+def encode_pooled_query(student: nn.Module, feat: torch.Tensor, mask: torch.Tensor,
+                        input_proj: Optional[nn.Module] = None) -> torch.Tensor:
+    """The GMMFormer family's query encoder: projection, positions, ``student.query_encoder``, attention pooling.
+
+    feat: (Q, N, Dq), mask: (Q, N) -> (Q, d). ``input_proj`` replaces ``student.query_input_proj``. Tokens beyond
+    a caption's last one are masked keys and weigh 0 in the pooling, so captions may run cut to their own lengths
+    (``FAST_PATH``).
+    """
+    proj = input_proj or student.query_input_proj
+
+    def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        x = student.query_pos_embed(proj(f))
+        return attention_pool(student.modular_vector_mapping, student.query_encoder(x, m), m)
+
+    if buckets_allowed(student):
+        return run_bucketed(encode, mask, feat, pad_length=False)
+    return encode(mask, feat)
 
 
 # --------------------------------------------------------------------------- #

@@ -21,8 +21,8 @@ from method.models.students.blocks import (
     FFNAttentionLayer,
     LinearLayer,
     PositionalEncoding,
-    attention_pool,
     buckets_allowed,
+    encode_pooled_query,
     run_bucketed,
 )
 from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
@@ -88,17 +88,7 @@ class GMMFormerV2Student(Student):
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
         """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
-        proj = input_proj or self.query_input_proj
-
-        def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-            x = self.query_pos_embed(proj(f))
-            return attention_pool(self.modular_vector_mapping, self.query_encoder(x, m), m)
-
-        # Tokens beyond a caption's last one are masked keys and weigh 0 in the pooling: captions may run
-        # cut to their own lengths (blocks.FAST_PATH).
-        if buckets_allowed(self):
-            return run_bucketed(encode, mask, feat, pad_length=False)
-        return encode(mask, feat)
+        return encode_pooled_query(self, feat, mask, input_proj)
 
     def _pad_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """(V, L) -> (V, max_ctx_l), padded with zeros."""
