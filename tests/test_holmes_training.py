@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from synthetic import write_collection
-from test_train import final_weights, interrupted_run, read_metrics, run
+from test_train import assert_resume_is_exact, read_metrics, run
 
 from method import eval as evaluate
-from method import train
 from method.config.flags import MACHINE_FLAGS, parse_train_args
 from method.config.settings import train_settings
 from method.data import build_split, collate_queries, collate_videos
@@ -85,17 +84,7 @@ def test_reuse_query_encoding_trains(data, tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    run(data, full, "--n_epoch", "2", *HOLMES)
-    interrupted_run(data, cut, monkeypatch, *HOLMES)
-    assert torch.load(cut / "latest.ckpt", weights_only=True)["epoch"] == 1
-    train.main(["--resume", str(cut), "--device", "cpu", "--num_workers", "0"])
-    a, b = final_weights(full), final_weights(cut)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    keep = [k for k in read_metrics(full)[0] if not k.endswith("_seconds")]
-    assert [{k: r[k] for k in keep} for r in read_metrics(full)] == [{k: r[k] for k in keep} for r in read_metrics(cut)]
+    assert_resume_is_exact(data, tmp_path, monkeypatch, *HOLMES)
 
 
 def test_several_processes_are_refused_at_the_start(tmp_path):

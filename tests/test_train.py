@@ -64,6 +64,12 @@ STUDENT_RUNS = {"gmmformer_v2": ["--recipe", "gmmformer_v2", "--hard_negative_st
 
 @pytest.mark.parametrize("extra", [[], *STUDENT_RUNS.values()], ids=["dldkd", *STUDENT_RUNS])
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extra):
+    assert_resume_is_exact(data, tmp_path, monkeypatch, *extra)
+
+
+def assert_resume_is_exact(data, tmp_path, monkeypatch, *extra):
+    """A 2-epoch run, and the same run interrupted in its second epoch then resumed, end with equal weights and
+    equal metrics.csv rows (every loss term, setting and val metric)."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(data, full, "--n_epoch", "2", *extra)
     interrupted_run(data, cut, monkeypatch, *extra)
@@ -74,7 +80,7 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch, extr
     for key in a:
         assert torch.equal(a[key], b[key]), key
     rows = read_metrics(full)
-    keep = [k for k in rows[0] if not k.endswith("_seconds")]  # every loss term, setting and val metric
+    keep = [k for k in rows[0] if not k.endswith("_seconds")]
     assert "val_sumr" in keep and "loss" in keep
     assert [{k: r[k] for k in keep} for r in rows] == [{k: r[k] for k in keep} for r in read_metrics(cut)]
 
