@@ -22,7 +22,7 @@ matrix and nothing is gathered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -129,13 +129,20 @@ class GlobalBatch:
     def whole(self) -> bool:
         return not self.dist.enabled
 
-    def branch_scores(self) -> dict[str, dict[str, ScorePair]]:
-        """{branch: {level: ScorePair}} of the owned rows and columns (one matrix when this is the only process)."""
+    def branch_scores(self, score: Optional[Callable[..., ScoreOutput]] = None) -> dict[str, dict[str, ScorePair]]:
+        """{branch: {level: ScorePair}} of the owned rows and columns (one matrix when this is the only process).
+
+        ``score(branch, level, queries (R, d), feats (V, P, d), mask (V, P)) -> ScoreOutput`` scores the owned
+        rows (``DLDKD.level_scorer``: the student's ``level_scores``); default ``score_level``.
+        """
         lay, out = self.layout, {}
         for name, queries in self.queries.items():
             out[name] = {}
             for level, feats in self.videos[name].items():
-                rows = score_level(queries, feats, lay.level_masks[level])
+                if score is None:
+                    rows = score_level(queries, feats, lay.level_masks[level])
+                else:
+                    rows = score(name, level, queries, feats, lay.level_masks[level])
                 if self.whole:
                     out[name][level] = ScorePair(rows, rows)
                     continue

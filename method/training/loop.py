@@ -53,8 +53,10 @@ def train(s: TrainSettings, d: distributed.Dist, device: torch.device, run_dir: 
     """Train in ``run_dir`` (continuing its ``latest.ckpt`` when ``resuming``), then evaluate the best checkpoint on
     the test split; returns that result (process 0)."""
     if d.enabled and s.loss.objective.whole_batch:
-        raise SystemExit(f"--recipe {s.recipe} (student {s.model.student}) trains in one process only: its evidential "
-                         f"terms need the whole batch's score matrices in one process (start it without torchrun)")
+        needs = ("its evidential terms need the whole batch's score matrices" if s.loss.objective.evidential is not None
+                 else "its objective's output terms need the whole batch's forward outputs")
+        raise SystemExit(f"--recipe {s.recipe} (student {s.model.student}) trains in one process only: {needs} in one "
+                         f"process (start it without torchrun)")
     setup_logging(run_dir, d)
     log.info(runtime.policy_summary(device))
     rng.set_seed(s.seed)
@@ -246,15 +248,16 @@ def train_step(r: Run, b: dict, settings: dict, sizes=None) -> dict:
         b = r.shapes.pad_tokens(b)
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=r.amp == "bf16"):
         emb = r.forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"], b.get("clip_feat"),
-                        r.second_queries)
+                        r.second_queries, b["query_labels"] if r.model.output_keys else None)
     if r.amp == "bf16":
         emb = float_embeddings(emb)
     view = GlobalBatch.build(r.dist, emb, b, sizes)
-    scores = view.branch_scores()
+    scores = view.branch_scores(r.model.level_scorer(emb))  # the student's level scores (Student.level_scores)
     teacher = None
     if r.teacher is not None:
         teacher = view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None, r.loss_fn.objective.kd_level)
-    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local, **settings)
+    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local,
+                      outputs={k: emb[k] for k in r.model.output_keys}, **settings)
     loss = sum(terms.values())
     r.optimizer.zero_grad(set_to_none=True)
     # DDP averages the processes' gradients, and each loss is one process's part of the global sum.
