@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from method.losses.ral import LOSS_TERMS, SampleTerms
 from method.models.students import register
 from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
-from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding
+from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
 from method.models.students.gmmformer import GMMFamilyConfig
 from method.models.students.gmmformer_v2 import V2_CLIPS, V2_FRAMES, GMMFormerV2Losses, GMMFormerV2Student
 
@@ -335,21 +335,6 @@ def as_ral_config(cfg: Union[RALConfig, StudentConfig]) -> RALConfig:
     return cfg if isinstance(cfg, RALConfig) else ral_config_from_model_config(cfg)
 
 
-def reset_parameters(module: nn.Module) -> None:
-    """The authors' ``reset_parameters`` (RAL.md 8): Linear / Embedding N(0, 0.02), Linear biases 0, LayerNorm (1, 0).
-
-    (The same rule as ``DLDKD._init_weights``; ``weight_token`` keeps its N(0, 1).)
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 # --------------------------------------------------------------------------- #
 # heads (RAL.md 2.4-2.6)
 # --------------------------------------------------------------------------- #
@@ -607,7 +592,7 @@ class RALStudent(GMMFormerV2Student):
         """A standalone, initialised student (RAL.md 8)."""
         cls.check_config(cfg)
         student = cls(cfg)
-        reset_parameters(student)
+        init_normal_weights(student)  # RAL.md 8 (the same rule as DLDKD._init_weights)
         return student
 
     # ---- encoders
@@ -780,7 +765,7 @@ class RALStudent(GMMFormerV2Student):
 __all__ = ["RALNetConfig", "RALLosses", "RALConfig", "COLLECTION_DEFAULTS", "CHARADES_PROPOSAL", "COLLECTION_ALIASES",
            "RECIPE_SETTINGS", "ral_config", "RUN_FLAGS", "recipe_collection_values", "student_collection_values", "LOSS_TERMS", "RALStudent", "AUTHORS_CONFIG_KEYS",
            "RAL_MARKER_KEYS", "is_authors_ral_state", "ral_config_from_authors", "authors_checkpoint_values",
-           "ral_config_from_model_config", "as_ral_config", "reset_parameters", "AttentionPooling", "PIEHead",
+           "ral_config_from_model_config", "as_ral_config", "AttentionPooling", "PIEHead",
            "UncertaintyHead", "confidence_head", "token_confidences", "word_frame_scores", "word_frame_pair",
            "fused_scores", "caption_slots", "support_set", "text_pooling", "video_pooling", "sample_gaussian",
            "pad_frames", "AUTHORS_MODULE_ORDER", "V2_CLIPS", "V2_FRAMES"]
