@@ -62,6 +62,8 @@ from method.models.students.holmes import (
 )
 from method.models.students.holmes_dual import (
     HolmesDualConfig,
+    HolmesDualLosses,
+    HolmesDualNetConfig,
     HolmesDualStudent,
     holmes_dual_config,
     token_wise_scores,
@@ -823,42 +825,48 @@ def test_tiny_training_step(hg, tree, warmup_end):
     hg.check(f"{p}tiny_{phase}_grad_is_none/weight_token", np.array(student.weight_token.grad is None))
 
 
-@pytest.mark.parametrize("warmup_end", [False, True])
-def test_tiny_training_step_through_the_training_objective(hg, warmup_end):
+@pytest.mark.parametrize("tree,warmup_end", [("hol", False), ("hol", True), ("ms", False), ("ms", True)])
+def test_tiny_training_step_through_the_training_objective(hg, tree, warmup_end):
     """The registered student under ``DLDKD`` (one branch), ``GlobalBatch`` and ``DLDKDLoss`` with the objective
-    of ``HolmesStudent.objective_terms`` (what ``method.train --recipe holmes`` runs): the golden terms, total
-    and gradients of ``loss.forward``."""
+    of the student's ``objective_terms`` (what ``method.train --recipe holmes`` / ``holmes_dual`` runs; the dual's
+    token-wise frame level through its scoring hooks): the golden terms, total and gradients of ``loss.forward``."""
     from method.losses import LossSettings, Objective
     from method.models.model import DLDKD, ModelConfig
     from method.parallel.distributed import Dist
     from method.parallel.global_batch import GlobalBatch, share_sizes
 
-    phase = phase_name(warmup_end)
-    settings = tiny_settings(hg, "hol")  # TVR's loss settings, hard pool 1
-    net = HolmesNetConfig(**{f.name: getattr(tiny_config("hol"), f.name) for f in fields(HolmesNetConfig)})
-    model = DLDKD(ModelConfig(net, "holmes", share_query_proj=False, single_branch=True))
-    model.load_state_dict({"inheritance." + k: v for k, v in hg.state("hol_model/").items()})
+    p, phase = PREFIX[tree], phase_name(warmup_end)
+    settings = tiny_settings(hg, tree)  # TVR's loss settings, hard pool 1
+    student_cls, net_cls, losses_cls, config = {
+        "hol": (HolmesStudent, HolmesNetConfig, HolmesLosses, holmes_config("tvr")),
+        "ms": (HolmesDualStudent, HolmesDualNetConfig, HolmesDualLosses, holmes_dual_config("tvr"))}[tree]
+    net = net_cls(**{f.name: getattr(tiny_config(tree), f.name) for f in fields(net_cls)})
+    model = DLDKD(ModelConfig(net, student_cls.name, share_query_proj=False, single_branch=True))
+    model.load_state_dict({"inheritance." + k: v for k, v in hg.state(f"{p}model/").items()})
     model.train()  # dropout 0
-    losses = HolmesLosses(**{f.name: getattr(holmes_config("tvr"), f.name) for f in fields(HolmesLosses)})
-    objective = Objective(**HolmesStudent.objective_terms(losses, settings.frame_nce_weight))
+    losses = losses_cls(**{f.name: getattr(config, f.name) for f in fields(losses_cls)})
+    objective = Objective(**student_cls.objective_terms(losses, settings.frame_nce_weight))
     loss_fn = LossSettings(settings.margin, 1, 0.2, objective).build()
-    frames, mask, text, text_mask, clips, labels = tiny_batch(hg, "hol")
+    frames, mask, text, text_mask, clips, labels = tiny_batch(hg, tree)
     batch = {"video_feat": frames, "video_mask": mask, "query_feat": text, "query_mask": text_mask,
              "clip_feat": clips, "query_labels": labels}
     d = Dist()
-    emb = model(frames, mask, text, text_mask, clips, second_queries=True)
+    emb = model(frames, mask, text, text_mask, clips, second_queries=True, query_labels=labels)
     view = GlobalBatch.build(d, emb, batch, share_sizes(d, batch, model.n_clips))
-    terms = loss_fn(view.branch_scores(), view.layout, None, hard_negative=True, local=view.local,
-                    warmup_end=warmup_end)
-    assert list(terms) == list(TERM_NAMES)
-    reference = hg.npz[f"hol_tiny_{phase}_loss_components_unweighted"] * hg.npz[f"hol_tiny_{phase}_loss_weights"]
-    for name, ref in zip(TERM_NAMES, reference):
+    terms = loss_fn(view.branch_scores(model.level_scorer(emb)), view.layout, None, hard_negative=True,
+                    local=view.local, warmup_end=warmup_end, outputs={k: emb[k] for k in model.output_keys})
+    names = list(TERM_NAMES) + (["dc"] if tree == "ms" else [])
+    assert list(terms) == names
+    reference = hg.npz[f"{p}tiny_{phase}_loss_components_unweighted"] * hg.npz[f"{p}tiny_{phase}_loss_weights"]
+    for name, ref in zip(names, reference):
         assert terms[name].item() == pytest.approx(float(ref), rel=1e-5, abs=1e-7), name
     total = sum(terms.values())
-    hg.check(f"hol_tiny_{phase}_loss_total", total)
+    hg.check(f"{p}tiny_{phase}_loss_total", total)
     total.backward()
     named = dict(model.inheritance.named_parameters())
-    for key in hg.keys(f"hol_tiny_{phase}_grad/"):
+    grads = hg.keys(f"{p}tiny_{phase}_grad/")
+    assert grads or tree == "ms"  # multisrc/: the post phase only
+    for key in grads:
         hg.check(key, named[key.split("/", 1)[1]].grad)
     assert model.inheritance.weight_token.grad is None  # H1
 

@@ -1,5 +1,6 @@
-"""``--recipe holmes`` through ``train.main([...])`` on tiny generated data (CPU): named finite terms by phase,
-a bit-identical ``--resume``, one process only; an authors' Holmes best.ckpt through ``method.eval``."""
+"""``--recipe holmes`` and ``--recipe holmes_dual`` through ``train.main([...])`` on tiny generated data (CPU):
+named finite terms by phase, a bit-identical ``--resume``, one process only; the authors' Holmes and dual-query
+best.ckpt through ``method.eval``."""
 import json
 import math
 from types import SimpleNamespace
@@ -17,12 +18,12 @@ from method.data import build_split, collate_queries, collate_videos
 from method.losses.evidential import TERM_NAMES
 from method.models.checkpoint import (
     CheckpointError,
-    authors_gmm_options,
     checkpoint_format,
     load_model,
     read_checkpoint,
 )
 from method.models.students.holmes import HolmesStudent, eval_scores, holmes_config
+from method.models.students.holmes_dual import HolmesDualStudent, holmes_dual_config
 from method.training import loop
 
 # warm-up over after epoch 0, hard negatives from epoch 1: both phases in two epochs
@@ -133,9 +134,72 @@ def test_authors_best_ckpt_evaluates_with_its_weights(tmp_path):
         load_model(run_dir / "best.ckpt")
 
 
-def test_dual_query_best_ckpt_is_recognised_and_refused(tmp_path):
-    state = {"module.clip_encoder.e_attns.0.self.query.weight": torch.zeros(1), "module.weight_token": torch.zeros(1),
-             "module.text_weight_fc.0.weight": torch.zeros(1)}
-    assert checkpoint_format({"state_dict": state, "config": {}}) == "holmes_dual"
-    with pytest.raises(CheckpointError, match="dual-query Holmes"):
-        authors_gmm_options({"state_dict": state, "config": {}})
+# --------------------------------------------------------------------------- #
+# the dual-query variant (holmes_dual, TVR only)
+# --------------------------------------------------------------------------- #
+DUAL = ["--recipe", "holmes_dual", "--warmup_epoch", "1", "--hard_negative_start_epoch", "1"]
+
+
+def test_dual_recipe_resolves_to_the_authors_config():
+    """multisrc/Configs/tvr.py: every setting that is a flag (150 epochs, inference 0.5 / 0.5, its EDL factors,
+    dc_weight 0, the H15 fix off)."""
+    opt = vars(parse_train_args(["--root_path", "/r", "--collection", "tvr", "--recipe", "holmes_dual"]))
+    cfg = holmes_dual_config("tvr")
+    flags = {name: name for name in cfg.__dataclass_fields__ if name in opt and name not in MACHINE_FLAGS}
+    flags["frame_nce_weight"] = "nce_weight"
+    assert set(cfg.__dataclass_fields__) - set(flags) == {"visual_input_size", "query_input_size",
+                                                           "initializer_range", "eval_context_bsz", "eval_query_bsz"}
+    assert {name: getattr(cfg, name) for name in flags} == {name: opt[flag] for name, flag in flags.items()}
+    assert (opt["student"], opt["n_epoch"], opt["clip_scale_w"], opt["frame_scale_w"], opt["dc_weight"],
+            opt["shared_token_weights"]) == ("holmes_dual", 150, 0.5, 0.5, 0.0, False)
+
+
+def test_dual_two_epochs_give_the_named_terms_and_resume_exactly(data, tmp_path, monkeypatch):
+    run_dir = tmp_path / "dual"
+    result = run(data, run_dir, "--n_epoch", "2", *DUAL)
+    rows = read_metrics(run_dir)
+    names = (*TERM_NAMES, "dc")
+    assert [(int(r["epoch"]), int(r["warmup_end"])) for r in rows] == [(0, 0), (1, 1)]
+    for row in rows:
+        assert all(math.isfinite(float(row[k])) for k in (*names, "loss"))
+        assert float(row["loss"]) == pytest.approx(sum(float(row[k]) for k in names), rel=1e-5)
+        assert float(row["dc"]) == 0  # dc_weight 0, as released
+    assert float(rows[1]["intra_edl"]) > 0
+    assert torch.load(run_dir / "model.ckpt", weights_only=True)["model_config"]["student"] == "holmes_dual"
+    assert set(result["t2v"]) == {"fused", "clip", "frame"}
+    assert_resume_is_exact(data, tmp_path / "resume", monkeypatch, *DUAL)
+
+
+def test_dual_mask_padded_frames_is_refused(data, tmp_path):
+    with pytest.raises(SystemExit, match="mask_padded_frames is not available for holmes_dual"):
+        run(data, tmp_path / "masked", "--n_epoch", "1", *DUAL, "--mask_padded_frames")
+
+
+def test_dual_query_best_ckpt_evaluates_with_its_weights(tmp_path):
+    """A dual-query best.ckpt (recognised by ``text_weight_fc``) through ``python -m method.eval``: the token-wise
+    frame score through the student's evaluation hooks, 0.5 S_c + 0.5 S_f, equal to the authors' evaluator."""
+    root = tmp_path / "data"
+    write_collection(str(root), n_videos=7, dims=(16, 12, 4))
+    run_dir = tmp_path / "authors_dual"
+    torch.manual_seed(4)
+    student = HolmesDualStudent.from_config(holmes_dual_config("tvr", visual_input_size=16, query_input_size=12,
+                                                               hidden_size=8, n_heads=2)).eval()
+    config = {"dataset_name": "tvr", "visual_feature": "i3d_resnet", "visual_feat_dim": 16, "q_feat_size": 12,
+              "hidden_size": 8, "n_heads": 2, "max_ctx_l": 128, "max_desc_l": 30, "map_size": 32, "input_drop": 0.2,
+              "drop": 0.2, "sft_factor": 0.09, "clip_scale_w": 0.5, "frame_scale_w": 0.5,
+              "loss_factor": [0.05, 0.04, 8e-5, 0.1, 0.01, 0], "neg_factor": [0.15, 32, 1], "seed": 0}
+    run_dir.mkdir()
+    torch.save({"config": config, "epoch": 7, "model_val": [1.0, 2.0, 3.0, 4.0, 10.0, None],
+                "state_dict": {f"module.{k}": v for k, v in student.state_dict().items()}, "optimizer": {}},
+               run_dir / "best.ckpt")
+    assert checkpoint_format(read_checkpoint(run_dir / "best.ckpt")) == "holmes_dual"
+    evaluate.main(["--model_dir", str(run_dir), "--root_path", str(root), "--device", "cpu", "--num_workers", "0",
+                   "--eval_video_bsz", "3", "--eval_query_bsz", "4", "--save_scores"])
+    result = json.loads((run_dir / "eval_test.json").read_text())
+    assert result["checkpoint_format"] == "holmes_dual" and list(result["t2v"]) == ["fused", "clip", "frame"]
+    split = build_split(str(root), "tvr", "i3d_resnet", "test", False, 128, 30)
+    vids = collate_videos([split.video_dataset(32)[i] for i in range(len(split.captions.video_ids))])
+    caps = collate_queries([split.query_dataset()[i] for i in range(len(split.captions))])
+    fused = eval_scores(student, [(caps["query_feat"], caps["query_mask"])],
+                        [(vids["video_feat"], vids["video_mask"], vids["clip_feat"])], weights=(0.5, 0.5))
+    np.testing.assert_allclose(np.load(run_dir / "scores_test.npy"), fused.numpy(), rtol=1e-5, atol=1e-5)

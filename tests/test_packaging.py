@@ -28,12 +28,28 @@ def script_command(script: str, env: dict) -> list:
 def test_script_and_recipe_flag_train_the_same_run(collection, recipe):
     """``RECIPE=R ./do_C.sh ROOT`` and ``python -m method.train --recipe R --collection C --root_path ROOT`` resolve
     to the same opt.json (every key), so the scripts' editable blocks equal the recipe table."""
+    only = RECIPES[recipe].only_collections
+    if only is not None and collection not in only:  # refused by both, with one line saying why
+        proc = subprocess.run(["bash", str(REPO / SCRIPTS[collection]), "/data/root"], capture_output=True, text=True,
+                              cwd=REPO, env={**os.environ, "PYTHON": "echo", "RECIPE": recipe})
+        assert proc.returncode != 0 and "TVR only" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        with pytest.raises(SystemExit):
+            parse_train_args(["--root_path", "/data/root", "--collection", collection, "--recipe", recipe])
+        return
     cmd = script_command(SCRIPTS[collection], {"RECIPE": recipe})
     assert cmd[:2] == ["-m", "method.train"]
     from_script = vars(parse_train_args(cmd[2:]))
     from_recipe = vars(parse_train_args(["--root_path", "/data/root", "--collection", collection, "--recipe", recipe]))
     assert from_script == from_recipe
     assert from_script["exp_id"] == recipe
+
+
+@pytest.mark.parametrize("collection", ["activitynet", "charades"])
+def test_holmes_dual_is_refused_outside_tvr_saying_why(collection, capsys):
+    with pytest.raises(SystemExit):
+        parse_train_args(["--root_path", "/r", "--collection", collection, "--recipe", "holmes_dual"])
+    assert f"--recipe holmes_dual is defined for tvr only, not '{collection}': its authors publish no settings" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("collection", sorted(SCRIPTS))

@@ -4,7 +4,8 @@ A recipe is the training setup of one published code: ``iccv`` (DL-DKD,
 ICCV 2023: its launch scripts), ``dldkdpp`` (the authors' DL-DKD++ code),
 ``gmmformer`` and ``gmmformer_v2`` (the GMMFormer / GMMFormerV2 codes: one
 network, no teacher), ``holmes`` (the Holmes code: one network, no teacher,
-an evidential objective; one process), ``ral`` (the RAL code: GMMFormerV2 with
+an evidential objective; one process), ``holmes_dual`` (its dual-query variant,
+TVR only), ``ral`` (the RAL code: GMMFormerV2 with
 a word-frame score and Gaussian samples, MIL and VIB; one process; its
 Charades-STA values are our proposal, the authors publish none). A run's values are resolved in this order, each layer
 overriding the one before:
@@ -27,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from method.models.students import StudentConfig, holmes, ral, student_class
+from method.models.students import StudentConfig, holmes, holmes_dual, ral, student_class
 
 # Every recipe's value unless the recipe, or its student, says otherwise: the ICCV 2023 code's.
 COMMON = {
@@ -143,6 +144,14 @@ RECIPES = {
         "Holmes (ICML 2026)", "the authors' Configs/{tvr,act,cha}.py",
         values={"no_teacher": True, "single_branch": True, "batch_sort": "frames", "student": "holmes"},
         collections={c: holmes.recipe_collection_values(c) for c in ("tvr", "activitynet", "charades")}),
+    # Holmes' dual-query variant (the authors' multisrc/ tree): TVR only, as its config builder; Holmes' values with
+    # multisrc/Configs/tvr.py's (150 epochs, inference 0.5 / 0.5, ...), from holmes_dual.COLLECTION_DEFAULTS.
+    "holmes_dual": Recipe(
+        "Holmes dual-query (ICML 2026, multisrc/)", "the authors' multisrc/Configs/tvr.py (TVR only)",
+        values={"no_teacher": True, "single_branch": True, "batch_sort": "frames", "student": "holmes_dual"},
+        collections={"tvr": holmes.recipe_collection_values("tvr", holmes_dual.HolmesDualConfig,
+                                                            holmes_dual.COLLECTION_DEFAULTS)},
+        only_collections=("tvr",)),
     # RAL on GMMFormerV2 (EMNLP Findings 2025): every value of the authors' Configs/{tvr,act}.py that is not the
     # student's own setting (BertAdam, lr, 150 / 100 epochs, max_es_cnt 15 / 10, seed 9527, inference weights
     # 0.5 / 0.5 and 0.6 / 0.4, ...), read from their one source in method/models/students/ral.py (COLLECTION_DEFAULTS);

@@ -299,12 +299,13 @@ class EvidentialTerms:
     pot_prompt_ratio: float
     pot_iters: int
     pot_minmax_valid_only: bool
+    dc_weight: Optional[float] = None  # the dual-query consistency term's weight (None: no such term)
 
 
 def evidential_terms(clip_scores: Tensor, frame_scores: Tensor, clips: Tensor, queries2: Tensor, labels: Tensor,
                      s: EvidentialTerms, warmup_end: bool) -> Dict[str, Tensor]:
     """Holmes' evidential terms of a whole batch, weighted: intra_edl (0 in the warm-up), frame_edl, clip_edl,
-    combine_edl.
+    combine_edl, and ``dc`` (the dual-query consistency term) when ``s.dc_weight`` is not None.
 
     clip_scores S_c, frame_scores S_f: (Q, V) cosine video scores; clips: (V, P, d) clip embeddings;
     queries2: q' (Q, d); labels: (Q,). After the warm-up the partial-OT pseudo-labels of each video's
@@ -317,9 +318,12 @@ def evidential_terms(clip_scores: Tensor, frame_scores: Tensor, clips: Tensor, q
         pot = batch_pot(clip_pack, text_pack, caption_mask, scale=s.pot_scale, prompt_ratio=s.pot_prompt_ratio,
                         iters=s.pot_iters, minmax_valid_only=s.pot_minmax_valid_only)
         intra_sim, pot_plan = pot["sim"], pot["plan"]
-    raw, _, _, _ = _edl_part(clip_scores, frame_scores, labels, s, warmup_end, intra_sim, pot_plan, caption_mask)
+    raw, _, _, (alpha_f, alpha_c) = _edl_part(clip_scores, frame_scores, labels, s, warmup_end, intra_sim, pot_plan,
+                                              caption_mask)
     weights = {"intra_edl": s.intra_edl_weight if warmup_end else 0.0, "frame_edl": s.edl_weight,
                "clip_edl": s.edl_weight, "combine_edl": s.edl_weight}
+    if s.dc_weight is not None:
+        raw["dc"], weights["dc"] = dc_loss(alpha_f, alpha_c), s.dc_weight
     return {name: weights[name] * value for name, value in raw.items()}
 
 

@@ -253,17 +253,14 @@ def gmm_model_config(student: str, config: dict, state: dict, path="checkpoint",
 
 
 def holmes_model_config(ckpt: dict, path="checkpoint", fallback=None) -> ModelConfig:
-    """ModelConfig of a Holmes best.ckpt: sizes from the tensors, the rest from its config (the authors' keys,
-    ``holmes.authors_checkpoint_values``), else the recipe table's (``fallback``)."""
+    """ModelConfig of a Holmes (or dual-query Holmes) best.ckpt: sizes from the tensors, the rest from its config
+    (the authors' keys, ``holmes.authors_checkpoint_values``), else the recipe table's (``fallback``)."""
     try:
         kind, sizes, stored = holmes.authors_checkpoint_values(ckpt)
     except KeyError as e:
         raise CheckpointError(f"{path}: the Holmes state dict lacks {e.args[0]!r}") from None
-    if kind != "holmes":
-        raise CheckpointError(f"{path}: a dual-query Holmes checkpoint ({kind}): its token-wise frame score is not a "
-                              f"registered student yet (docs/holmes_integration.md)")
-    cfg = _authors_config("holmes", "holmes", path, sizes, stored, fallback)
-    return ModelConfig(cfg, "holmes", share_query_proj=False, single_branch=True)
+    cfg = _authors_config(kind, kind, path, sizes, stored, fallback)
+    return ModelConfig(cfg, kind, share_query_proj=False, single_branch=True)
 
 
 def ral_model_config(ckpt: dict, path="checkpoint", fallback=None) -> ModelConfig:
@@ -282,9 +279,6 @@ def authors_gmm_options(ckpt: dict) -> dict:
     ``config``."""
     cfg = dict(ckpt.get("config") or {})
     student = checkpoint_format(ckpt)
-    if student == "holmes_dual":
-        raise CheckpointError("a dual-query Holmes best.ckpt: its token-wise frame score is not a registered student "
-                              "yet (docs/holmes_integration.md)")
     out = {"recipe": student, "student": student, "single_branch": True, "no_teacher": True}
     for ours, theirs in (("collection", "dataset_name"), ("collection", "collection"),
                          ("visual_feature", "visual_feature"), ("max_ctx_l", "max_ctx_l"),
@@ -292,7 +286,8 @@ def authors_gmm_options(ckpt: dict) -> dict:
                          ("frame_scale_w", "frame_scale_w"), ("map_size", "map_size"), ("q_feat_size", "q_feat_size")):
         if theirs in cfg:
             out[ours] = cfg[theirs]
-    aliases = {"holmes": holmes.COLLECTION_ALIASES, "ral": ral.COLLECTION_ALIASES}.get(student, {})
+    aliases = {"holmes": holmes.COLLECTION_ALIASES, "holmes_dual": holmes.COLLECTION_ALIASES,
+               "ral": ral.COLLECTION_ALIASES}.get(student, {})
     if "collection" in out:  # the Holmes and RAL codes' -d values act / cha
         out["collection"] = aliases.get(out["collection"], out["collection"])
     return out

@@ -132,8 +132,9 @@ class HolmesLosses(GMMFormerLosses):
                                     "(warmup_end)")
 
     def evidential(self) -> EvidentialTerms:
-        """The evidential terms' settings (``method.losses.evidential``)."""
-        return EvidentialTerms(**{f.name: getattr(self, f.name) for f in fields(EvidentialTerms)})
+        """The evidential terms' settings (``method.losses.evidential``; no dual-query consistency term)."""
+        return EvidentialTerms(**{f.name: getattr(self, f.name) for f in fields(EvidentialTerms)
+                                  if f.name != "dc_weight"})
 
 
 @dataclass
@@ -219,8 +220,8 @@ def holmes_config(collection: str = "tvr", cls: type = HolmesConfig, defaults: O
 
 def config_from_model_config(cfg: StudentConfig, cls: type = HolmesConfig) -> HolmesConfig:
     """A student configuration (``HolmesNetConfig``, ``StudentConfig`` or one of the GMMFormer family's) -> a Holmes
-    config: the network fields it has; the others keep ``cls``'s defaults."""
-    names = {f.name for f in fields(HolmesNetConfig)}
+    config (``cls``): the fields of ``cls`` it has; the others keep ``cls``'s defaults."""
+    names = {f.name for f in fields(cls)}
     return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in names})
 
 
@@ -239,11 +240,13 @@ def recipe_collection_values(collection: str, cls: type = HolmesConfig, defaults
     return {flag: getattr(cfg, name) for name, flag in RUN_FLAGS.items()}
 
 
-def student_collection_values(collection: str, cls: type = HolmesConfig, defaults: Optional[dict] = None) -> dict:
-    """The student's own settings (network beyond ``StudentConfig``, and objective) for ``collection``."""
+def student_collection_values(collection: str, cls: type = HolmesConfig, defaults: Optional[dict] = None,
+                              net: type = HolmesNetConfig, losses: type = HolmesLosses) -> dict:
+    """The student's own settings (network ``net`` beyond ``StudentConfig``, and objective ``losses``) for
+    ``collection``."""
     cfg = holmes_config(collection, cls, defaults)
     common = {f.name for f in fields(StudentConfig)}
-    own = [f.name for f in fields(HolmesNetConfig) if f.name not in common] + [f.name for f in fields(HolmesLosses)]
+    own = [f.name for f in fields(net) if f.name not in common] + [f.name for f in fields(losses)]
     return {name: getattr(cfg, name) for name in own}
 
 

@@ -7,24 +7,65 @@ tokens (``frame_branch_query_proj`` -> ``query_pos_embed`` (shared) ->
 intersection (``token_wise_scores``); the clip level is Holmes'. Inference
 ``0.5 S_c + 0.5 S_f``. 319 tensors, TVR dims 34,345,121 parameters.
 
-The frame level cannot be scored by the project's ``score_level`` (a pooled
-query against positions): training uses ``training_forward`` (inherited; it
-calls ``frame_level_scores``), evaluation ``holmes.eval_scores``.
-Quirk H15 (token weights of S_f from the normalised tokens, of U_f from the
-raw ones) is kept; ``shared_token_weights`` computes both from the raw tokens.
+Registered as ``--student holmes_dual`` (``--recipe holmes_dual``, TVR only:
+the authors' ``multisrc/`` config builder knows only TVR). The frame level
+cannot be scored by the project's ``score_level`` (a pooled query against
+positions): the student's scoring hooks (``Student.train_outputs`` ->
+``query_outputs``: the tokens, their mask and the token-weight logits;
+``level_scores``, ``query_encodings``, ``eval_level_scores``,
+``eval_positive_scores``) give the token-wise scores to the training loop and
+the evaluator; the authors' ``training_forward`` (inherited; it calls
+``frame_level_scores``) and ``holmes.eval_scores`` remain for the golden
+tests. Its objective is Holmes' plus the dual-query consistency term ``dc``
+(weight ``dc_weight``, 0 as released). Quirk H15 (token weights of S_f from
+the normalised tokens, of U_f from the raw ones) is kept;
+``shared_token_weights`` computes both from the raw tokens. The token-wise
+score multiplies the frame mask as released (padded frames are 0 candidates),
+so ``mask_padded_frames`` (GMMFormerV2's Q3 fix) is refused for it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from method.losses.evidential import EvidentialTerms
+from method.models.students import register
+from method.models.students.base import ScoreOutput, setting
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer
-from method.models.students.base import setting
-from method.models.students.holmes import HolmesConfig, HolmesStudent, holmes_config
+from method.models.students.holmes import (
+    HolmesConfig,
+    HolmesLosses,
+    HolmesNetConfig,
+    HolmesStudent,
+    holmes_config,
+    student_collection_values,
+)
+
+
+@dataclass
+class HolmesDualNetConfig(HolmesNetConfig):
+    """The dual-query network's settings (the registered student's ``Config``): Holmes' and the H15 fix."""
+
+    shared_token_weights: bool = setting(False, "Holmes dual-query, fixes quirk H15: the token weights of S_f and U_f "
+                                                "both from the raw tokens (the authors' S_f weights come from the "
+                                                "normalised ones)")
+
+
+@dataclass
+class HolmesDualLosses(HolmesLosses):
+    """The dual-query objective's factors: Holmes' and the dual-query consistency weight."""
+
+    dc_weight: float = setting(0.0, "Holmes dual-query: weight of the dual-query consistency term dc "
+                                    "(loss_factor[5]; 0 in the authors' config)")
+
+    def evidential(self) -> EvidentialTerms:
+        """Holmes' evidential terms plus ``dc``."""
+        return dataclasses.replace(super().evidential(), dc_weight=self.dc_weight)
 
 
 @dataclass
@@ -87,12 +128,21 @@ def token_wise_scores(tokens: torch.Tensor, token_mask: torch.Tensor, frames: to
     return torch.cat(out) if out else tokens.new_zeros(0, frames.shape[0])
 
 
+@register
 class HolmesDualStudent(HolmesStudent):
     """Holmes_Net of ``multisrc/``: Holmes plus the frame-branch token encoder and ``text_weight_fc``."""
 
     name = "holmes_dual"
+    Config = HolmesDualNetConfig
+    Losses = HolmesDualLosses
+    collection_defaults = {c: student_collection_values(c, HolmesDualConfig, COLLECTION_DEFAULTS,
+                                                        HolmesDualNetConfig, HolmesDualLosses)
+                           for c in COLLECTION_DEFAULTS}
     level_weights = {"clip": 0.5, "frame": 0.5}
     config_class = HolmesDualConfig
+    kd_levels = ("clip",)  # the token-wise score has no per-frame score of a query
+    kd_levels_note = " (its frame level, the token-wise score, has no per-frame score of a query)"
+    query_outputs = ("tokens", "token_mask", "token_logits", "token_logits_raw")
 
     def __init__(self, cfg, with_query_proj: bool = True):
         super().__init__(cfg, with_query_proj)
@@ -128,6 +178,68 @@ class HolmesDualStudent(HolmesStudent):
         tokens = self.encode_frame_query(text, text_mask)
         return self.token_scores(tokens, text_mask, frames, self.padded_frame_mask(frame_mask))
 
+    # ---- the project's training loop and evaluator (Student hooks)
+    def weight_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of S_f's token weights, of U_f's), each (Q, N): from the unit and the raw tokens (H15)."""
+        raw = token_weight_logits(self.text_weight_fc, tokens)
+        unit = raw if self.hcfg.shared_token_weights else token_weight_logits(
+            self.text_weight_fc, F.normalize(tokens, dim=-1, eps=1e-12))
+        return unit, raw
 
-__all__ = ["HolmesDualConfig", "COLLECTION_DEFAULTS", "holmes_dual_config", "token_weight_logits",
-           "token_wise_scores", "HolmesDualStudent"]
+    def train_outputs(self, query_feat: torch.Tensor, query_mask: torch.Tensor, videos: dict, video_mask: torch.Tensor,
+                      query_labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"tokens" W (Q, N, d), "token_mask" (Q, N), "token_logits" (S_f's), "token_logits_raw" (U_f's) (Q, N)}."""
+        tokens = self.encode_frame_query(query_feat, query_mask)
+        unit, raw = self.weight_logits(tokens)
+        return {"tokens": tokens, "token_mask": query_mask, "token_logits": unit, "token_logits_raw": raw}
+
+    def level_scores(self, level: str, queries: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor,
+                     outputs: Mapping[str, torch.Tensor]) -> ScoreOutput:
+        """The clip level as Holmes'; the frame level the token-wise S_f and U_f (R, V) of the R queries' tokens
+        (``mask``: ones, the padded rows are 0, as the authors' multiplied 128-frame mask)."""
+        if level != "frame":
+            return super().level_scores(level, queries, feats, mask, outputs)
+        tokens, token_mask = outputs["tokens"], outputs["token_mask"]
+        unit_t, unit_f = F.normalize(tokens, dim=-1, eps=1e-12), F.normalize(feats, dim=-1, eps=1e-12)
+        s_f = token_wise_scores(unit_t, token_mask, unit_f, mask, outputs["token_logits"])
+        u_f = token_wise_scores(tokens, token_mask, feats, mask, outputs["token_logits_raw"])
+        return ScoreOutput(s_f, u_f, None)
+
+    def query_encodings(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation: {"tokens" (Q, max_desc_l, d), "token_mask", "token_logits" (S_f's)}, zero-padded beyond the
+        batch's N tokens (masked: the scores do not change)."""
+        tokens = self.encode_frame_query(feat, mask)
+        unit, _ = self.weight_logits(tokens)
+        extra = self.hcfg.max_desc_l - tokens.shape[1]
+        return {"tokens": F.pad(tokens, (0, 0, 0, extra)), "token_mask": F.pad(mask, (0, extra)),
+                "token_logits": F.pad(unit, (0, extra))}
+
+    def eval_level_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
+                          feats_unit: torch.Tensor) -> torch.Tensor:
+        """Inference scores (Q, V): the frame level is the token-wise S_f against the unit positions."""
+        if level != "frame":
+            return super().eval_level_scores(level, queries, encodings, feats_unit)
+        return token_wise_scores(F.normalize(encodings["tokens"], dim=-1, eps=1e-12), encodings["token_mask"],
+                                 feats_unit, feats_unit.new_ones(feats_unit.shape[:2]), encodings["token_logits"])
+
+    def eval_positive_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
+                             own_unit: torch.Tensor) -> torch.Tensor:
+        """Each query's inference score (Q,) with its own video's positions ``own_unit`` (Q, P, d)."""
+        if level != "frame":
+            return super().eval_positive_scores(level, queries, encodings, own_unit)
+        token_mask = encodings["token_mask"]
+        tokens = F.normalize(encodings["tokens"], dim=-1, eps=1e-12)
+        best = torch.bmm(tokens, own_unit.transpose(1, 2)).amax(dim=-1) * token_mask  # (Q, N)
+        weights = torch.softmax(encodings["token_logits"].masked_fill(token_mask == 0, float("-inf")), dim=1)
+        return (weights * best).sum(dim=1)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        HolmesStudent.check_config(cfg)
+        if cfg.mask_padded_frames:
+            raise ValueError("--mask_padded_frames is not available for holmes_dual: its token-wise frame score "
+                             "multiplies the frame mask as released (padded frames are 0 candidates)")
+
+
+__all__ = ["HolmesDualNetConfig", "HolmesDualLosses", "HolmesDualConfig", "COLLECTION_DEFAULTS", "holmes_dual_config",
+           "token_weight_logits", "token_wise_scores", "HolmesDualStudent"]
