@@ -15,10 +15,15 @@ DyGMM blocks, clip score) and adds, with the authors' state-dict names:
 Shapes: V videos, Q captions, L_t padded tokens, P = 128 frame positions,
 D hidden size, K samples, C support capacity (captions per video).
 
-Settings live in ``RALConfig`` (one field per setting) and
-``COLLECTION_DEFAULTS`` (what differs per collection). Today's code builds
-students from ``StudentConfig``; ``ral_config_from_model_config`` is the one
-mapping.
+Settings: the registered student's ``Config`` is ``RALNetConfig`` (the
+network's), its ``Losses`` ``RALLosses`` (the objective's); ``RALConfig`` is
+every setting of an authors' run (both plus the run's), its defaults TVR's,
+``COLLECTION_DEFAULTS`` what differs per collection (``CHARADES_PROPOSAL``:
+ours). A student built from a ``StudentConfig`` maps it with
+``ral_config_from_model_config``; in the project's loop the frame level is
+scored through the ``Student`` hooks (``train_outputs``, ``level_scores``,
+``query_encodings``, ``eval_level_scores``, ``eval_positive_scores``) and MIL /
+VIB are the objective's ``output_terms`` (``method.losses.ral.SampleTerms``).
 
 Quirks of the authors' code (RAL.md 9) and their decisions here; "faithful"
 is every default, a field removes a quirk where a fix makes sense:
