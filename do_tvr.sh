@@ -5,7 +5,7 @@
 #            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher, one
 #            process); holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network,
 #            no teacher, one process; Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
-#   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer or gmmformer_v2.
+#   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer, gmmformer_v2, ral, ...
 #   EXP_ID   name of the run (default: the recipe's, with the student's).
 #   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
 #            Several machines: also NNODES, NODE_RANK and MASTER_ADDR / MASTER_PORT (or RDZV_ENDPOINT);

@@ -97,6 +97,19 @@ def test_two_epochs_give_the_named_terms(data, tmp_path):
     assert again["t2v"] == result["t2v"]
 
 
+def test_dl_dkd_on_the_ral_student(data, tmp_path):
+    """``--recipe iccv --student ral``: two RAL branches, the teacher distilled over the clips (the word-frame level
+    has no per-frame score), each branch's MIL and VIB named with its suffix."""
+    run_dir = tmp_path / "iccv_ral"
+    result = run(data, run_dir, "--n_epoch", "1", "--student", "ral")
+    (row,) = read_metrics(run_dir)
+    names = [f"{t}_{b}" for b in ("inh", "exp") for t in LOSS_TERMS] + ["kd"]
+    assert all(math.isfinite(float(row[k])) for k in names)
+    assert float(row["loss"]) == pytest.approx(sum(float(row[k]) for k in names), rel=1e-5)
+    assert json.loads((run_dir / "opt.json").read_text())["kd_level"] == "clip"
+    assert {"fused", "inheritance_frame", "exploration_frame"} <= set(result["t2v"])
+
+
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     assert_resume_is_exact(data, tmp_path, monkeypatch, *RAL)
 
