@@ -15,9 +15,11 @@ from synthetic import write_collection
 from test_train import assert_resume_is_exact, read_metrics, run
 
 from method import eval as evaluate
+from method.analysis.retrieval import all_ranks, encode_split, load_run, open_split
 from method.config.flags import MACHINE_FLAGS, parse_train_args
 from method.config.settings import train_settings
 from method.data import build_split, collate_queries, collate_videos
+from method.evaluation.metrics import summarize_t2v, t2v_metrics
 from method.losses.ral import LOSS_TERMS
 from method.models.checkpoint import (
     CheckpointError,
@@ -234,9 +236,13 @@ def test_authors_best_ckpt_evaluates_with_its_weights(tmp_path):
                                        enc["clip"], enc["frame"], vids["video_mask"])
     np.testing.assert_allclose(np.load(run_dir / "scores_test.npy"), ref["fused"].numpy(), rtol=1e-5, atol=1e-5)
     # the frame level alone is the word-frame score, not the pooled query's cosine
-    from method.evaluation.metrics import t2v_metrics
     labels = torch.tensor([vids["video_ids"].index(c.split("#")[0]) for c in caps["cap_ids"]])
     assert result["t2v"]["frame"]["sumr"] == pytest.approx(t2v_metrics(ref["frame"], labels)["sumr"])
+    # the analysis commands rank with the same scores (the student's evaluation hooks)
+    run = load_run(str(run_dir), root_path=str(root), device="cpu")
+    ranks = all_ranks(run, encode_split(run, open_split(run, "test")))
+    for name in ("fused", "clip", "frame"):
+        assert summarize_t2v(ranks[name])["sumr"] == pytest.approx(result["t2v"][name]["sumr"]), name
     with pytest.raises(CheckpointError, match="does not store 'gauss_centred'"):  # without the recipe table
         load_model(run_dir / "best.ckpt")
 
