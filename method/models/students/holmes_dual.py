@@ -83,6 +83,8 @@ class HolmesDualConfig(HolmesConfig):
     shared_token_weights: bool = setting(False, "fix H15: token weights of S_f and U_f both from the raw tokens")
 
 
+EVAL_QUERY_CHUNK = 64  # queries per token-wise scoring chunk at evaluation (no effect on the numbers)
+
 # The authors' dual-query config builder knows only TVR.
 COLLECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "tvr": {
@@ -216,11 +218,13 @@ class HolmesDualStudent(HolmesStudent):
 
     def eval_level_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
                           feats_unit: torch.Tensor) -> torch.Tensor:
-        """Inference scores (Q, V): the frame level is the token-wise S_f against the unit positions."""
+        """Inference scores (Q, V): the frame level is the token-wise S_f against the unit positions (in chunks of
+        ``EVAL_QUERY_CHUNK`` queries: the (chunk, V, N, P) intermediate)."""
         if level != "frame":
             return super().eval_level_scores(level, queries, encodings, feats_unit)
         return token_wise_scores(F.normalize(encodings["tokens"], dim=-1, eps=1e-12), encodings["token_mask"],
-                                 feats_unit, feats_unit.new_ones(feats_unit.shape[:2]), encodings["token_logits"])
+                                 feats_unit, feats_unit.new_ones(feats_unit.shape[:2]), encodings["token_logits"],
+                                 query_chunk=EVAL_QUERY_CHUNK)
 
     def eval_positive_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
                              own_unit: torch.Tensor) -> torch.Tensor:
