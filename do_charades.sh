@@ -36,7 +36,7 @@ case "$RECIPE" in
         N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.15; DROP=0.15; HARD_NEGATIVE_START_EPOCH=100 ;;
     gmmformer_v2) # the authors' GMMFormerV2 config: one network, no teacher
         N_EPOCH=100; SEED=9527; LR=2e-4;   MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=20 ;;
-    holmes)       # the authors' Holmes config: one network, no teacher, one process (NPROC=1)
+    holmes)       # the authors' Holmes config: one network, no teacher
         N_EPOCH=100; SEED=0;    LR=2e-4;   MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=20 ;;
     *) echo "RECIPE must be iccv, dldkdpp, gmmformer, gmmformer_v2 or holmes, got '$RECIPE'" >&2; exit 2 ;;
 esac

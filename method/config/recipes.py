@@ -4,7 +4,7 @@ A recipe is the training setup of one published code: ``iccv`` (DL-DKD,
 ICCV 2023: its launch scripts), ``dldkdpp`` (the authors' DL-DKD++ code),
 ``gmmformer`` and ``gmmformer_v2`` (the GMMFormer / GMMFormerV2 codes: one
 network, no teacher), ``holmes`` (the Holmes code: one network, no teacher,
-an evidential objective; one process). A run's values are resolved in this order, each layer
+an evidential objective). A run's values are resolved in this order, each layer
 overriding the one before:
 
 1. ``COMMON``: the values every recipe shares unless it says otherwise (the

@@ -85,6 +85,10 @@ class Student(nn.Module):
         shares_query_proj: whether DL-DKD's exploration branch borrows the inheritance branch's
             query projection by default (the released ICCV model's quirk, for its student).
         level_weights: inference weight of each level in the branch's score.
+        query_outputs: extra top-level keys of the model's training output whose tensors are per query (first
+            dimension Q); every other extra key is per video (V). Several processes gather them by this.
+        unused_parameters: names of parameters that exist (the authors' state dicts) but never get a gradient;
+            several processes leave them out of the gradient exchange.
     """
 
     name: ClassVar[str]
@@ -97,6 +101,8 @@ class Student(nn.Module):
     kd_levels_note: ClassVar[str] = ""
     shares_query_proj: ClassVar[bool] = False
     level_weights: ClassVar[dict[str, float]] = {"frame": 1.0}
+    query_outputs: ClassVar[tuple[str, ...]] = ()
+    unused_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):
         super().__init__()
