@@ -31,7 +31,7 @@ from method.losses.ral import (
     vib_terms,
 )
 from method.models.model import DLDKD, ModelConfig
-from method.models.students import STUDENTS, build_student, student_class
+from method.models.students import build_student, student_class
 from method.models.students.ral import (
     CHARADES_PROPOSAL,
     COLLECTION_DEFAULTS,
@@ -51,14 +51,6 @@ from method.models.students.ral import (
 )
 from method.training.optim import build_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def ral_registered():
-    """RAL is not yet a registered --student (its recipe and objective are not wired into training); these tests
-    register it for their duration to exercise the model wrapper and the registry path."""
-    STUDENTS["ral"] = RALStudent
-    yield
-    del STUDENTS["ral"]
 
 GOLDEN_PATH = Path(__file__).resolve().parent / "golden" / "ral_golden.npz"
 TOL = 1e-5

@@ -139,7 +139,7 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
     """
     model = run.model
     videos, queries = make_eval_loaders(split, data_options(run.opt), run.device, model)
-    blocks, masks, video_ids, encoded, cap_ids = eval_encode_split(model, videos, queries, run.device)
+    blocks, masks, video_ids, encoded, cap_ids, _ = eval_encode_split(model, videos, queries, run.device)
     level = model.position_level
     curve_masks = [model.score_masks(m)[level] if level == "clip" else m for m in masks]
     n_pad = {lv: max(b[model.branch_names[0]][lv].shape[1] for b in blocks) for lv in model.levels}

@@ -38,7 +38,7 @@ from method.data.preload import STORAGE_DTYPES, pack_queries, pack_videos
 from method.data.sampler import block_range
 from method.evaluation import metrics
 from method.models.checkpoint import CheckpointError, model_file
-from method.models.model import DLDKD, cosine_video_scores, normalize_frames
+from method.models.model import DLDKD, normalize_frames
 from method.parallel.distributed import Dist, gather, offsets
 
 
@@ -46,10 +46,12 @@ from method.parallel.distributed import Dist, gather, offsets
 def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device):
     """Encode all videos (unit positions, kept per loader batch) and all queries of a split (or of a share).
 
-    Returns (video_blocks, masks, video_ids, queries, cap_ids) where
+    Returns (video_blocks, masks, video_ids, queries, cap_ids, encodings) where
     video_blocks is a list of {branch: {level: (Vb, Pb, d)}}, masks the list of
-    their (Vb, Lb) frame masks and queries {branch: (Q, d)}; positions a level
-    does not count hold a copy of their video's first position (see
+    their (Vb, Lb) frame masks, queries {branch: (Q, d)} and encodings
+    {branch: {key: (Q, ...)}} the student's other query encodings
+    (``Student.query_encodings``, e.g. RAL's tokens; empty for most); positions
+    a level does not count hold a copy of their video's first position (see
     ``normalize_frames``), so scoring needs no mask.
     """
     model.eval()
@@ -63,29 +65,44 @@ def encode_split(model: DLDKD, video_loader, query_loader, device: torch.device)
         masks.append(mask)
         video_ids.extend(batch["video_ids"])
     queries, cap_ids = {name: [] for name in model.branch_names}, []
+    encodings = {name: {} for name in model.branch_names}
     for batch in tqdm(query_loader, desc="encode queries", leave=False):
-        enc = model.encode_queries(batch["query_feat"].to(device), batch["query_mask"].to(device))
-        for name, q in enc.items():
+        feat, mask = batch["query_feat"].to(device), batch["query_mask"].to(device)
+        for name, q in model.encode_queries(feat, mask).items():
             queries[name].append(q)
+        for name, enc in model.encode_query_encodings(feat, mask).items():
+            for key, x in enc.items():
+                encodings[name].setdefault(key, []).append(x)
         cap_ids.extend(batch["cap_ids"])
     empty = torch.zeros(0, model.cfg.student_cfg.hidden_size, device=device)  # a process's empty share of the queries
-    return video_blocks, masks, video_ids, {k: torch.cat(v) if v else empty for k, v in queries.items()}, cap_ids
+    return (video_blocks, masks, video_ids, {k: torch.cat(v) if v else empty for k, v in queries.items()}, cap_ids,
+            {name: {key: torch.cat(x) for key, x in enc.items()} for name, enc in encodings.items()})
 
 
 def score_chunk(queries: dict[str, torch.Tensor], video_blocks, rows: slice,
-                model: DLDKD, fusion: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Scores (C, n_videos of the blocks) of the queries in ``rows``: fused, per branch and per level."""
+                model: DLDKD, fusion: dict[str, float],
+                encodings: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Scores (C, n_videos of the blocks) of the queries in ``rows``: fused, per branch and per level.
+
+    Each level is scored by the student's ``eval_level_scores`` (the max cosine for most), which also reads
+    the rows' ``encodings`` ({branch: {key: (Q, ...)}}, ``encode_split``'s).
+    """
     def level(q, name, lv):
         if not video_blocks:  # a process's empty share of the videos
             return q.new_zeros(len(q[rows]), 0)
-        return torch.cat([cosine_video_scores(q[rows], block[name][lv]) for block in video_blocks], dim=1)
+        student = getattr(model, name)
+        enc = {key: x[rows] for key, x in (encodings or {}).get(name, {}).items()}
+        return torch.cat([student.eval_level_scores(lv, q[rows], enc, block[name][lv]) for block in video_blocks],
+                         dim=1)
 
     levels = {name: {lv: level(q, name, lv) for lv in model.levels} for name, q in queries.items()}
     return model.named_scores(levels, fusion)
 
 
-def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLDKD, fusion) -> dict:
-    """Each query's score with its own video (Q,), every named score, block by block.
+def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLDKD, fusion,
+                    encodings: Optional[dict] = None) -> dict:
+    """Each query's score with its own video (Q,), every named score, block by block (the student's
+    ``eval_positive_scores``, reading ``encodings`` as ``score_chunk``).
 
     ``query_video`` indexes the blocks' videos; a query whose video is not in
     them (another process's share: an index outside) gets 0.
@@ -98,10 +115,11 @@ def positive_scores(queries, video_blocks, query_video: torch.Tensor, model: DLD
         sel = ((query_video >= start) & (query_video < start + n)).nonzero().squeeze(1)
         local = query_video[sel] - start
         for name, q in queries.items():
-            q_unit = torch.nn.functional.normalize(q[sel], dim=-1, eps=1e-12)
+            student = getattr(model, name)
+            enc = {key: x[sel] for key, x in (encodings or {}).get(name, {}).items()}
             for lv in model.levels:
                 own = block[name][lv].index_select(0, local)  # (q, Pb, d)
-                pos[name][lv][sel] = torch.bmm(own, q_unit[:, :, None]).squeeze(-1).amax(dim=-1)
+                pos[name][lv][sel] = student.eval_positive_scores(lv, q[sel], enc, own)
         start += n
     return model.named_scores(pos, fusion)
 
@@ -125,10 +143,12 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
     """
     d = dist or Dist()
     with device_timer(device) as t_encode:
-        video_blocks, _, own_videos, own_queries, own_caps = encode_split(model, video_loader, query_loader, device)
+        video_blocks, _, own_videos, own_queries, own_caps, own_enc = encode_split(model, video_loader, query_loader,
+                                                                                   device)
         video_sizes, video_ids = gather_ids(d, own_videos)
         query_sizes, cap_ids = gather_ids(d, own_caps)
         queries = {name: gather(d, q, query_sizes) for name, q in own_queries.items()}
+        encodings = {name: {key: gather(d, x, query_sizes) for key, x in enc.items()} for name, enc in own_enc.items()}
     vid_index = {v: i for i, v in enumerate(video_ids)}
     missing = [c for c in cap_ids if c.split("#")[0] not in vid_index]
     if missing:
@@ -143,13 +163,13 @@ def evaluate(model: DLDKD, video_loader, query_loader, device: torch.device, fus
     if scores_path is not None and d.is_main:
         out_scores = np.lib.format.open_memmap(scores_path, mode="w+", dtype=np.float32, shape=(n_q, n_v))
     with device_timer(device) as t_score:
-        pos = positive_scores(queries, video_blocks, column, model, fusion)
+        pos = positive_scores(queries, video_blocks, column, model, fusion, encodings)
         pos = dict(zip(names, d.all_reduce_sum(torch.stack([pos[name] for name in names]))))  # 0 but once
         t2v = torch.zeros(len(names), n_q, dtype=torch.long, device=device)
         v2t = torch.zeros(len(names), n_q, dtype=torch.long, device=device)
         for start in tqdm(range(0, n_q, chunk_size), desc="score", leave=False):
             rows = slice(start, min(start + chunk_size, n_q))
-            scores = score_chunk(queries, video_blocks, rows, model, fusion)
+            scores = score_chunk(queries, video_blocks, rows, model, fusion, encodings)
             index = torch.arange(rows.start, rows.stop, device=device)
             for k, name in enumerate(names):
                 t2v[k, rows] = metrics.t2v_rank_counts(scores[name], column[rows], pos[name][rows])

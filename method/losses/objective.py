@@ -10,7 +10,7 @@ batch, P positions of a level, R / C the queries / videos a process owns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -139,6 +139,9 @@ class Objective:
         ot_weight: weight of GMMFormerV2's matching (OT) term (0: none).
         kd_level: the level whose per-position scores distil the teacher.
         evidential: Holmes' evidential terms (on the clip and frame levels), or None.
+        output_terms: terms computed from the student's extra forward outputs, or None: a callable
+            ``(outputs {key: tensor} of one branch, labels (Q,)) -> {name: weighted scalar}`` over the
+            whole batch (RAL's MIL and VIB, ``method.losses.ral.SampleTerms``).
     """
 
     nce_weights: Mapping[str, float] = field(default_factory=lambda: {"frame": 0.04})
@@ -146,6 +149,7 @@ class Objective:
     ot_weight: float = 0.0
     kd_level: str = "frame"
     evidential: Optional[EvidentialTerms] = None
+    output_terms: Optional[Callable[[Mapping[str, Tensor], Tensor], Dict[str, Tensor]]] = None
 
     @property
     def needs_second_queries(self) -> bool:
@@ -155,9 +159,10 @@ class Objective:
     @property
     def whole_batch(self) -> bool:
         """Whether a term needs the whole batch in one place (the evidential terms: the Dempster-Shafer
-        evidence over the batch's videos, the query sets' thresholds and median over all its queries); several
-        processes then each compute the whole objective (``GlobalBatch.build(replicate=True)``)."""
-        return self.evidential is not None
+        evidence over the batch's videos, the query sets' thresholds and median over all its queries; the
+        output terms: RAL's MIL softmax over every video's samples); several processes then each compute the
+        whole objective (``GlobalBatch.build(replicate=True)``)."""
+        return self.evidential is not None or self.output_terms is not None
 
 
 class DLDKDLoss(nn.Module):
@@ -173,7 +178,8 @@ class DLDKDLoss(nn.Module):
     ``<level>_trip``, ``qdl``, ``ot`` (the GMMFormer authors' names), with
     ``_inh`` / ``_exp`` appended when there are two branches; an objective
     with ``evidential`` terms adds ``intra_edl``, ``frame_edl``, ``clip_edl``,
-    ``combine_edl`` (Holmes' names; the whole batch: see ``Objective.whole_batch``). The training
+    ``combine_edl`` (Holmes' names); ``output_terms`` add theirs (RAL: ``mil``,
+    ``vib``); both need the whole batch (``Objective.whole_batch``). The training
     loop sums the values. Every value is this process's contribution: the
     sum over the processes of a distributed run is the global term.
     """
@@ -190,7 +196,8 @@ class DLDKDLoss(nn.Module):
     def forward(self, scores: Mapping[str, Mapping[str, object]], layout: BatchLayout,
                 teacher: Optional[TeacherScores] = None, kd_factor: float = 0.0, hard_negative: bool = False,
                 alpha: float = 1.0, beta: float = 1.0, generator: Optional[torch.Generator] = None,
-                local: Optional[LocalBatch] = None, warmup_end: bool = False) -> Dict[str, Tensor]:
+                local: Optional[LocalBatch] = None, warmup_end: bool = False,
+                outputs: Optional[Mapping[str, Mapping[str, Tensor]]] = None) -> Dict[str, Tensor]:
         """Compute the weighted loss terms.
 
         Args:
@@ -207,6 +214,8 @@ class DLDKDLoss(nn.Module):
             generator: generator of the negative draws (None: the default generator).
             local: the share's second query encodings and clips (needed by query diversity and OT).
             warmup_end: whether the evidential terms' warm-up is over (pseudo-labels, smoothing).
+            outputs: the student's extra forward outputs {key: {branch: tensor}} of the whole batch
+                (``DLDKD.output_keys``), read by the objective's ``output_terms``.
 
         Returns:
             Dict of scalar tensors (see the class docstring for the names).
@@ -246,6 +255,13 @@ class DLDKDLoss(nn.Module):
                     raise ValueError("the evidential terms need the whole batch (GlobalBatch.build(replicate=True))")
                 value = evidential_terms(scores[name]["clip"].rows.video_scores, scores[name]["frame"].rows.video_scores,
                                          local.clips[name], queries2, local.labels, obj.evidential, warmup_end)
+                terms.update({f"{k}{suffix}": v for k, v in value.items()})
+            if obj.output_terms is not None:
+                if (layout.rows, layout.cols) != (slice(0, layout.num_queries), slice(0, layout.num_videos)):
+                    raise ValueError("the output terms need the whole batch in one process")
+                if outputs is None:
+                    raise ValueError("the objective's output terms need the student's forward outputs (outputs)")
+                value = obj.output_terms({k: v[name] for k, v in outputs.items()}, layout.labels)
                 terms.update({f"{k}{suffix}": v for k, v in value.items()})
             if name == "inheritance" and teacher is not None:
                 rows = scores[name][obj.kd_level].rows

@@ -8,6 +8,7 @@ RAL's word-frame scores.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
@@ -133,6 +134,25 @@ def ral_objective(out: Mapping[str, Any], labels: Tensor, cfg: Any, hard_negativ
     return weighted_terms(comps, cfg.loss_weights())
 
 
+@dataclass(frozen=True)
+class SampleTerms:
+    """RAL's MIL and VIB terms in the project's objective (``Objective.output_terms``): weights and the R4 fixes."""
+
+    mil_weight: float
+    vib_weight: float
+    vib_log_std: bool = False
+    vib_use_mean: bool = False
+
+    def __call__(self, outputs: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """{"mil", "vib"} weighted, from one branch's outputs: "text_samples" / "video_samples" (V, K, D),
+        "text_logsigma" / "video_logsigma" and "text_mean" / "video_mean" (V, D) of the whole batch."""
+        text, video = outputs["text_samples"], outputs["video_samples"]
+        vib = vib_terms(video, outputs["video_logsigma"], text, outputs["text_logsigma"],
+                        outputs["video_mean"] if self.vib_use_mean else None,
+                        outputs["text_mean"] if self.vib_use_mean else None, self.vib_log_std)["vib"]
+        return {"mil": self.mil_weight * mil_loss(text, video), "vib": self.vib_weight * vib}
+
+
 def authors_log(terms: Mapping[str, Tensor]) -> dict[str, float]:
     """The authors' per-step dict (``loss.forward``): ``loss_overall`` (the sum of all terms), then the six logged."""
     log = {"loss_overall": float(sum(v.detach() for v in terms.values()))}
@@ -141,4 +161,4 @@ def authors_log(terms: Mapping[str, Tensor]) -> dict[str, float]:
 
 
 __all__ = ["LOSS_TERMS", "AUTHORS_LOG_NAMES", "mil_nce", "mil_loss", "vib_terms", "ral_loss_components",
-           "weighted_terms", "ral_objective", "authors_log"]
+           "weighted_terms", "ral_objective", "SampleTerms", "authors_log"]

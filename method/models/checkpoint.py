@@ -40,7 +40,7 @@ import torch
 
 from method.common.files import atomic_write
 from method.models.model import DLDKD, ModelConfig
-from method.models.students import ConfigError, holmes, student_class
+from method.models.students import ConfigError, holmes, ral, student_class
 
 FORMAT = "dldkd-v1"
 log = logging.getLogger("dldkd")
@@ -110,7 +110,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def checkpoint_format(ckpt: dict) -> str:
     """'own' (this project), 'iccv' (the authors' A_/B_ names), 'dldkdpp' (their master names), 'gmmformer',
-    'gmmformer_v2', 'holmes' or 'holmes_dual' (the GMMFormer and Holmes codes' best.ckpt); else 'unknown'.
+    'gmmformer_v2', 'holmes', 'holmes_dual' or 'ral' (the GMMFormer, Holmes and RAL codes' best.ckpt); else
+    'unknown'.
 
     The authors' keys may carry a ``module.`` prefix (a multi-GPU run).
     """
@@ -121,6 +122,8 @@ def checkpoint_format(ckpt: dict) -> str:
         holmes_kind = holmes.authors_checkpoint_student(keys)  # before V2's rule: Holmes has weight_token too
         if holmes_kind is not None:
             return holmes_kind
+        if ral.is_authors_ral_state(keys):  # before V2's rule: RAL has weight_token too
+            return "ral"
         if "weight_token" in keys:
             return "gmmformer_v2"
         if any(k.startswith("clip_encoder_2.") for k in keys):
@@ -263,6 +266,17 @@ def holmes_model_config(ckpt: dict, path="checkpoint", fallback=None) -> ModelCo
     return ModelConfig(cfg, "holmes", share_query_proj=False, single_branch=True)
 
 
+def ral_model_config(ckpt: dict, path="checkpoint", fallback=None) -> ModelConfig:
+    """ModelConfig of a RAL best.ckpt: sizes from the tensors, the rest from its config (the authors' keys,
+    ``ral.authors_checkpoint_values``), else the recipe table's (``fallback``)."""
+    try:
+        sizes, stored = ral.authors_checkpoint_values(ckpt)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: the RAL state dict lacks {e.args[0]!r}") from None
+    cfg = _authors_config("ral", "ral", path, sizes, stored, fallback)
+    return ModelConfig(cfg, "ral", share_query_proj=False, single_branch=True)
+
+
 def authors_gmm_options(ckpt: dict) -> dict:
     """Evaluation settings (this project's flag names) of a GMMFormer-family or Holmes best.ckpt, from its
     ``config``."""
@@ -278,8 +292,9 @@ def authors_gmm_options(ckpt: dict) -> dict:
                          ("frame_scale_w", "frame_scale_w"), ("map_size", "map_size"), ("q_feat_size", "q_feat_size")):
         if theirs in cfg:
             out[ours] = cfg[theirs]
-    if student == "holmes" and "collection" in out:  # the Holmes code's -d values act / cha
-        out["collection"] = holmes.COLLECTION_ALIASES.get(out["collection"], out["collection"])
+    aliases = {"holmes": holmes.COLLECTION_ALIASES, "ral": ral.COLLECTION_ALIASES}.get(student, {})
+    if "collection" in out:  # the Holmes and RAL codes' -d values act / cha
+        out["collection"] = aliases.get(out["collection"], out["collection"])
     return out
 
 
@@ -318,6 +333,9 @@ def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tupl
     elif fmt in ("holmes", "holmes_dual"):
         cfg = holmes_model_config(ckpt, path, fallback)
         state = OrderedDict((f"inheritance.{_strip_module(k)}", v) for k, v in ckpt["state_dict"].items())
+    elif fmt == "ral":
+        cfg = ral_model_config(ckpt, path, fallback)
+        state = OrderedDict((f"inheritance.{_strip_module(k)}", v) for k, v in ckpt["state_dict"].items())
     elif fmt == "own":
         try:
             cfg = ModelConfig.from_dict(ckpt["model_config"], f"{path}: model_config")
@@ -328,7 +346,8 @@ def load_model(path: str | Path, opt: dict | None = None, fallback=None) -> tupl
         keys = list(ckpt.get("model", ckpt.get("state_dict", {})))[:3]
         raise CheckpointError(
             f"{path}: neither this project's checkpoint (format {FORMAT!r}) nor the authors' (ICCV keys "
-            f"A_*/B_*, DL-DKD++ keys query_*/visual_*/exp_*, or a GMMFormer / Holmes best.ckpt); first keys: {keys}")
+            f"A_*/B_*, DL-DKD++ keys query_*/visual_*/exp_*, or a GMMFormer / Holmes / RAL best.ckpt); first keys: "
+            f"{keys}")
     try:
         model = DLDKD(cfg)
     except ValueError as e:

@@ -17,64 +17,22 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from method.models.students import ConfigError, StudentConfig, build_student, student_class
+from method.models.students.base import (
+    ScoreOutput,
+    cosine_video_scores,
+    frame_dot,
+    normalize_frames,
+    score_level,
+)
 from method.models.students.blocks import MASK_VALUE
 
 BRANCHES = ("inheritance", "exploration")
 
 __all__ = ["BRANCHES", "MASK_VALUE", "ModelConfig", "DLDKD", "ScoreOutput", "frame_dot", "score_level",
            "normalize_frames", "cosine_video_scores"]
-
-
-@dataclass
-class ScoreOutput:
-    """Scores of one level of one branch for Q queries against V videos of P positions."""
-
-    video_scores: torch.Tensor  # (Q, V) max over counted positions of the cosine
-    video_scores_raw: torch.Tensor  # (Q, V) max over counted positions of the dot product
-    frame_scores: torch.Tensor | None  # (Q, V, P) cosine, uncounted positions = MASK_VALUE (None: video level only)
-
-    def float(self) -> "ScoreOutput":
-        """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
-        frames = None if self.frame_scores is None else self.frame_scores.float()
-        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), frames)
-
-
-def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """query: (Q, d), frames: (V, P, d) -> dot products (Q, V, P), one matmul."""
-    v, p, d = frames.shape
-    return (query @ frames.reshape(v * p, d).t()).view(query.shape[0], v, p)
-
-
-def score_level(query: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> ScoreOutput:
-    """Cosine and dot-product scores of queries (Q, d) against positions (V, P, d) counted by ``mask`` (V, P).
-
-    Two matmuls, as released: unit vectors for the cosine, raw vectors for the
-    NCE scores; uncounted positions are masked in place on the fresh matmul outputs.
-    """
-    pad = (mask == 0)[None]  # (1, V, P)
-    cos = frame_dot(F.normalize(query, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12))
-    raw = frame_dot(query, frames)
-    cos = cos.masked_fill_(pad, MASK_VALUE)
-    raw = raw.masked_fill_(pad, MASK_VALUE)
-    return ScoreOutput(cos.amax(dim=-1), raw.amax(dim=-1), cos)
-
-
-def normalize_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unit-length positions (V, P, d) for inference, uncounted ones replaced by the video's first position.
-
-    A repeated counted position never changes a max, so scoring needs no mask.
-    """
-    unit = F.normalize(frames, dim=-1, eps=1e-12)
-    return torch.where(mask[..., None] > 0, unit, unit[:, :1])
-
-
-def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch.Tensor:
-    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, P, d) -> max cosine over positions (Q, V)."""
-    return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
 
 
 @dataclass
@@ -206,28 +164,62 @@ class DLDKD(nn.Module):
         """Videos that must be encoded together at evaluation (GMMFormer's quirk Q1), or None."""
         return self.inheritance.eval_video_group()
 
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """The student's extra forward outputs: its ``query_outputs`` (first dimension Q), then ``video_outputs`` (V)."""
+        cls = student_class(self.cfg.student)
+        return (*cls.query_outputs, *cls.video_outputs)
+
     def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
                 query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None,
-                second_queries: bool = False) -> dict:
+                second_queries: bool = False, query_labels: Optional[torch.Tensor] = None) -> dict:
         """Training embeddings of a batch.
 
         Returns {"queries": {branch: (Q, d)}, "videos": {branch: {level: (V, P, d)}},
         "masks": {level: (V, P)}} and, with ``second_queries``, "queries2": a
         second encoding of the queries (another dropout sample; the GMMFormer
-        family's query-diversity and matching losses read it).
+        family's query-diversity and matching losses read it); plus the student's
+        extra outputs (``output_keys``, ``Student.train_outputs``), each
+        {branch: tensor} with first dimension Q (``query_outputs``) or V
+        (``video_outputs``). ``query_labels`` (Q,): each caption's video (students
+        with extra outputs may need it).
         """
         out = {"queries": self.encode_queries(query_feat, query_mask),
                "videos": self.encode_videos(video_feat, video_mask, clip_feat),
                "masks": self.score_masks(video_mask)}
+        if self.output_keys:
+            for name in self.branch_names:
+                extra = getattr(self, name).train_outputs(query_feat, query_mask, out["videos"][name], video_mask,
+                                                          query_labels)
+                for key in self.output_keys:
+                    out.setdefault(key, {})[name] = extra[key]
         if second_queries:
             out["queries2"] = self.encode_queries(query_feat, query_mask)
         return out
 
+    def level_scorer(self, outputs: dict):
+        """The training scores ``(branch, level, queries (R, d), feats (V, P, d), mask (V, P)) -> ScoreOutput``
+        of the student (``Student.level_scores``), reading the branch's ``query_outputs`` of the same R
+        queries from ``outputs`` (``forward``'s dict, or the R owned rows' part of it)."""
+        keys = student_class(self.cfg.student).query_outputs
+
+        def score(name: str, level: str, queries: torch.Tensor, feats: torch.Tensor,
+                  mask: torch.Tensor) -> ScoreOutput:
+            return getattr(self, name).level_scores(level, queries, feats, mask,
+                                                    {k: outputs[k][name] for k in keys})
+        return score
+
+    def encode_query_encodings(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Evaluation: {branch: the student's ``query_encodings`` {key: (Q, ...)}} ({} per branch for most)."""
+        return {name: getattr(self, name).query_encodings(feat, mask) for name in self.branch_names}
+
     def score(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
-              query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None) -> dict[str, dict[str, ScoreOutput]]:
+              query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None,
+              query_labels: Optional[torch.Tensor] = None) -> dict[str, dict[str, ScoreOutput]]:
         """Scores of every query against every video of one batch, per branch and level (one process)."""
-        emb = self(video_feat, video_mask, query_feat, query_mask, clip_feat)
-        return {name: {level: score_level(emb["queries"][name], feats, emb["masks"][level])
+        emb = self(video_feat, video_mask, query_feat, query_mask, clip_feat, query_labels=query_labels)
+        score = self.level_scorer(emb)
+        return {name: {level: score(name, level, emb["queries"][name], feats, emb["masks"][level])
                        for level, feats in emb["videos"][name].items()} for name in self.branch_names}
 
     def branch_score(self, levels: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

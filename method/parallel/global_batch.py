@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,7 @@ class GlobalBatch:
     sizes: ShareSizes
     replicated: bool = False  # every process holds the whole batch (see the module's docstring)
     teacher_batch: Optional[dict] = None  # replicated: the whole batch's teacher inputs (else the share's)
+    outputs: Optional[dict] = None  # the model's forward output: this share's, or (replicated) the whole batch's
 
     @classmethod
     def build(cls, d: Dist, embeddings: dict, batch: dict, sizes: ShareSizes, replicate: bool = False,
@@ -148,7 +149,7 @@ class GlobalBatch:
                            labels=labels, num_queries=sum(sizes.queries), num_pairs=sizes.ot_pairs)
         if not d.enabled:
             layout = BatchLayout.whole(labels, mask, embeddings["masks"])
-            return cls(layout, embeddings["queries"], embeddings["videos"], local, d, sizes)
+            return cls(layout, embeddings["queries"], embeddings["videos"], local, d, sizes, outputs=embeddings)
         video_start, query_start = offsets(sizes.videos)[d.rank], offsets(sizes.queries)[d.rank]
         layout = BatchLayout(
             labels=gather(d, labels + video_start, sizes.queries),
@@ -158,7 +159,7 @@ class GlobalBatch:
             level_masks={level: gather(d, m, sizes.videos) for level, m in embeddings["masks"].items()})
         videos = {b: {level: gather(d, f, sizes.videos) for level, f in levels.items()}
                   for b, levels in embeddings["videos"].items()}
-        return cls(layout, embeddings["queries"], videos, local, d, sizes)
+        return cls(layout, embeddings["queries"], videos, local, d, sizes, outputs=embeddings)
 
     @property
     def whole(self) -> bool:
@@ -170,13 +171,20 @@ class GlobalBatch:
         """The factor of this process's terms: 1, or 1 / processes when each holds the whole objective."""
         return 1.0 / self.dist.world if self.replicated else 1.0
 
-    def branch_scores(self) -> dict[str, dict[str, ScorePair]]:
-        """{branch: {level: ScorePair}} of the owned rows and columns (one matrix when this is the only process)."""
+    def branch_scores(self, score: Optional[Callable[..., ScoreOutput]] = None) -> dict[str, dict[str, ScorePair]]:
+        """{branch: {level: ScorePair}} of the owned rows and columns (one matrix when this is the only process).
+
+        ``score(branch, level, queries (R, d), feats (V, P, d), mask (V, P)) -> ScoreOutput`` scores the owned
+        rows (``DLDKD.level_scorer``: the student's ``level_scores``); default ``score_level``.
+        """
         lay, out = self.layout, {}
         for name, queries in self.queries.items():
             out[name] = {}
             for level, feats in self.videos[name].items():
-                rows = score_level(queries, feats, lay.level_masks[level])
+                if score is None:
+                    rows = score_level(queries, feats, lay.level_masks[level])
+                else:
+                    rows = score(name, level, queries, feats, lay.level_masks[level])
                 if self.whole:
                     out[name][level] = ScorePair(rows, rows)
                     continue

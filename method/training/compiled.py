@@ -103,10 +103,11 @@ class CompiledForward:
         self.policy = policy
         self.compiled = torch.compile(module, backend=backend)
 
-    def __call__(self, video_feat, video_mask, query_feat, query_mask, clip_feat=None, second_queries=False):
-        args = (video_feat, video_mask, query_feat, query_mask, clip_feat, second_queries)
+    def __call__(self, video_feat, video_mask, query_feat, query_mask, clip_feat=None, second_queries=False,
+                 query_labels=None):
+        args = (video_feat, video_mask, query_feat, query_mask, clip_feat, second_queries, query_labels)
         if video_feat.shape[0] < 2:
             return self.eager(*args)  # sizes 0 / 1 would specialise a graph of their own
-        for t in (video_feat, video_mask, clip_feat, query_feat, query_mask):
+        for t in (video_feat, video_mask, clip_feat, query_feat, query_mask, query_labels):
             _maybe_dynamic(t, 0)
         return self.compiled(*args)

@@ -242,17 +242,18 @@ def train_step(r: Run, b: dict, settings: dict, sizes=None) -> dict:
         b = r.shapes.pad_tokens(b)
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=r.amp == "bf16"):
         emb = r.forward(b["video_feat"], b["video_mask"], b["query_feat"], b["query_mask"], b.get("clip_feat"),
-                        r.second_queries)
+                        r.second_queries, b["query_labels"] if r.model.output_keys else None)
     if r.amp == "bf16":
         emb = float_embeddings(emb)
     # A whole-batch objective (Holmes, RAL) gets every process's outputs and is computed whole on each process.
     view = GlobalBatch.build(r.dist, emb, b, sizes, replicate=r.loss_fn.objective.whole_batch,
                              query_keys=r.model.query_outputs)
-    scores = view.branch_scores()
+    scores = view.branch_scores(r.model.level_scorer(view.outputs))  # the student's level scores
     teacher = None
     if r.teacher is not None:
         teacher = view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None, r.loss_fn.objective.kd_level)
-    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local, **settings)
+    terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local,
+                      outputs={k: view.outputs[k] for k in r.model.output_keys}, **settings)
     if view.replicated:  # each process holds the whole terms: its part is 1 / processes of them
         terms = {name: value * view.scale for name, value in terms.items()}
     loss = sum(terms.values())

@@ -40,6 +40,6 @@ def build_student(name: str, cfg: StudentConfig, with_query_proj: bool = True) -
     return cls(cfg, with_query_proj)
 
 
-from method.models.students import dldkd, gmmformer, gmmformer_v2, holmes  # noqa: E402,F401  (registers the students)
+from method.models.students import dldkd, gmmformer, gmmformer_v2, holmes, ral  # noqa: E402,F401  (registers the students)
 
 __all__ = ["ConfigError", "Student", "StudentConfig", "STUDENTS", "register", "student_class", "build_student"]

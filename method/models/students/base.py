@@ -17,13 +17,64 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from method.models.students.blocks import MASK_VALUE
 
 # Fields of a student's configuration that come from the data, not from a flag.
 DATA_FIELDS = ("visual_input_size", "query_input_size")
+
+
+@dataclass
+class ScoreOutput:
+    """Scores of one level of one branch for Q queries against V videos of P positions."""
+
+    video_scores: torch.Tensor  # (Q, V) max over counted positions of the cosine
+    video_scores_raw: torch.Tensor  # (Q, V) max over counted positions of the dot product
+    frame_scores: torch.Tensor | None  # (Q, V, P) cosine, uncounted positions = MASK_VALUE (None: video level only)
+
+    def float(self) -> "ScoreOutput":
+        """float32 copies (after a bf16 autocast forward), so the losses run in float32."""
+        frames = None if self.frame_scores is None else self.frame_scores.float()
+        return ScoreOutput(self.video_scores.float(), self.video_scores_raw.float(), frames)
+
+
+def frame_dot(query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """query: (Q, d), frames: (V, P, d) -> dot products (Q, V, P), one matmul."""
+    v, p, d = frames.shape
+    return (query @ frames.reshape(v * p, d).t()).view(query.shape[0], v, p)
+
+
+def score_level(query: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> ScoreOutput:
+    """Cosine and dot-product scores of queries (Q, d) against positions (V, P, d) counted by ``mask`` (V, P).
+
+    Two matmuls, as released: unit vectors for the cosine, raw vectors for the
+    NCE scores; uncounted positions are masked in place on the fresh matmul outputs.
+    """
+    pad = (mask == 0)[None]  # (1, V, P)
+    cos = frame_dot(F.normalize(query, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12))
+    raw = frame_dot(query, frames)
+    cos = cos.masked_fill_(pad, MASK_VALUE)
+    raw = raw.masked_fill_(pad, MASK_VALUE)
+    return ScoreOutput(cos.amax(dim=-1), raw.amax(dim=-1), cos)
+
+
+def normalize_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length positions (V, P, d) for inference, uncounted ones replaced by the video's first position.
+
+    A repeated counted position never changes a max, so scoring needs no mask.
+    """
+    unit = F.normalize(frames, dim=-1, eps=1e-12)
+    return torch.where(mask[..., None] > 0, unit, unit[:, :1])
+
+
+def cosine_video_scores(query: torch.Tensor, frames_unit: torch.Tensor) -> torch.Tensor:
+    """Inference: queries (Q, d) vs ``normalize_frames`` output (V, P, d) -> max cosine over positions (Q, V)."""
+    return frame_dot(F.normalize(query, dim=-1, eps=1e-12), frames_unit).amax(dim=-1)
 
 
 def setting(default: Any = MISSING, help: str = "", choices: Optional[tuple] = None):
@@ -85,8 +136,10 @@ class Student(nn.Module):
         shares_query_proj: whether DL-DKD's exploration branch borrows the inheritance branch's
             query projection by default (the released ICCV model's quirk, for its student).
         level_weights: inference weight of each level in the branch's score.
-        query_outputs: extra top-level keys of the model's training output whose tensors are per query (first
-            dimension Q); every other extra key is per video (V). Several processes gather them by this.
+        query_outputs / video_outputs: the keys of ``train_outputs``, the training forward's extra
+            outputs, whose tensors' first dimension is the batch's captions (Q) / videos (V); ``DLDKD.forward``
+            returns each as a top-level key ``{branch: tensor}`` (a distributed run gathers them along that
+            dimension). Empty for students whose levels score a pooled query (``score_level``).
         unused_parameters: names of parameters that exist (the authors' state dicts) but never get a gradient;
             several processes leave them out of the gradient exchange.
     """
@@ -103,6 +156,7 @@ class Student(nn.Module):
     level_weights: ClassVar[dict[str, float]] = {"frame": 1.0}
     query_outputs: ClassVar[tuple[str, ...]] = ()
     unused_parameters: ClassVar[tuple[str, ...]] = ()
+    video_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):
         super().__init__()
@@ -153,6 +207,40 @@ class Student(nn.Module):
     def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """{level: (V, P_level) float mask} of the positions the video-level max runs over (1 = counted)."""
         return {"frame": frame_mask}
+
+    # ---- scoring hooks: a level scored from more than the pooled query (e.g. the caption tokens) ---------- #
+    def train_outputs(self, query_feat: torch.Tensor, query_mask: torch.Tensor, videos: dict[str, torch.Tensor],
+                      video_mask: torch.Tensor, query_labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training forward's extra outputs {key: tensor}, keys ``query_outputs`` (first dimension Q) and
+        ``video_outputs`` (first dimension V): what ``level_scores`` and the objective's ``output_terms`` read.
+
+        query_feat: (Q, N, Dq), query_mask: (Q, N), videos: ``encode_video``'s {level: (V, P, d)},
+        video_mask: (V, L), query_labels: (Q,) each caption's video in the batch (None outside training).
+        """
+        return {}
+
+    def level_scores(self, level: str, queries: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor,
+                     outputs: Mapping[str, torch.Tensor]) -> ScoreOutput:
+        """Training scores of ``level``: queries (R, d) against every video's positions feats (V, P, d), counted
+        by mask (V, P); ``outputs``: the R queries' ``query_outputs`` of this branch. Default ``score_level``."""
+        return score_level(queries, feats, mask)
+
+    def query_encodings(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation: per-query encodings besides the pooled vector that ``eval_level_scores`` reads,
+        {key: (Q, ...)}, any token axis padded to ``max_desc_l`` (blocks and processes concatenate them)."""
+        return {}
+
+    def eval_level_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
+                          feats_unit: torch.Tensor) -> torch.Tensor:
+        """Inference scores (Q, V) of queries (Q, d) with their ``query_encodings`` against ``normalize_frames``'
+        positions (V, P, d). Default: the max cosine (``cosine_video_scores``)."""
+        return cosine_video_scores(queries, feats_unit)
+
+    def eval_positive_scores(self, level: str, queries: torch.Tensor, encodings: Mapping[str, torch.Tensor],
+                             own_unit: torch.Tensor) -> torch.Tensor:
+        """Each query's inference score (Q,) with its own video's positions ``own_unit`` (Q, P, d)."""
+        q_unit = F.normalize(queries, dim=-1, eps=1e-12)
+        return torch.bmm(own_unit, q_unit[:, :, None]).squeeze(-1).amax(dim=-1)
 
     def eval_video_group(self) -> Optional[int]:
         """Videos whose encodings depend on each other at evaluation (they must be encoded as one batch), or None."""

@@ -537,3 +537,16 @@ class DyGMMBlock(nn.Module):
         logits = self.fusion_logits(self.branch_tokens(outs, token, mask))[..., :x.shape[1]]
         weights = torch.softmax(logits / self.tau, dim=1)
         return torch.einsum("bkl,kbld->bld", weights, outs)
+
+
+def init_normal_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The authors' ``reset_parameters`` (GMMFormer family, Holmes, RAL): Linear / Embedding weights N(0, std),
+    Linear biases 0, LayerNorm (1, 0). Bare parameters (``weight_token``) keep their own init."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

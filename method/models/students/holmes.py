@@ -68,7 +68,7 @@ M = the most captions of a video in the batch, d hidden size.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
 import torch
@@ -78,19 +78,18 @@ from torch import nn
 from method.losses.evidential import EvidentialTerms
 from method.models.students import register
 from method.models.students.base import Student, StudentConfig, setting
-from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, attention_pool
+from method.models.students.blocks import (
+    FFNAttentionLayer,
+    LinearLayer,
+    PositionalEncoding,
+    attention_pool,
+    init_normal_weights,
+)
 from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
 
 HOLMES_WIDTHS = (None, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # e_attns.0..7 (None = no Gaussian)
 HOLMES_CLIPS, HOLMES_FRAMES = 32, 128  # the fusion heads predict weights per absolute position
 MASK_VALUE = -1e10
-
-
-def _f(default: Any, help: str):
-    """A dataclass field with a help text (``metadata["help"]``), as ``setting``."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return setting(default, help)
 
 
 @dataclass
@@ -149,34 +148,34 @@ class HolmesConfig(HolmesLosses, HolmesNetConfig):
     """
 
     # data
-    collection: str = _f("tvr", "collection: tvr, activitynet or charades")
-    visual_feature: str = _f("i3d_resnet", "frame features, FeatureData/<visual_feature>/feature.hdf5")
-    visual_input_size: int = _f(3072, "visual feature size (visual_feat_dim; hard-wired per collection, H10)")
-    query_input_size: int = _f(768, "RoBERTa token size (q_feat_size)")
+    collection: str = setting("tvr", "collection: tvr, activitynet or charades")
+    visual_feature: str = setting("i3d_resnet", "frame features, FeatureData/<visual_feature>/feature.hdf5")
+    visual_input_size: int = setting(3072, "visual feature size (visual_feat_dim; hard-wired per collection, H10)")
+    query_input_size: int = setting(768, "RoBERTa token size (q_feat_size)")
     # network (the TVR values of the run; the network's own fields are HolmesNetConfig's)
-    input_drop: float = _f(0.2, "dropout of the input projections and positional encodings (input_drop)")
-    drop: float = _f(0.2, "dropout inside the attention layers and the fusion head (drop)")
-    initializer_range: float = _f(0.02, "std of the normal init of Linear / Embedding weights")
+    input_drop: float = setting(0.2, "dropout of the input projections and positional encodings (input_drop)")
+    drop: float = setting(0.2, "dropout inside the attention layers and the fusion head (drop)")
+    initializer_range: float = setting(0.02, "std of the normal init of Linear / Embedding weights")
     # inference
-    clip_scale_w: float = _f(0.6, "inference weight of the clip-level score")
-    frame_scale_w: float = _f(0.4, "inference weight of the frame-level score")
+    clip_scale_w: float = setting(0.6, "inference weight of the clip-level score")
+    frame_scale_w: float = setting(0.4, "inference weight of the frame-level score")
     # ranking losses (GMMFormerV2's)
-    margin: float = _f(0.1, "triplet margin")
-    hard_pool_size: int = _f(20, "hard-negative pool of the triplet")
-    frame_nce_weight: float = _f(0.04, "weight of the frame-level InfoNCE (loss_factor[1]; --nce_weight)")
-    dc_weight: float = _f(0.0, "weight of the dual-query consistency term (loss_factor[5]; 0, unused in src/)")
+    margin: float = setting(0.1, "triplet margin")
+    hard_pool_size: int = setting(20, "hard-negative pool of the triplet")
+    frame_nce_weight: float = setting(0.04, "weight of the frame-level InfoNCE (loss_factor[1]; --nce_weight)")
+    dc_weight: float = setting(0.0, "weight of the dual-query consistency term (loss_factor[5]; 0, unused in src/)")
     # training
-    lr: float = _f(3e-4, "peak learning rate (BertAdam)")
-    n_epoch: int = _f(100, "epochs (also the horizon of the LR schedule)")
-    max_es_cnt: int = _f(20, "early stop when the epochs without val SumR improvement exceed this")
-    hard_negative_start_epoch: int = _f(20, "epoch from which the triplets use hard negatives")
-    seed: int = _f(0, "seed of Python, numpy and torch")
-    bsz: int = _f(128, "videos per training batch")
-    wd: float = _f(0.01, "BertAdam weight decay (name rule of the released optimiser)")
-    lr_warmup_proportion: float = _f(0.01, "LR warm-up fraction of all steps")
-    eval_context_bsz: int = _f(100, "videos per evaluation batch (no effect on the numbers)")
-    eval_query_bsz: int = _f(50, "captions per evaluation batch, each re-sorted by token count (no effect)")
-    reuse_query_encoding: bool = _f(False, "fix Q5: QDL and POT reuse the first query encoding")
+    lr: float = setting(3e-4, "peak learning rate (BertAdam)")
+    n_epoch: int = setting(100, "epochs (also the horizon of the LR schedule)")
+    max_es_cnt: int = setting(20, "early stop when the epochs without val SumR improvement exceed this")
+    hard_negative_start_epoch: int = setting(20, "epoch from which the triplets use hard negatives")
+    seed: int = setting(0, "seed of Python, numpy and torch")
+    bsz: int = setting(128, "videos per training batch")
+    wd: float = setting(0.01, "BertAdam weight decay (name rule of the released optimiser)")
+    lr_warmup_proportion: float = setting(0.01, "LR warm-up fraction of all steps")
+    eval_context_bsz: int = setting(100, "videos per evaluation batch (no effect on the numbers)")
+    eval_query_bsz: int = setting(50, "captions per evaluation batch, each re-sorted by token count (no effect)")
+    reuse_query_encoding: bool = setting(False, "fix Q5: QDL and POT reuse the first query encoding")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -449,21 +448,6 @@ def eval_scores(student: "HolmesStudent", query_batches, video_batches, weights:
     return torch.cat(rows)
 
 
-def init_holmes_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The authors' ``reset_parameters``: Linear / Embedding weights N(0, std), Linear biases 0, LayerNorm 1 / 0.
-
-    ``weight_token`` (a bare parameter) keeps its N(0, 1) init.
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 # --------------------------------------------------------------------------- #
 # the student
 # --------------------------------------------------------------------------- #
@@ -512,10 +496,10 @@ class HolmesStudent(Student):
 
     @classmethod
     def from_config(cls, hcfg: HolmesConfig, with_query_proj: bool = True, init: bool = True) -> "HolmesStudent":
-        """Build from a ``HolmesConfig``; ``init`` applies the authors' initialisation (``init_holmes_weights``)."""
+        """Build from a ``HolmesConfig``; ``init`` applies the authors' initialisation (``blocks.init_normal_weights``)."""
         student = cls(hcfg, with_query_proj)
         if init:
-            init_holmes_weights(student, hcfg.initializer_range)
+            init_normal_weights(student, hcfg.initializer_range)
         return student
 
     # ---- encoders --------------------------------------------------------- #
@@ -626,4 +610,4 @@ class HolmesStudent(Student):
 __all__ = ["HOLMES_WIDTHS", "HolmesNetConfig", "HolmesLosses", "HolmesConfig", "RUN_FLAGS",
            "recipe_collection_values", "student_collection_values", "COLLECTION_DEFAULTS", "holmes_config", "config_from_model_config",
            "AUTHORS_CONFIG_KEYS", "authors_checkpoint_student", "authors_checkpoint_values", "config_from_authors_checkpoint",
-           "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores", "init_holmes_weights"]
+           "HolmesDyGMMBlock", "HolmesStudent", "level_scores", "fused_scores", "eval_scores"]

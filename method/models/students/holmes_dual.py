@@ -23,22 +23,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer
-from method.models.students.holmes import HolmesConfig, HolmesStudent, _f, holmes_config
+from method.models.students.base import setting
+from method.models.students.holmes import HolmesConfig, HolmesStudent, holmes_config
 
 
 @dataclass
 class HolmesDualConfig(HolmesConfig):
     """Every setting of a dual-query Holmes run (``multisrc/Configs/tvr.py``); HolmesConfig's fields, these defaults."""
 
-    n_epoch: int = _f(150, "epochs (also the horizon of the LR schedule)")
-    intra_edl_weight: float = _f(0.1, "weight of the intra-video evidential loss (loss_factor[3])")
-    edl_weight: float = _f(0.01, "weight of each of the three inter-video evidential terms (loss_factor[4])")
-    dc_weight: float = _f(0.0, "weight of the dual-query consistency term (loss_factor[5])")
-    edl_tau: float = _f(0.2, "evidence temperature of the inter-video EDL")
-    edl_intra_video_tau: float = _f(0.04, "evidence temperature of the intra-video EDL")
-    clip_scale_w: float = _f(0.5, "inference weight of the clip-level score")
-    frame_scale_w: float = _f(0.5, "inference weight of the frame-level (token-wise) score")
-    shared_token_weights: bool = _f(False, "fix H15: token weights of S_f and U_f both from the raw tokens")
+    n_epoch: int = setting(150, "epochs (also the horizon of the LR schedule)")
+    intra_edl_weight: float = setting(0.1, "weight of the intra-video evidential loss (loss_factor[3])")
+    edl_weight: float = setting(0.01, "weight of each of the three inter-video evidential terms (loss_factor[4])")
+    dc_weight: float = setting(0.0, "weight of the dual-query consistency term (loss_factor[5])")
+    edl_tau: float = setting(0.2, "evidence temperature of the inter-video EDL")
+    edl_intra_video_tau: float = setting(0.04, "evidence temperature of the intra-video EDL")
+    clip_scale_w: float = setting(0.5, "inference weight of the clip-level score")
+    frame_scale_w: float = setting(0.5, "inference weight of the frame-level (token-wise) score")
+    shared_token_weights: bool = setting(False, "fix H15: token weights of S_f and U_f both from the raw tokens")
 
 
 # The authors' dual-query config builder knows only TVR.

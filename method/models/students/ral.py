@@ -63,89 +63,105 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from method.losses.ral import LOSS_TERMS
-from method.models.students.base import StudentConfig
-from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding
-from method.models.students.gmmformer_v2 import V2_CLIPS, V2_FRAMES, GMMFormerV2Student
-
-
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field (immutable default) with its help text (for the flags / docs)."""
-    return field(default=default, metadata={"help": help})
+from method.losses.ral import LOSS_TERMS, SampleTerms
+from method.models.students import register
+from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
+from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
+from method.models.students.gmmformer import GMMFamilyConfig
+from method.models.students.gmmformer_v2 import V2_CLIPS, V2_FRAMES, GMMFormerV2Losses, GMMFormerV2Student
 
 
 @dataclass
-class RALConfig:
-    """Every setting of RAL on GMMFormerV2; defaults = the authors' TVR config (``Configs/tvr.py``)."""
+class RALNetConfig(GMMFamilyConfig):
+    """The RAL network's settings (the registered student's ``Config``: flags ``--<field>``, stored in checkpoints).
 
-    # ---- data
-    collection: str = _f("tvr", "collection name (tvr, activitynet)")
-    visual_feature: str = _f("i3d_resnet", "visual feature folder under FeatureData")
-    visual_input_size: int = _f(3072, "visual feature size d_v")
-    query_input_size: int = _f(768, "token feature size d_q (RoBERTa)")
-    max_ctx_l: int = _f(128, "frame positions; must be 128 (v2's per-position fusion head, quirk Q4)")
-    max_desc_l: int = _f(30, "tokens kept per caption")
-    map_size: int = _f(32, "clips per video; must be 32 (quirk Q4)")
-    sort_by: str = _f("frames", "order of the videos in a training batch (frame count, descending)")
-    # ---- network
-    hidden_size: int = _f(384, "hidden size D (the heads' attention width is D/2)")
-    n_heads: int = _f(4, "attention heads")
-    input_drop: float = _f(0.2, "dropout of the input projections and positional encodings")
-    drop: float = _f(0.2, "dropout inside the attention layers and fusion heads")
-    sft_factor: float = _f(0.09, "temperature of the DyGMM branch-fusion softmax")
-    n_samples: int = _f(6, "samples K drawn from each Gaussian (text, video)")
-    support_captions: int = _f(26, "support-set capacity in captions per video (x L_t rows; R1: 26 for both)")
-    # ---- losses
-    margin: float = _f(0.1, "triplet margin")
-    clip_nce_weight: float = _f(0.05, "loss_factor f0: clip-level InfoNCE")
-    frame_nce_weight: float = _f(0.04, "loss_factor f1: word-frame InfoNCE")
-    qdl_weight: float = _f(8e-5, "loss_factor f2: query-diverse loss (v2 form)")
-    ot_weight: float = _f(0.09, "loss_factor f3: caption-clip matching (OT) loss")
-    mil_weight: float = _f(4e-3, "weight of MIL (multi-instance NCE over the samples)")
-    vib_weight: float = _f(2.5e-4, "weight of VIB (the KL terms)")
-    qdl_margin: float = _f(0.15, "neg_factor mrg of the query-diverse loss")
-    qdl_scale: float = _f(32.0, "neg_factor a of the query-diverse loss")
-    qdl_focal: float = _f(1.0, "neg_factor lam (focal exponent) of the query-diverse loss")
-    hard_negative_start_epoch: int = _f(20, "first epoch (0-based) with hard triplet negatives")
-    hard_pool_size: int = _f(20, "hard negatives drawn from this many top videos")
-    # ---- optimisation and schedule
-    optimizer: str = _f("bertadam", "BertAdam: no bias correction, per-tensor clip 1.0, decoupled decay")
-    lr: float = _f(3e-4, "peak learning rate (one group; decay by the name rule)")
-    weight_decay: float = _f(0.01, "weight decay of names without 'bias' / 'LayerNorm.weight'")
-    warmup: float = _f(0.01, "warm-up fraction of t_total = steps per epoch x n_epoch")
-    n_epoch: int = _f(150, "epochs (also sets t_total, even under early stopping)")
-    max_es_cnt: int = _f(15, "stop when more than this many epochs in a row do not improve val SumR")
-    batch_size: int = _f(128, "videos per training batch (each with all its captions)")
-    eval_context_bsz: int = _f(100, "videos per evaluation batch (scores do not depend on it)")
-    eval_query_bsz: int = _f(50, "captions per evaluation batch (scores do not depend on it)")
-    seed: int = _f(9527, "seed of Python, numpy and torch")
-    # ---- inference
-    clip_scale_w: float = _f(0.5, "weight of the clip score in the fused inference score")
-    frame_scale_w: float = _f(0.5, "weight of the word-frame score in the fused inference score")
-    model_name: str = _f("RAL_gmmv2_tvr", "the authors' run name (results/<collection>/<model_name>)")
-    # ---- quirk fixes (default = the authors' behaviour)
-    gauss_centred: bool = _f(False, "v2 Q2 fix: Gaussian centres on the key grid")
-    mask_padded_frames: bool = _f(False, "R5 fix: padded frames leave the per-token max of the word-frame score")
-    mask_support_attention: bool = _f(False, "R1 fix: the text heads attend only over real tokens")
-    support_overflow_grow: bool = _f(False, "R2 fix: widen the support set when a video has > support_captions")
-    mask_video_attention: bool = _f(False, "R3 fix: the video heads attend only over real frames")
-    vib_log_std: bool = _f(False, "R4 fix: log sigma is a log-std in every KL term (not a log-variance)")
-    vib_use_mean: bool = _f(False, "R4 fix: the KL terms use the Gaussian means, not the mean of the samples")
-    confidence_from_normalised: bool = _f(False, "R6 fix: U_f's token confidences from the unit tokens too")
-    own_token_pos_embed: bool = _f(False, "R7 fix: the token encoder gets its own position table")
-    second_query_pass: bool = _f(True, "v2 Q5: QDL and OT read a second encoding of the queries")
+    Defaults are the authors' TVR values; the other collections': ``RALStudent.collection_defaults``.
+    """
+
+    sft_factor: float = setting(0.09, "RAL (GMMFormerV2): temperature of the DyGMM branch-fusion softmax")
+    mask_padded_frames: bool = setting(False, "RAL, fixes quirk R5 (v2's Q3): padded frames leave the per-token max "
+                                              "of the word-frame score (the authors' count them as 0)")
+    n_samples: int = setting(6, "RAL: samples K drawn from each Gaussian (text, video)")
+    support_captions: int = setting(26, "RAL: support-set capacity in captions per video (x the batch's tokens; "
+                                        "quirk R1: 26 for every collection)")
+    mask_support_attention: bool = setting(False, "RAL, fixes quirk R1: the text Gaussian heads attend only over "
+                                                  "real tokens (the authors' attend over empty slots and padding)")
+    support_overflow_grow: bool = setting(False, "RAL, fixes quirk R2: widen the support set of a batch where a "
+                                                 "video has more than --support_captions captions (the authors' "
+                                                 "code crashes)")
+    mask_video_attention: bool = setting(False, "RAL, fixes quirk R3: the video Gaussian heads attend only over real "
+                                                "frames (the authors' attend over all 128 positions)")
+    confidence_from_normalised: bool = setting(False, "RAL, fixes quirk R6: the token confidences of the raw "
+                                                      "word-frame score (U_f) come from the unit tokens too")
+    own_token_pos_embed: bool = setting(False, "RAL, fixes quirk R7: the token encoder gets its own position table "
+                                               "(not in the authors' checkpoints)")
 
     def __post_init__(self):
         for name in ("n_samples", "support_captions", "hidden_size", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RALLosses(GMMFormerV2Losses):
+    """The factors of RAL's objective: GMMFormerV2's (clip NCE, QDL v2, OT) plus MIL and VIB over the samples."""
+
+    mil_weight: float = setting(4e-3, "RAL: weight of MIL, the multi-instance NCE between the text and video "
+                                      "Gaussians' samples")
+    vib_weight: float = setting(2.5e-4, "RAL: weight of VIB, the KL terms of the two Gaussians")
+    vib_log_std: bool = setting(False, "RAL, fixes quirk R4: log sigma is a log-std in every KL term (the authors "
+                                       "read it as a log-variance in two of them)")
+    vib_use_mean: bool = setting(False, "RAL, fixes quirk R4: the KL terms use the Gaussians' means, not the mean "
+                                        "of their samples")
+
+    def sample_terms(self) -> SampleTerms:
+        """The MIL and VIB terms' settings (``method.losses.ral.SampleTerms``)."""
+        return SampleTerms(self.mil_weight, self.vib_weight, self.vib_log_std, self.vib_use_mean)
+
+
+@dataclass
+class RALConfig(RALLosses, RALNetConfig):
+    """Every setting of RAL on GMMFormerV2: the network's (``RALNetConfig``), the objective's (``RALLosses``) and
+    the run's below; defaults = the authors' TVR config (``Configs/tvr.py``), ``COLLECTION_DEFAULTS`` the others."""
+
+    # ---- data
+    collection: str = setting("tvr", "collection name (tvr, activitynet)")
+    visual_feature: str = setting("i3d_resnet", "visual feature folder under FeatureData")
+    visual_input_size: int = setting(3072, "visual feature size d_v")
+    query_input_size: int = setting(768, "token feature size d_q (RoBERTa)")
+    sort_by: str = setting("frames", "order of the videos in a training batch (frame count, descending)")
+    # ---- network (the TVR values of the run; the network's own fields are RALNetConfig's)
+    input_drop: float = setting(0.2, "dropout of the input projections and positional encodings")
+    drop: float = setting(0.2, "dropout inside the attention layers and fusion heads")
+    # ---- losses
+    margin: float = setting(0.1, "triplet margin")
+    frame_nce_weight: float = setting(0.04, "loss_factor f1: word-frame InfoNCE (--nce_weight)")
+    hard_negative_start_epoch: int = setting(20, "first epoch (0-based) with hard triplet negatives")
+    hard_pool_size: int = setting(20, "hard negatives drawn from this many top videos")
+    # ---- optimisation and schedule
+    optimizer: str = setting("bertadam", "BertAdam: no bias correction, per-tensor clip 1.0, decoupled decay")
+    lr: float = setting(3e-4, "peak learning rate (one group; decay by the name rule)")
+    weight_decay: float = setting(0.01, "weight decay of names without 'bias' / 'LayerNorm.weight'")
+    warmup: float = setting(0.01, "warm-up fraction of t_total = steps per epoch x n_epoch")
+    n_epoch: int = setting(150, "epochs (also sets t_total, even under early stopping)")
+    max_es_cnt: int = setting(15, "stop when more than this many epochs in a row do not improve val SumR")
+    batch_size: int = setting(128, "videos per training batch (each with all its captions)")
+    eval_context_bsz: int = setting(100, "videos per evaluation batch (scores do not depend on it)")
+    eval_query_bsz: int = setting(50, "captions per evaluation batch (scores do not depend on it)")
+    seed: int = setting(9527, "seed of Python, numpy and torch")
+    # ---- inference
+    clip_scale_w: float = setting(0.5, "weight of the clip score in the fused inference score")
+    frame_scale_w: float = setting(0.5, "weight of the word-frame score in the fused inference score")
+    model_name: str = setting("RAL_gmmv2_tvr", "the authors' run name (results/<collection>/<model_name>)")
+    second_query_pass: bool = setting(True, "v2 Q5: QDL and OT read a second encoding of the queries "
+                                            "(False: --reuse_query_encoding)")
 
     @classmethod
     def for_collection(cls, collection: str, **overrides) -> "RALConfig":
@@ -169,7 +185,7 @@ class RALConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RALConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "RALConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -203,14 +219,52 @@ CHARADES_PROPOSAL: dict[str, Any] = dict(
     clip_scale_w=0.6, frame_scale_w=0.4, mil_weight=4e-3, vib_weight=2.5e-4,
     hard_negative_start_epoch=20, seed=9527, model_name="RAL_gmmv2_cha")
 
-# StudentConfig fields that carry over to RALConfig unchanged (the rest of RALConfig keeps its defaults).
-_FROM_MODEL_CONFIG = ("visual_input_size", "query_input_size", "hidden_size", "n_heads", "max_ctx_l", "max_desc_l",
-                      "input_drop", "drop", "map_size", "sft_factor", "gauss_centred", "mask_padded_frames",
-                      "eval_context_bsz")
+COLLECTION_ALIASES = {"act": "activitynet", "anet": "activitynet", "cha": "charades"}  # the authors' -d values
+# The recipe's settings per collection: the authors' (COLLECTION_DEFAULTS) and, for Charades-STA, OUR proposal.
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {**COLLECTION_DEFAULTS, "charades": CHARADES_PROPOSAL}
+
+
+def ral_config(collection: str, **overrides) -> RALConfig:
+    """The recipe's config of ``collection``: the authors' (tvr, activitynet) or our Charades-STA proposal."""
+    collection = COLLECTION_ALIASES.get(collection, collection)
+    if collection not in RECIPE_SETTINGS:
+        raise ValueError(f"no RAL setting for collection {collection!r}; expected one of {sorted(RECIPE_SETTINGS)}")
+    return RALConfig(**{**RECIPE_SETTINGS[collection], **overrides})
+
+
+# The run's values that are flags of every recipe, not the student's settings: {RALConfig field: flag}. The recipe
+# table (``method/config/recipes.py``) reads them from here, so COLLECTION_DEFAULTS / CHARADES_PROPOSAL is their one
+# source (``second_query_pass`` is the negation of ``--reuse_query_encoding``).
+RUN_FLAGS = {"lr": "lr", "n_epoch": "n_epoch", "max_es_cnt": "max_es_cnt", "input_drop": "input_drop",
+             "drop": "drop", "margin": "margin", "hard_pool_size": "hard_pool_size", "frame_nce_weight": "nce_weight",
+             "hard_negative_start_epoch": "hard_negative_start_epoch", "seed": "seed", "batch_size": "bsz",
+             "weight_decay": "wd", "warmup": "lr_warmup_proportion", "optimizer": "optim", "sort_by": "batch_sort",
+             "clip_scale_w": "clip_scale_w", "frame_scale_w": "frame_scale_w"}
+
+
+def recipe_collection_values(collection: str) -> dict:
+    """The recipe's flag values for ``collection`` (``RUN_FLAGS`` of the collection's config)."""
+    cfg = ral_config(collection)
+    return {**{flag: getattr(cfg, name) for name, flag in RUN_FLAGS.items()},
+            "reuse_query_encoding": not cfg.second_query_pass}
+
+
+def student_collection_values(collection: str) -> dict:
+    """The student's own settings (network beyond ``StudentConfig``, and objective) for ``collection``."""
+    cfg = ral_config(collection)
+    common = {f.name for f in dataclasses.fields(StudentConfig)}
+    own = [f.name for f in dataclasses.fields(RALNetConfig) if f.name not in common]
+    return {name: getattr(cfg, name) for name in own + [f.name for f in dataclasses.fields(RALLosses)]}
+
+
+# Fields of a student configuration that carry over to RALConfig unchanged (the network's; the rest of RALConfig
+# keeps the collection's values).
+_FROM_MODEL_CONFIG = tuple(f.name for f in dataclasses.fields(RALNetConfig)) + ("eval_context_bsz",)
 
 
 def ral_config_from_model_config(cfg: StudentConfig, collection: Optional[str] = None) -> RALConfig:
-    """The one mapping from today's ``StudentConfig``: the collection's defaults (default TVR), then its model fields."""
+    """A student configuration (``RALNetConfig``, or another's) -> a ``RALConfig``: the collection's defaults
+    (default TVR), then the network fields ``cfg`` has."""
     base = COLLECTION_DEFAULTS.get(collection or "tvr", {})
     return RALConfig(**{**base, **{name: getattr(cfg, name) for name in _FROM_MODEL_CONFIG if hasattr(cfg, name)}})
 
@@ -237,7 +291,7 @@ def ral_config_from_authors(config: dict, state: dict) -> RALConfig:
     """RALConfig of the authors' best.ckpt: sizes from the tensors (names without ``module.``), settings from its
     ``config`` (``dataset_name`` / ``collection`` picks the defaults; ``loss_factor`` f0..f3, ``neg_factor``)."""
     collection = str(config.get("collection", config.get("dataset_name", "tvr")))
-    collection = {"act": "activitynet", "anet": "activitynet"}.get(collection, collection)
+    collection = COLLECTION_ALIASES.get(collection, collection)
     values = dict(COLLECTION_DEFAULTS.get(collection, COLLECTION_DEFAULTS["tvr"]))
     values.update({ours: config[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in config})
     if "loss_factor" in config:
@@ -253,23 +307,32 @@ def ral_config_from_authors(config: dict, state: dict) -> RALConfig:
     return RALConfig(**values)
 
 
+def authors_checkpoint_values(ckpt: dict) -> tuple[dict, dict]:
+    """(sizes, stored) of the authors' ``best.ckpt``: the network sizes its tensors fix, and the settings its
+    ``config`` stores (``AUTHORS_CONFIG_KEYS``, ``loss_factor``, ``neg_factor``; our names, the collection's
+    aliases resolved)."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt["state_dict"].items()}
+    config = dict(ckpt.get("config") or {})
+    stored = {ours: config[theirs] for theirs, ours in AUTHORS_CONFIG_KEYS.items() if theirs in config}
+    for theirs in ("collection", "dataset_name"):
+        if theirs in config:
+            stored["collection"] = COLLECTION_ALIASES.get(str(config[theirs]), str(config[theirs]))
+    if "loss_factor" in config:
+        stored.update(zip(("clip_nce_weight", "frame_nce_weight", "qdl_weight", "ot_weight"),
+                          map(float, config["loss_factor"])))
+    if "neg_factor" in config:
+        stored.update(zip(("qdl_margin", "qdl_scale", "qdl_focal"), map(float, config["neg_factor"])))
+    query_pos = state["query_pos_embed.position_embeddings.weight"]
+    sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+             "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+             "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
+             "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
+             "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    return sizes, stored
+
+
 def as_ral_config(cfg: Union[RALConfig, StudentConfig]) -> RALConfig:
     return cfg if isinstance(cfg, RALConfig) else ral_config_from_model_config(cfg)
-
-
-def reset_parameters(module: nn.Module) -> None:
-    """The authors' ``reset_parameters`` (RAL.md 8): Linear / Embedding N(0, 0.02), Linear biases 0, LayerNorm (1, 0).
-
-    (The same rule as ``DLDKD._init_weights``; ``weight_token`` keeps its N(0, 1).)
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 # --------------------------------------------------------------------------- #
@@ -476,19 +539,34 @@ AUTHORS_MODULE_ORDER = (
 )
 
 
+@register
 class RALStudent(GMMFormerV2Student):
     """GMMFormerV2 plus RAL's token encoder, confidence head and the two Gaussian heads (names as released).
 
-    Built from a ``RALConfig`` or (today's code) a ``StudentConfig``; ``self.cfg`` is
-    always the ``RALConfig``. ``from_config`` builds and initialises a standalone
-    student (the ``DLDKD`` wrapper initialises the ones it builds).
+    Registered as ``--student ral`` (``--recipe ral``): its ``Config`` is the network's settings
+    (``RALNetConfig``), its ``Losses`` the objective's factors, ``collection_defaults`` the authors'
+    values per collection (Charades-STA: our proposal). Built from a ``RALConfig`` or any
+    ``StudentConfig`` (mapped by ``ral_config_from_model_config``); ``self.cfg`` is always the
+    ``RALConfig``. ``from_config`` builds and initialises a standalone student (the ``DLDKD``
+    wrapper initialises the ones it builds).
+
+    The frame level is the word-frame score, which reads the caption tokens: the training forward's
+    extra outputs (``train_outputs``: ``query_outputs`` per caption, ``video_outputs`` per video)
+    carry the tokens, their confidence logits and the Gaussians' samples; ``level_scores``,
+    ``eval_level_scores`` and ``eval_positive_scores`` score the frame level from them.
     """
 
     name = "ral"
+    Config = RALNetConfig
+    Losses = RALLosses
+    collection_defaults = {c: student_collection_values(c) for c in RECIPE_SETTINGS}
     levels = ("clip", "frame")
     needs_clips = True
-    kd_levels = ("frame", "clip")
+    kd_levels = ("clip",)  # the word-frame score has no per-frame score of a query
+    kd_levels_note = " (its frame level, the word-frame score, has no per-frame score of a query)"
     level_weights = {"clip": 0.5, "frame": 0.5}  # TVR; ActivityNet 0.6 / 0.4 (RALConfig.score_weights)
+    query_outputs = ("tokens", "token_mask", "token_logits", "token_logits_raw")
+    video_outputs = ("text_samples", "text_logsigma", "text_mean", "video_samples", "video_logsigma", "video_mean")
 
     def __init__(self, cfg: Union[RALConfig, StudentConfig], with_query_proj: bool = True):
         rcfg = as_ral_config(cfg)
@@ -514,7 +592,7 @@ class RALStudent(GMMFormerV2Student):
         """A standalone, initialised student (RAL.md 8)."""
         cls.check_config(cfg)
         student = cls(cfg)
-        reset_parameters(student)
+        init_normal_weights(student)  # RAL.md 8 (the same rule as DLDKD._init_weights)
         return student
 
     # ---- encoders
@@ -606,6 +684,77 @@ class RALStudent(GMMFormerV2Student):
         return {"clip_feat": videos["clip"], "frame_feat": videos["frame"], "query": query, "tokens": tokens,
                 "prob": prob, "scores": scores, "query2": query2}
 
+    # ---- the project's training loop and evaluator (Student hooks)
+    def confidence_logits(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits of S_f from the unit tokens, logits of U_f from the raw tokens (R6)), each (Q, L_t)."""
+        logits = self.text_weight_fc(_unit(tokens)).squeeze(-1)
+        raw = logits if self.cfg.confidence_from_normalised else self.text_weight_fc(tokens).squeeze(-1)
+        return logits, raw
+
+    def train_outputs(self, query_feat: Tensor, query_mask: Tensor, videos: dict[str, Tensor], video_mask: Tensor,
+                      query_labels: Optional[Tensor]) -> dict[str, Tensor]:
+        """The training forward's extra outputs: the tokens W (Q, L_t, D), their mask (Q, L_t), the confidence
+        logits (Q, L_t) of S_f and U_f, and per video the text and video Gaussians' samples (V, K, D), log sigma
+        and mean (V, D). The noise comes from torch's global generator, text first (R10)."""
+        if query_labels is None:
+            raise ValueError("the ral student's training forward needs each caption's video (query_labels)")
+        tokens = self.encode_tokens(query_feat, query_mask)
+        prob = self.probabilistic(tokens, query_mask, query_labels, videos["frame"], self.frame_mask_128(video_mask))
+        logits, raw = self.confidence_logits(tokens)
+        text, video = prob["text"], prob["video"]
+        return {"tokens": tokens, "token_mask": query_mask, "token_logits": logits, "token_logits_raw": raw,
+                "text_samples": text["samples"], "text_logsigma": text["logsigma"], "text_mean": text["mean"],
+                "video_samples": video["samples"], "video_logsigma": video["logsigma"], "video_mean": video["mean"]}
+
+    def query_encodings(self, feat: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Evaluation: {"tokens" (Q, max_desc_l, D), "token_mask", "token_logits" (Q, max_desc_l)}, zero-padded
+        beyond the batch's L_t tokens (masked: the scores do not change)."""
+        tokens = self.encode_tokens(feat, mask)
+        logits = self.text_weight_fc(_unit(tokens)).squeeze(-1)
+        extra = self.cfg.max_desc_l - tokens.shape[1]
+        return {"tokens": F.pad(tokens, (0, 0, 0, extra)), "token_mask": F.pad(mask, (0, extra)),
+                "token_logits": F.pad(logits, (0, extra))}
+
+    def level_scores(self, level: str, queries: Tensor, feats: Tensor, mask: Tensor,
+                     outputs: dict[str, Tensor]) -> ScoreOutput:
+        """Training scores of a level: the clip level as GMMFormerV2's; the frame level the word-frame scores
+        S_f (cosine) and U_f (raw), (R, V), from the R queries' ``outputs`` (no per-frame scores)."""
+        if level != "frame":
+            return score_level(queries, feats, mask)
+        tokens, token_mask = outputs["tokens"], outputs["token_mask"]
+        fix = self.cfg.mask_padded_frames  # the level's mask: ones (R5, padded rows are 0) or the padded frame mask
+        cos = word_frame_scores(_unit(tokens), token_mask, _unit(feats), mask,
+                                token_confidences(outputs["token_logits"], token_mask), fix)
+        raw = word_frame_scores(tokens, token_mask, feats, mask,
+                                token_confidences(outputs["token_logits_raw"], token_mask), fix)
+        return ScoreOutput(cos, raw, None)
+
+    def eval_level_scores(self, level: str, queries: Tensor, encodings: dict[str, Tensor],
+                          feats_unit: Tensor) -> Tensor:
+        """Inference scores (Q, V) of a level against ``normalize_frames``' positions (V, P, D): the frame
+        level is S_f (uncounted positions are zero rows or copies of a counted one: no mask needed)."""
+        if level != "frame":
+            return super().eval_level_scores(level, queries, encodings, feats_unit)
+        token_mask = encodings["token_mask"]
+        ones = feats_unit.new_ones(feats_unit.shape[:2])
+        return word_frame_scores(_unit(encodings["tokens"]), token_mask, feats_unit, ones,
+                                 token_confidences(encodings["token_logits"], token_mask))
+
+    def eval_positive_scores(self, level: str, queries: Tensor, encodings: dict[str, Tensor],
+                             own_unit: Tensor) -> Tensor:
+        """Each query's inference score (Q,) with its own video's positions ``own_unit`` (Q, P, D)."""
+        if level != "frame":
+            return super().eval_positive_scores(level, queries, encodings, own_unit)
+        token_mask = encodings["token_mask"]
+        best = torch.bmm(_unit(encodings["tokens"]), own_unit.transpose(1, 2)).amax(dim=-1)  # (Q, L_t)
+        weights = token_confidences(encodings["token_logits"], token_mask)
+        return (best * token_mask.to(best.dtype) * weights).sum(dim=1)
+
+    @classmethod
+    def objective_terms(cls, losses: RALLosses, nce_weight: float) -> dict:
+        """GMMFormerV2's terms on the clip and word-frame levels, plus MIL and VIB (whole batch)."""
+        return {**super().objective_terms(losses, nce_weight), "output_terms": losses.sample_terms()}
+
     @staticmethod
     def check_config(cfg: Union[RALConfig, StudentConfig]) -> None:
         GMMFormerV2Student.check_config(cfg)
@@ -613,9 +762,10 @@ class RALStudent(GMMFormerV2Student):
             raise ValueError(f"ral needs an even --hidden_size (its heads attend at D/2), got {cfg.hidden_size}")
 
 
-__all__ = ["RALConfig", "COLLECTION_DEFAULTS", "CHARADES_PROPOSAL", "LOSS_TERMS", "RALStudent", "AUTHORS_CONFIG_KEYS",
-           "RAL_MARKER_KEYS", "is_authors_ral_state", "ral_config_from_authors",
-           "ral_config_from_model_config", "as_ral_config", "reset_parameters", "AttentionPooling", "PIEHead",
+__all__ = ["RALNetConfig", "RALLosses", "RALConfig", "COLLECTION_DEFAULTS", "CHARADES_PROPOSAL", "COLLECTION_ALIASES",
+           "RECIPE_SETTINGS", "ral_config", "RUN_FLAGS", "recipe_collection_values", "student_collection_values", "LOSS_TERMS", "RALStudent", "AUTHORS_CONFIG_KEYS",
+           "RAL_MARKER_KEYS", "is_authors_ral_state", "ral_config_from_authors", "authors_checkpoint_values",
+           "ral_config_from_model_config", "as_ral_config", "AttentionPooling", "PIEHead",
            "UncertaintyHead", "confidence_head", "token_confidences", "word_frame_scores", "word_frame_pair",
            "fused_scores", "caption_slots", "support_set", "text_pooling", "video_pooling", "sample_gaussian",
            "pad_frames", "AUTHORS_MODULE_ORDER", "V2_CLIPS", "V2_FRAMES"]
