@@ -2,9 +2,9 @@
 # Train on Charades-STA, then evaluate the best checkpoint on the test split.
 # Usage: [RECIPE=iccv|dldkdpp|gmmformer|gmmformer_v2|holmes|holmes_dual|ral] [STUDENT=NAME] [NPROC=N] ./do_charades.sh ROOTPATH [flags...]
 #   RECIPE   iccv (default): DL-DKD, ICCV 2023; dldkdpp: DL-DKD++ (soft alignment); gmmformer, gmmformer_v2: the
-#            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher, one
-#            process); holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network,
-#            no teacher, one process; Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
+#            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher);
+#            holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network, no teacher;
+#            Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
 #   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer, gmmformer_v2, ral, ...
 #   EXP_ID   name of the run (default: the recipe's, with the student's).
 #   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
@@ -37,11 +37,11 @@ case "$RECIPE" in
         N_EPOCH=100; SEED=9527; LR=2.5e-4; MARGIN=0.2; INPUT_DROP=0.15; DROP=0.15; HARD_NEGATIVE_START_EPOCH=100 ;;
     gmmformer_v2) # the authors' GMMFormerV2 config: one network, no teacher
         N_EPOCH=100; SEED=9527; LR=2e-4;   MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=20 ;;
-    holmes)       # the authors' Holmes config: one network, no teacher, one process (NPROC=1)
+    holmes)       # the authors' Holmes config: one network, no teacher
         N_EPOCH=100; SEED=0;    LR=2e-4;   MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=20 ;;
     holmes_dual)  # TVR only
         echo "RECIPE=holmes_dual is defined for TVR only: its authors publish no Charades-STA setting" >&2; exit 2 ;;
-    ral)          # OUR proposal (the RAL authors publish no Charades-STA config): one network, no teacher, one process
+    ral)          # OUR proposal (the RAL authors publish no Charades-STA config): one network, no teacher
         N_EPOCH=100; SEED=9527; LR=2e-4;   MARGIN=0.2; INPUT_DROP=0.25; DROP=0.25; HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=10 ;;
     *) echo "RECIPE must be iccv, dldkdpp, gmmformer, gmmformer_v2, holmes, holmes_dual or ral, got '$RECIPE'" >&2; exit 2 ;;
 esac

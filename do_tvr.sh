@@ -2,9 +2,9 @@
 # Train on TVR, then evaluate the best checkpoint on the test split.
 # Usage: [RECIPE=iccv|dldkdpp|gmmformer|gmmformer_v2|holmes|holmes_dual|ral] [STUDENT=NAME] [NPROC=N] ./do_tvr.sh ROOTPATH [flags...]
 #   RECIPE   iccv (default): DL-DKD, ICCV 2023; dldkdpp: DL-DKD++ (soft alignment); gmmformer, gmmformer_v2: the
-#            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher, one
-#            process); holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network,
-#            no teacher, one process; Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
+#            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher);
+#            holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network, no teacher;
+#            Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
 #   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer, gmmformer_v2, ral, ...
 #   EXP_ID   name of the run (default: the recipe's, with the student's).
 #   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
@@ -37,11 +37,11 @@ case "$RECIPE" in
         N_EPOCH=100; SEED=9527; LR=3e-4;   MARGIN=0.1; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=30 ;;
     gmmformer_v2) # the authors' GMMFormerV2 config: one network, no teacher
         N_EPOCH=100; SEED=9527; LR=3e-4;   MARGIN=0.1; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=20 ;;
-    holmes)       # the authors' Holmes config: one network, no teacher, one process (NPROC=1)
+    holmes)       # the authors' Holmes config: one network, no teacher
         N_EPOCH=100; SEED=0;    LR=3e-4;   MARGIN=0.1; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=20 ;;
-    holmes_dual)  # the authors' dual-query Holmes config (multisrc/, TVR only): one network, no teacher, one process
+    holmes_dual)  # the authors' dual-query Holmes config (multisrc/, TVR only): one network, no teacher
         N_EPOCH=150; SEED=0;    LR=3e-4;   MARGIN=0.1; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=20 ;;
-    ral)          # the authors' RAL config: one network, no teacher, one process (NPROC=1)
+    ral)          # the authors' RAL config: one network, no teacher
         N_EPOCH=150; SEED=9527; LR=3e-4;   MARGIN=0.1; INPUT_DROP=0.2;  DROP=0.2;  HARD_NEGATIVE_START_EPOCH=20; MAX_ES_CNT=15 ;;
     *) echo "RECIPE must be iccv, dldkdpp, gmmformer, gmmformer_v2, holmes, holmes_dual or ral, got '$RECIPE'" >&2; exit 2 ;;
 esac

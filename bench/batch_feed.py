@@ -101,23 +101,23 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         items = [dataset[i] for i in range(len(dataset))]
         compute_s = time.perf_counter() - t0
-        seconds, times = median_time(lambda idx: collate_train([items[i] for i in idx], dims=dims), batches)
+        seconds, times = median_time(lambda idx, items=items: collate_train([items[i] for i in idx], dims=dims), batches)
         emit(bench="batch", source="cached_items", median_ms=round(seconds * 1e3, 1), times_s=times, **common)
         del items
         for name, dtype in STORAGE_DTYPES.items():
             t0 = time.perf_counter()
             packed = pack_train(dataset, dtype, torch.device("cpu"))
             pack_s = time.perf_counter() - t0
-            gather_s, times = median_time(lambda idx: packed.batch(idx), batches)
-            cast_s, _ = median_time(lambda idx: as_float32(packed.batch(idx)[0]), batches)
-            plan_s, _ = median_time(lambda idx: packed.plan(idx), batches)
+            gather_s, times = median_time(lambda idx, packed=packed: packed.batch(idx), batches)
+            cast_s, _ = median_time(lambda idx, packed=packed: as_float32(packed.batch(idx)[0]), batches)
+            plan_s, _ = median_time(lambda idx, packed=packed: packed.plan(idx), batches)
             batch_bytes = sum(v.numel() * v.element_size() for v in packed.batch(batches[0])[0].values()
                               if torch.is_tensor(v))
             reused_s, _ = median_time(reused_buffer_gather(packed, batches), batches)
             src, dst = torch.empty(batch_bytes, dtype=torch.uint8), torch.empty(batch_bytes, dtype=torch.uint8)
             src.fill_(1)
             dst.fill_(0)
-            copy_s, _ = median_time(lambda idx: dst.copy_(src), batches)
+            copy_s, _ = median_time(lambda idx, dst=dst, src=src: dst.copy_(src), batches)
             emit(bench="batch", source="packed", dtype=name, median_ms=round(gather_s * 1e3, 1),
                  with_float32_cast_ms=round(cast_s * 1e3, 1), host_plan_ms=round(plan_s * 1e3, 2),
                  reused_buffers_ms=round(reused_s * 1e3, 1), batch_mb=round(batch_bytes / 2 ** 20, 1),

@@ -12,7 +12,6 @@ import socket
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from method.config.flags import parse_train_args
 from method.config.settings import loss_settings, model_config
@@ -21,6 +20,7 @@ from method.data.collate import sort_key
 from method.data.sampler import share
 from method.models.model import DLDKD
 from method.models.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
+from method.models.students.holmes import HolmesDyGMMBlock
 from method.models.teacher import PrecomputedTeacher
 from method.parallel import distributed
 from method.training import loop, rng
@@ -38,12 +38,15 @@ CASES = {
     "gmmformer_v2": ["--recipe", "gmmformer_v2", "--qdl_weight", "0.01", "--ot_weight", "0.5"],  # QDL v2, OT
     "dldkd_gmmformer_v2": ["--student", "gmmformer_v2", "--qdl_weight", "0.01", "--ot_weight", "0.5"],  # KD: frames
     "dldkd_gmmformer": ["--student", "gmmformer", "--qdl_weight", "0.05"],  # two branches, KD over the 32 clips
+    # the evidential terms (whole batch, replicated on every process) after the warm-up: partial OT, smoothing
+    "holmes": ["--recipe", "holmes", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight", "0.2"],
+    "dldkd_holmes": ["--student", "holmes", "--qdl_weight", "0.01"],  # DL-DKD's two Holmes branches, KD
 }
 # Cases compared in float64. GMMFormerV2's fusion heads (weight_token, ca, layer1, layer2 of a DyGMM block) get
 # gradients only through the differences between the Gaussian branches (the fusion softmax runs over them), and
 # at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
 # float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
-FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2"}
+FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes"}
 
 
 def free_port() -> int:
@@ -91,7 +94,7 @@ def noise_only(model: DLDKD) -> set:
       (DL-DKD's blocks; a GMM block's attn0, the GMMFormer query encoders,
       GMMFormerV2's cross-attention ``ca``): a key bias adds the same value to
       every logit of a query's softmax row;
-    - the bias of a DyGMM block's fusion head ``layer2``: it adds the same logit
+    - the bias of a DyGMM block's (GMMFormerV2's or Holmes') fusion head ``layer2``: it adds the same logit
       to every Gaussian branch at a position, and the fusion softmax runs over
       the branches;
     - the fusion head's ``layer1`` bias and the bias of ``ca.norm2`` (the token
@@ -108,7 +111,7 @@ def noise_only(model: DLDKD) -> set:
         plain = isinstance(module, GaussianSelfAttention) and module.width is None
         if isinstance(module, SelfAttentionCore) or plain:
             names.add(f"{prefix}.key.bias")
-        elif isinstance(module, DyGMMBlock):
+        elif isinstance(module, (DyGMMBlock, HolmesDyGMMBlock)):
             names.update(f"{prefix}.{p}.bias" for p in ("layer1", "layer2", "ca.norm2"))
     return names
 
@@ -120,7 +123,7 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
     dtype = torch.float64 if case in FLOAT64 else torch.float32
     rng.set_seed(0)
     model = DLDKD(model_config(opt, DV, DQ)).to(dtype)
-    forward = DistributedDataParallel(model) if d.enabled else model
+    forward = distributed.data_parallel(model, torch.device("cpu")) if d.enabled else model
     optimizer, scheduler = build_optimizer(model, "bertadam", 1e-3, 0.01, total_steps=20, warmup=0.1)
     teacher = not opt.no_teacher
     loss_fn = loss_settings(opt).build()
@@ -128,7 +131,7 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
                     loss_fn=loss_fn, teacher=PrecomputedTeacher() if teacher else None, dist=d,
                     sampling=rng.sampling_generator(torch.device("cpu")) if d.enabled else None,
                     second_queries=loss_fn.objective.needs_second_queries)
-    settings = {"kd_factor": 0.1 if teacher else 0.0, "hard_negative": True}
+    settings = {"kd_factor": 0.1 if teacher else 0.0, "hard_negative": True, "warmup_end": True}
     if opt.label_style == "soft":
         settings.update(alpha=0.6, beta=0.7)
     n_clips = opt.map_size if model.needs_clips else None
@@ -142,7 +145,7 @@ def run_steps(d: distributed.Dist, case: str, steps) -> dict:
         local = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in local.items()}
         terms = loop.train_step(run, local, settings)
         out["terms"].append({k: d.all_reduce_sum(v.detach().clone()).item() for k, v in terms.items()})
-        out["grads"].append({name: p.grad.clone() for name, p in model.named_parameters()})
+        out["grads"].append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     out["weights"] = {k: v.clone() for k, v in model.state_dict().items()}
     return out
 

@@ -69,7 +69,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 # with a batch of one caption per video: no OT pair, no query-diversity partner.
 JOBS = [("iccv", 2, [(5, 3), (4, 3), (3, 3)]), ("soft", 2, [(5, 3), (4, 3), (3, 3)]), ("soft", 3, [(5, 3), (2, 3)]),
         ("gmmformer", 2, [(5, 3), (4, 3), (3, 3)]), ("gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]),
-        ("dldkd_gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]), ("dldkd_gmmformer", 3, [(5, 3), (2, 3)])]
+        ("dldkd_gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]), ("dldkd_gmmformer", 3, [(5, 3), (2, 3)]),
+        ("holmes", 2, [(5, 3), (4, 3), (3, 3)]), ("holmes", 3, [(5, 3), (4, 2)]), ("dldkd_holmes", 2, [(5, 3), (4, 3)])]
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +155,16 @@ def run_folders(root: Path, exp_id: str) -> list:
 
 
 @pytest.mark.slow
-def test_do_tvr_with_two_processes_matches_one_process(data):
-    two = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", "two"], env={"NPROC": "2"})
+@pytest.mark.parametrize("recipe", ["iccv", "holmes"])
+def test_do_tvr_with_two_processes_matches_one_process(data, recipe):
+    """The launch script under torchrun (holmes: its whole-batch objective replicated on both processes)."""
+    two = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", f"two{recipe}"],
+                 env={"NPROC": "2", "RECIPE": recipe})
     assert two.returncode == 0, two.stderr[-3000:]
-    one = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", "one"])
+    one = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", f"one{recipe}"],
+                 env={"RECIPE": recipe})
     assert one.returncode == 0, one.stderr[-3000:]
-    (two_dir,), (one_dir,) = run_folders(data, "two"), run_folders(data, "one")  # one run folder each
+    (two_dir,), (one_dir,) = run_folders(data, f"two{recipe}"), run_folders(data, f"one{recipe}")
     assert sorted(p.name for p in two_dir.iterdir()) == sorted(p.name for p in one_dir.iterdir())
     sumr = [json.loads((d / "eval_test.json").read_text())["t2v"]["fused"]["sumr"] for d in (two_dir, one_dir)]
     assert abs(sumr[0] - sumr[1]) <= 0.5, sumr

@@ -1,9 +1,8 @@
 """``--recipe holmes`` and ``--recipe holmes_dual`` through ``train.main([...])`` on tiny generated data (CPU):
-named finite terms by phase, a bit-identical ``--resume``, one process only; the authors' Holmes and dual-query
-best.ckpt through ``method.eval``."""
+named finite terms by phase, a bit-identical ``--resume`` (several processes: tests/test_distributed.py); the
+authors' Holmes and dual-query best.ckpt through ``method.eval``."""
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from test_train import assert_resume_is_exact, read_metrics, run
 
 from method import eval as evaluate
 from method.config.flags import MACHINE_FLAGS, parse_train_args
-from method.config.settings import train_settings
 from method.data import build_split, collate_queries, collate_videos
 from method.losses.evidential import TERM_NAMES
 from method.models.checkpoint import (
@@ -24,7 +22,6 @@ from method.models.checkpoint import (
 )
 from method.models.students.holmes import HolmesStudent, eval_scores, holmes_config
 from method.models.students.holmes_dual import HolmesDualStudent, holmes_dual_config
-from method.training import loop
 
 # warm-up over after epoch 0, hard negatives from epoch 1: both phases in two epochs
 HOLMES = ["--recipe", "holmes", "--warmup_epoch", "1", "--hard_negative_start_epoch", "1"]
@@ -73,6 +70,23 @@ def test_two_epochs_give_the_named_terms_of_both_phases(data, tmp_path):
     assert set(result["t2v"]) == {"fused", "clip", "frame"}
 
 
+@pytest.mark.parametrize("recipe", ["iccv", "dldkdpp"])
+def test_dldkd_on_holmes_trains_both_branches_with_their_evidential_terms(data, tmp_path, recipe):
+    """DL-DKD on the Holmes student (--student holmes): two Holmes branches, each with its own losses (the
+    evidential terms after the warm-up), the teacher distilled into the inheritance branch."""
+    run_dir = tmp_path / recipe
+    result = run(data, run_dir, "--n_epoch", "2", "--recipe", recipe, "--student", "holmes", "--warmup_epoch", "1")
+    opt = json.loads((run_dir / "opt.json").read_text())
+    assert (opt["student"], opt["single_branch"], opt["no_teacher"]) == ("holmes", False, False)
+    rows = read_metrics(run_dir)
+    names = {f"{t}_{b}" for t in TERM_NAMES for b in ("inh", "exp")} | {"kd", "loss"}
+    assert names <= set(rows[1])
+    assert all(math.isfinite(float(rows[1][k])) for k in names)
+    assert float(rows[0]["intra_edl_inh"]) == 0 and float(rows[1]["intra_edl_inh"]) > 0
+    assert float(rows[1]["kd"]) > 0
+    assert {"fused", "inheritance", "exploration"} <= set(result["t2v"])
+
+
 @pytest.mark.slow
 def test_reuse_query_encoding_trains(data, tmp_path):
     """--reuse_query_encoding (fix Q5): the query-diversity term and the partial OT read the first encoding (the
@@ -86,12 +100,6 @@ def test_reuse_query_encoding_trains(data, tmp_path):
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     assert_resume_is_exact(data, tmp_path, monkeypatch, *HOLMES)
-
-
-def test_several_processes_are_refused_at_the_start(tmp_path):
-    opt = parse_train_args(["--root_path", str(tmp_path), "--collection", "tvr", "--recipe", "holmes"])
-    with pytest.raises(SystemExit, match="one process only: its evidential terms need the whole batch"):
-        loop.train(train_settings(opt), SimpleNamespace(enabled=True), torch.device("cpu"), tmp_path, False)
 
 
 def write_authors_best(folder, collection_alias="tvr"):

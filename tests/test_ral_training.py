@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,12 +113,6 @@ def test_dl_dkd_on_the_ral_student(data, tmp_path):
 
 def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     assert_resume_is_exact(data, tmp_path, monkeypatch, *RAL)
-
-
-def test_several_processes_are_refused_at_the_start(tmp_path):
-    opt = parse_train_args(["--root_path", str(tmp_path), "--collection", "tvr", "--recipe", "ral"])
-    with pytest.raises(SystemExit, match="one process only: its objective's output terms need the whole batch"):
-        loop.train(train_settings(opt), SimpleNamespace(enabled=True), torch.device("cpu"), tmp_path, False)
 
 
 # --------------------------------------------------------------------------- #

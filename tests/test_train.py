@@ -85,7 +85,8 @@ def assert_resume_is_exact(data, tmp_path, monkeypatch, *extra):
     assert [{k: r[k] for k in keep} for r in rows] == [{k: r[k] for k in keep} for r in read_metrics(cut)]
 
 
-STUDENTS = {"dldkd": [], "gmmformer": ["--recipe", "gmmformer"], "gmmformer_v2": ["--recipe", "gmmformer_v2"]}
+STUDENTS = {"dldkd": [], "gmmformer": ["--recipe", "gmmformer"], "gmmformer_v2": ["--recipe", "gmmformer_v2"],
+            "holmes": ["--recipe", "holmes", "--warmup_epoch", "0"]}
 
 
 def loss_columns(row: dict) -> list:

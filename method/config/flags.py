@@ -137,7 +137,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--recipe", choices=sorted(RECIPES), default="iccv",
                    help="the recipe whose values are the defaults: iccv (DL-DKD, ICCV 2023), dldkdpp (DL-DKD++, soft "
                         "alignment), gmmformer or gmmformer_v2 (one network, no teacher), holmes (Holmes, ICML 2026: one "
-                        "network, no teacher, an evidential objective, one process), each with its per-collection "
+                        "network, no teacher, an evidential objective), each with its per-collection "
                         "values (docs/recipes.md)")
     g.add_argument("--exp_id", help="name of the experiment, part of the run folder name (default: the recipe's name, "
                                     "with the student's when --student is given)")

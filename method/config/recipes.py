@@ -4,9 +4,9 @@ A recipe is the training setup of one published code: ``iccv`` (DL-DKD,
 ICCV 2023: its launch scripts), ``dldkdpp`` (the authors' DL-DKD++ code),
 ``gmmformer`` and ``gmmformer_v2`` (the GMMFormer / GMMFormerV2 codes: one
 network, no teacher), ``holmes`` (the Holmes code: one network, no teacher,
-an evidential objective; one process), ``holmes_dual`` (its dual-query variant,
-TVR only), ``ral`` (the RAL code: GMMFormerV2 with
-a word-frame score and Gaussian samples, MIL and VIB; one process; its
+an evidential objective), ``holmes_dual`` (its dual-query variant, TVR
+only), ``ral`` (the RAL code: GMMFormerV2 with
+a word-frame score and Gaussian samples, MIL and VIB; its
 Charades-STA values are our proposal, the authors publish none). A run's values are resolved in this order, each layer
 overriding the one before:
 

@@ -158,9 +158,10 @@ class Objective:
 
     @property
     def whole_batch(self) -> bool:
-        """Whether a term needs the whole batch in one process (the evidential terms: the Dempster-Shafer
+        """Whether a term needs the whole batch in one place (the evidential terms: the Dempster-Shafer
         evidence over the batch's videos, the query sets' thresholds and median over all its queries; the
-        output terms: RAL's MIL softmax over every video's samples)."""
+        output terms: RAL's MIL softmax over every video's samples); several processes then each compute the
+        whole objective (``GlobalBatch.build(replicate=True)``)."""
         return self.evidential is not None or self.output_terms is not None
 
 
@@ -177,8 +178,8 @@ class DLDKDLoss(nn.Module):
     ``<level>_trip``, ``qdl``, ``ot`` (the GMMFormer authors' names), with
     ``_inh`` / ``_exp`` appended when there are two branches; an objective
     with ``evidential`` terms adds ``intra_edl``, ``frame_edl``, ``clip_edl``,
-    ``combine_edl`` (Holmes' names; one process only); ``output_terms`` add
-    theirs (RAL: ``mil``, ``vib``; one process only). The training
+    ``combine_edl`` (Holmes' names); ``output_terms`` add theirs (RAL: ``mil``,
+    ``vib``); both need the whole batch (``Objective.whole_batch``). The training
     loop sums the values. Every value is this process's contribution: the
     sum over the processes of a distributed run is the global term.
     """
@@ -251,7 +252,7 @@ class DLDKDLoss(nn.Module):
                 terms[f"ot{suffix}"] = obj.ot_weight * value
             if obj.evidential is not None:
                 if (layout.rows, layout.cols) != (slice(0, layout.num_queries), slice(0, layout.num_videos)):
-                    raise ValueError("the evidential terms need the whole batch in one process")
+                    raise ValueError("the evidential terms need the whole batch (GlobalBatch.build(replicate=True))")
                 value = evidential_terms(scores[name]["clip"].rows.video_scores, scores[name]["frame"].rows.video_scores,
                                          local.clips[name], queries2, local.labels, obj.evidential, warmup_end)
                 terms.update({f"{k}{suffix}": v for k, v in value.items()})

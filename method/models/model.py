@@ -113,6 +113,17 @@ class DLDKD(nn.Module):
         return student_class(self.cfg.student).needs_clips
 
     @property
+    def unused_parameters(self) -> list[str]:
+        """Names of the parameters that never get a gradient (the student's ``unused_parameters``, per branch)."""
+        names = student_class(self.cfg.student).unused_parameters
+        return [f"{branch}.{name}" for branch in self.branch_names for name in names]
+
+    @property
+    def query_outputs(self) -> tuple[str, ...]:
+        """Top-level keys of the forward's output, besides "queries" / "queries2", whose tensors are per query."""
+        return student_class(self.cfg.student).query_outputs
+
+    @property
     def n_clips(self) -> Optional[int]:
         """Clips per video the student reads (``map_size``), or None."""
         return student_class(self.cfg.student).n_clips(self.cfg.student_cfg)

@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Optional, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 import torch.distributed as dist
 
 log = logging.getLogger("dldkd")
@@ -206,3 +207,9 @@ class StopSignal:
 
     def requested(self, d: Dist) -> bool:
         return d.any(self.received)
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``model`` wrapped by DDP; its ``unused_parameters`` (never a gradient) are left out of the exchange."""
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(model.unused_parameters))
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

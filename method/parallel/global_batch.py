@@ -21,6 +21,7 @@ matrix and nothing is gathered.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -57,6 +58,7 @@ class ShareSizes:
     queries: list
     length: int  # frames of the longest video of the global batch
     ot_pairs: int  # matched (caption, clip) pairs of the whole batch (GMMFormerV2's OT term)
+    tokens: int = 0  # tokens of the longest caption of the global batch
 
 
 def share_sizes(d: Dist, batch: dict, n_clips: Optional[int], counts: Optional[list] = None) -> ShareSizes:
@@ -69,10 +71,10 @@ def share_sizes(d: Dist, batch: dict, n_clips: Optional[int], counts: Optional[l
     if counts is None:
         counts = torch.bincount(batch["query_labels"], minlength=batch["video_mask"].shape[0]).tolist()
     local = [batch["video_mask"].shape[0], len(batch["query_labels"]), batch["video_mask"].shape[1],
-             ot_pair_count(counts, n_clips) if n_clips else 0]
+             ot_pair_count(counts, n_clips) if n_clips else 0, batch["query_mask"].shape[1]]
     sizes = d.all_gather_ints(local)
     return ShareSizes([s[0] for s in sizes], [s[1] for s in sizes], max(s[2] for s in sizes),
-                      sum(s[3] for s in sizes))
+                      sum(s[3] for s in sizes), max(s[4] for s in sizes))
 
 
 def pad_positions(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -83,13 +85,30 @@ def pad_positions(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
 
 
-def pad_share(batch: dict, length: int) -> dict:
-    """The share with its frames (and the teacher's) padded to the global batch's ``length`` frames."""
+def pad_share(batch: dict, length: int, tokens: int = 0) -> dict:
+    """The share with its frames (and the teacher's) padded to the global batch's ``length`` frames, and its
+    captions to its ``tokens`` tokens (when more than the share's own), so that every video and caption is
+    encoded as in the one-process batch."""
     out = dict(batch)
     for key in ("video_feat", "video_mask", "teacher_video_feat"):
         if key in batch:
             out[key] = pad_positions(batch[key], length)
+    if tokens > batch["query_mask"].shape[1]:
+        for key in ("query_feat", "query_mask"):
+            out[key] = pad_positions(batch[key], tokens)
     return out
+
+
+# The batch's inputs of the teacher's scores (``GlobalBatch.teacher_scores``), gathered when replicated.
+TEACHER_INPUTS = ("video_mask", "teacher_query_feat", "teacher_video_feat", "teacher_clip_feat")
+
+
+def gather_outputs(d: Dist, tree, sizes: ShareSizes, query_keys: tuple, key: str = ""):
+    """Every process's model output, concatenated in rank order (with gradient): the tensors under a top-level
+    key of ``query_keys`` along the queries, the others along the videos."""
+    if isinstance(tree, dict):
+        return {k: gather_outputs(d, v, sizes, query_keys, key or k) for k, v in tree.items()}
+    return gather(d, tree, sizes.queries if key in query_keys else sizes.videos)
 
 
 @dataclass
@@ -102,18 +121,35 @@ class GlobalBatch:
     local: LocalBatch  # this share's second query encodings and clips (query-diversity, OT)
     dist: Dist
     sizes: ShareSizes
+    replicated: bool = False  # every process holds the whole batch (see the module's docstring)
+    teacher_batch: Optional[dict] = None  # replicated: the whole batch's teacher inputs (else the share's)
+    outputs: Optional[dict] = None  # the model's forward output: this share's, or (replicated) the whole batch's
 
     @classmethod
-    def build(cls, d: Dist, embeddings: dict, batch: dict, sizes: ShareSizes) -> "GlobalBatch":
-        """Gather the shares: ``embeddings`` from the model's forward, ``batch`` this process's (padded) share."""
+    def build(cls, d: Dist, embeddings: dict, batch: dict, sizes: ShareSizes, replicate: bool = False,
+              query_keys: tuple = ()) -> "GlobalBatch":
+        """Gather the shares: ``embeddings`` from the model's forward, ``batch`` this process's (padded) share.
+
+        ``replicate``: every process gets the whole batch (see the module's docstring); ``query_keys``: the
+        top-level keys of ``embeddings`` besides "queries" and "queries2" whose tensors are per query (the
+        student's ``query_outputs``).
+        """
         labels, mask = batch["query_labels"], batch["video_mask"]
+        if replicate and d.enabled:
+            whole = gather_outputs(d, embeddings, sizes, ("queries", "queries2", *query_keys))
+            inputs = {k: v for k, v in batch.items() if k in TEACHER_INPUTS}
+            inputs = gather_outputs(d, inputs, sizes, ("teacher_query_feat",))
+            inputs["query_labels"] = gather(d, labels + offsets(sizes.videos)[d.rank], sizes.queries)
+            view = cls.build(Dist(), whole, inputs, sizes)
+            view.dist, view.replicated, view.teacher_batch = d, True, inputs
+            return view
         # without a second encoding (--reuse_query_encoding) the terms read the first one
         local = LocalBatch(queries2=embeddings.get("queries2", embeddings["queries"]),
                            clips={b: lv["clip"] for b, lv in embeddings["videos"].items() if "clip" in lv},
                            labels=labels, num_queries=sum(sizes.queries), num_pairs=sizes.ot_pairs)
         if not d.enabled:
             layout = BatchLayout.whole(labels, mask, embeddings["masks"])
-            return cls(layout, embeddings["queries"], embeddings["videos"], local, d, sizes)
+            return cls(layout, embeddings["queries"], embeddings["videos"], local, d, sizes, outputs=embeddings)
         video_start, query_start = offsets(sizes.videos)[d.rank], offsets(sizes.queries)[d.rank]
         layout = BatchLayout(
             labels=gather(d, labels + video_start, sizes.queries),
@@ -123,11 +159,17 @@ class GlobalBatch:
             level_masks={level: gather(d, m, sizes.videos) for level, m in embeddings["masks"].items()})
         videos = {b: {level: gather(d, f, sizes.videos) for level, f in levels.items()}
                   for b, levels in embeddings["videos"].items()}
-        return cls(layout, embeddings["queries"], videos, local, d, sizes)
+        return cls(layout, embeddings["queries"], videos, local, d, sizes, outputs=embeddings)
 
     @property
     def whole(self) -> bool:
-        return not self.dist.enabled
+        """Whether this process owns every row and column (one process, or a replicated objective)."""
+        return not self.dist.enabled or self.replicated
+
+    @property
+    def scale(self) -> float:
+        """The factor of this process's terms: 1, or 1 / processes when each holds the whole objective."""
+        return 1.0 / self.dist.world if self.replicated else 1.0
 
     def branch_scores(self, score: Optional[Callable[..., ScoreOutput]] = None) -> dict[str, dict[str, ScorePair]]:
         """{branch: {level: ScorePair}} of the owned rows and columns (one matrix when this is the only process).
@@ -165,6 +207,9 @@ class GlobalBatch:
         whose softmax is the mean of theirs (``mixture_scores``), over the
         videos for rows and over the queries for columns.
         """
+        if self.replicated:  # the whole batch's inputs, scored as by one process
+            one = dataclasses.replace(self, dist=Dist(), replicated=False, teacher_batch=None)
+            return one.teacher_scores(teacher, self.teacher_batch, video_scores, kd_level)
         lay = self.layout
         length = lay.level_masks[kd_level].shape[1]
         text = batch["teacher_query_feat"].float()

@@ -22,7 +22,6 @@ from typing import Optional
 
 import torch
 import torch.distributed
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -52,11 +51,6 @@ EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on request, resumable
 def train(s: TrainSettings, d: distributed.Dist, device: torch.device, run_dir: Path, resuming: bool) -> Optional[dict]:
     """Train in ``run_dir`` (continuing its ``latest.ckpt`` when ``resuming``), then evaluate the best checkpoint on
     the test split; returns that result (process 0)."""
-    if d.enabled and s.loss.objective.whole_batch:
-        needs = ("its evidential terms need the whole batch's score matrices" if s.loss.objective.evidential is not None
-                 else "its objective's output terms need the whole batch's forward outputs")
-        raise SystemExit(f"--recipe {s.recipe} (student {s.model.student}) trains in one process only: {needs} in one "
-                         f"process (start it without torchrun)")
     setup_logging(run_dir, d)
     log.info(runtime.policy_summary(device))
     rng.set_seed(s.seed)
@@ -182,7 +176,7 @@ def build_run(s: TrainSettings, device: torch.device, d: distributed.Dist) -> Ru
         raise SystemExit(f"error: {e}") from None
     forward = model
     if d.enabled:
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = distributed.data_parallel(model, device)
     shapes = ShapePolicy.for_model(model.cfg) if s.runtime.compile else None
     if shapes is not None:
         forward = CompiledForward(forward, shapes)
@@ -243,7 +237,7 @@ def train_step(r: Run, b: dict, settings: dict, sizes=None) -> dict:
     if sizes is None:
         sizes = share_sizes(r.dist, b, r.model.n_clips)
     # Every video is encoded padded to the global batch's longest, as in one process (--compile: to its bucket).
-    b = pad_share(b, sizes.length if r.shapes is None else r.shapes.frame_length(sizes.length))
+    b = pad_share(b, sizes.length if r.shapes is None else r.shapes.frame_length(sizes.length), sizes.tokens)
     if r.shapes is not None:
         b = r.shapes.pad_tokens(b)
     with torch.autocast(b["video_feat"].device.type, dtype=torch.bfloat16, enabled=r.amp == "bf16"):
@@ -251,13 +245,17 @@ def train_step(r: Run, b: dict, settings: dict, sizes=None) -> dict:
                         r.second_queries, b["query_labels"] if r.model.output_keys else None)
     if r.amp == "bf16":
         emb = float_embeddings(emb)
-    view = GlobalBatch.build(r.dist, emb, b, sizes)
-    scores = view.branch_scores(r.model.level_scorer(emb))  # the student's level scores (Student.level_scores)
+    # A whole-batch objective (Holmes, RAL) gets every process's outputs and is computed whole on each process.
+    view = GlobalBatch.build(r.dist, emb, b, sizes, replicate=r.loss_fn.objective.whole_batch,
+                             query_keys=r.model.query_outputs)
+    scores = view.branch_scores(r.model.level_scorer(view.outputs))  # the student's level scores
     teacher = None
     if r.teacher is not None:
         teacher = view.teacher_scores(r.teacher, b, r.loss_fn.soft is not None, r.loss_fn.objective.kd_level)
     terms = r.loss_fn(scores, view.layout, teacher, generator=r.sampling, local=view.local,
-                      outputs={k: emb[k] for k in r.model.output_keys}, **settings)
+                      outputs={k: view.outputs[k] for k in r.model.output_keys}, **settings)
+    if view.replicated:  # each process holds the whole terms: its part is 1 / processes of them
+        terms = {name: value * view.scale for name, value in terms.items()}
     loss = sum(terms.values())
     r.optimizer.zero_grad(set_to_none=True)
     # DDP averages the processes' gradients, and each loss is one process's part of the global sum.

@@ -140,6 +140,8 @@ class Student(nn.Module):
             outputs, whose tensors' first dimension is the batch's captions (Q) / videos (V); ``DLDKD.forward``
             returns each as a top-level key ``{branch: tensor}`` (a distributed run gathers them along that
             dimension). Empty for students whose levels score a pooled query (``score_level``).
+        unused_parameters: names of parameters that exist (the authors' state dicts) but never get a gradient;
+            several processes leave them out of the gradient exchange.
     """
 
     name: ClassVar[str]
@@ -153,6 +155,7 @@ class Student(nn.Module):
     shares_query_proj: ClassVar[bool] = False
     level_weights: ClassVar[dict[str, float]] = {"frame": 1.0}
     query_outputs: ClassVar[tuple[str, ...]] = ()
+    unused_parameters: ClassVar[tuple[str, ...]] = ()
     video_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: StudentConfig, with_query_proj: bool = True):

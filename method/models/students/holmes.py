@@ -463,6 +463,7 @@ class HolmesStudent(Student):
     """
 
     name = "holmes"
+    unused_parameters = ("weight_token",)  # H1
     Config = HolmesNetConfig
     Losses = HolmesLosses
     collection_defaults = {c: student_collection_values(c) for c in COLLECTION_DEFAULTS}
