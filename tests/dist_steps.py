@@ -41,12 +41,15 @@ CASES = {
     # the evidential terms (whole batch, replicated on every process) after the warm-up: partial OT, smoothing
     "holmes": ["--recipe", "holmes", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight", "0.2"],
     "dldkd_holmes": ["--student", "holmes", "--qdl_weight", "0.01"],  # DL-DKD's two Holmes branches, KD
+    # the dual-query variant: its token-wise frame level reads the gathered tokens (query_outputs); dc weighs in
+    "holmes_dual": ["--recipe", "holmes_dual", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight",
+                    "0.2", "--dc_weight", "0.3"],
 }
 # Cases compared in float64. GMMFormerV2's fusion heads (weight_token, ca, layer1, layer2 of a DyGMM block) get
 # gradients only through the differences between the Gaussian branches (the fusion softmax runs over them), and
 # at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
 # float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
-FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes"}
+FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes", "holmes_dual"}
 
 
 def free_port() -> int:
@@ -103,6 +106,9 @@ def noise_only(model: DLDKD) -> set:
       active on the same units for every branch, which holds while the
       branches' tokens are as alike as at initialisation.
 
+    - the bias of the token-weight head's output (``text_weight_fc.2``, the dual-query Holmes and RAL): it adds
+      the same logit to every token, and the token weights are a softmax over the tokens.
+
     A Gaussian-weighted key bias (attn1..) adds G[i, j] times a constant, which
     differs along the row: its gradient is not 0.
     """
@@ -113,6 +119,8 @@ def noise_only(model: DLDKD) -> set:
             names.add(f"{prefix}.key.bias")
         elif isinstance(module, (DyGMMBlock, HolmesDyGMMBlock)):
             names.update(f"{prefix}.{p}.bias" for p in ("layer1", "layer2", "ca.norm2"))
+        elif prefix.split(".")[-1] == "text_weight_fc":  # the token-weight head's last bias
+            names.add(f"{prefix}.2.bias")
     return names
 
 

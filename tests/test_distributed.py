@@ -70,7 +70,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 JOBS = [("iccv", 2, [(5, 3), (4, 3), (3, 3)]), ("soft", 2, [(5, 3), (4, 3), (3, 3)]), ("soft", 3, [(5, 3), (2, 3)]),
         ("gmmformer", 2, [(5, 3), (4, 3), (3, 3)]), ("gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]),
         ("dldkd_gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]), ("dldkd_gmmformer", 3, [(5, 3), (2, 3)]),
-        ("holmes", 2, [(5, 3), (4, 3), (3, 3)]), ("holmes", 3, [(5, 3), (4, 2)]), ("dldkd_holmes", 2, [(5, 3), (4, 3)])]
+        ("holmes", 2, [(5, 3), (4, 3), (3, 3)]), ("holmes", 3, [(5, 3), (4, 2)]), ("dldkd_holmes", 2, [(5, 3), (4, 3)]),
+        ("holmes_dual", 2, [(5, 3), (4, 3)])]
 
 
 @pytest.fixture(scope="module")
