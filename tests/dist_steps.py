@@ -21,6 +21,7 @@ from method.data.sampler import share
 from method.models.model import DLDKD
 from method.models.students.blocks import DyGMMBlock, GaussianSelfAttention, SelfAttentionCore
 from method.models.students.holmes import HolmesDyGMMBlock
+from method.models.students.ral import RALStudent
 from method.models.teacher import PrecomputedTeacher
 from method.parallel import distributed
 from method.training import loop, rng
@@ -41,12 +42,16 @@ CASES = {
     # the evidential terms (whole batch, replicated on every process) after the warm-up: partial OT, smoothing
     "holmes": ["--recipe", "holmes", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight", "0.2"],
     "dldkd_holmes": ["--student", "holmes", "--qdl_weight", "0.01"],  # DL-DKD's two Holmes branches, KD
+    # the word-frame score and the samples' MIL and VIB (whole batch, replicated; the noise drawn for the whole
+    # batch from the shared stream), MIL / VIB raised from 4e-3 / 2.5e-4
+    "ral": ["--recipe", "ral", "--qdl_weight", "0.01", "--mil_weight", "0.1", "--vib_weight", "0.01"],
+    "dldkd_ral": ["--student", "ral", "--mil_weight", "0.1"],  # DL-DKD's two RAL branches, KD over the clips
 }
 # Cases compared in float64. GMMFormerV2's fusion heads (weight_token, ca, layer1, layer2 of a DyGMM block) get
 # gradients only through the differences between the Gaussian branches (the fusion softmax runs over them), and
 # at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
 # float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
-FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes"}
+FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes", "ral", "dldkd_ral"}
 
 
 def free_port() -> int:
@@ -97,6 +102,8 @@ def noise_only(model: DLDKD) -> set:
     - the bias of a DyGMM block's (GMMFormerV2's or Holmes') fusion head ``layer2``: it adds the same logit
       to every Gaussian branch at a position, and the fusion softmax runs over
       the branches;
+    - the bias of RAL's token-confidence logit (``text_weight_fc.2``): the confidences are a softmax over
+      a caption's tokens;
     - the fusion head's ``layer1`` bias and the bias of ``ca.norm2`` (the token
       that feeds ``layer1``): their gradients are the softmax's per-position
       gradients summed over the branches (0), as long as ``layer1``'s ReLU is
@@ -113,6 +120,8 @@ def noise_only(model: DLDKD) -> set:
             names.add(f"{prefix}.key.bias")
         elif isinstance(module, (DyGMMBlock, HolmesDyGMMBlock)):
             names.update(f"{prefix}.{p}.bias" for p in ("layer1", "layer2", "ca.norm2"))
+        elif isinstance(module, RALStudent):  # the confidence logit's bias: the token softmax is shift-invariant
+            names.add(f"{prefix}.text_weight_fc.2.bias")
     return names
 
 

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # The recipes this file runs (the older ones: tests/test_train.py, test_dldkdpp.py, test_gmmformer_recipes.py).
-RECIPES = ["holmes"]
+RECIPES = ["holmes", "ral"]
 SMALL = ["--n_epoch", "2", "--bsz", "16", "--hidden_size", "16", "--n_heads", "2", "--device", "cpu",
          "--num_workers", "0", "--eval_query_bsz", "64"]
 

@@ -38,7 +38,7 @@ from method.evaluation import metrics
 from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders
 from method.evaluation.evaluate import encode_split as eval_encode_split
 from method.models.checkpoint import CheckpointError, load_model, model_file
-from method.models.model import DLDKD, cosine_video_scores, frame_dot
+from method.models.model import DLDKD, frame_dot
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +115,7 @@ class EncodedSplit:
     video_ids: list[str]
     query_video: torch.Tensor  # (Q,) int64 index of each caption's video
     queries: dict[str, torch.Tensor]  # branch -> (Q, d)
+    encodings: dict[str, dict[str, torch.Tensor]]  # branch -> the student's other query encodings (Q, ...)
     positions: dict[str, dict[str, torch.Tensor]]  # branch -> level -> (V, P, d) unit, uncounted = first position
     mask: torch.Tensor  # (V, P) 1 = a valid position of the curve level
     curve_level: str
@@ -139,7 +140,7 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
     """
     model = run.model
     videos, queries = make_eval_loaders(split, data_options(run.opt), run.device, model)
-    blocks, masks, video_ids, encoded, cap_ids, _ = eval_encode_split(model, videos, queries, run.device)
+    blocks, masks, video_ids, encoded, cap_ids, encodings = eval_encode_split(model, videos, queries, run.device)
     level = model.position_level
     curve_masks = [model.score_masks(m)[level] if level == "clip" else m for m in masks]
     n_pad = {lv: max(b[model.branch_names[0]][lv].shape[1] for b in blocks) for lv in model.levels}
@@ -149,14 +150,19 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in curve_masks])
     index = {v: i for i, v in enumerate(video_ids)}
     query_video = torch.tensor([index[c.split("#")[0]] for c in cap_ids], device=run.device)
-    return EncodedSplit(cap_ids, video_ids, query_video, encoded, positions, mask, level)
+    return EncodedSplit(cap_ids, video_ids, query_video, encoded, encodings, positions, mask, level)
 
 
 @torch.no_grad()
 def video_scores(run: Run, enc: EncodedSplit, rows) -> dict[str, torch.Tensor]:
-    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score."""
-    levels = {name: {lv: cosine_video_scores(q[rows], enc.positions[name][lv]) for lv in run.model.levels}
-              for name, q in enc.queries.items()}
+    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score, each
+    level scored by the student's ``eval_level_scores`` (as the evaluator does; RAL's word-frame score reads the
+    caption tokens)."""
+    def level(name, q, lv):
+        extra = {key: x[rows] for key, x in enc.encodings.get(name, {}).items()}
+        return getattr(run.model, name).eval_level_scores(lv, q[rows], extra, enc.positions[name][lv])
+
+    levels = {name: {lv: level(name, q, lv) for lv in run.model.levels} for name, q in enc.queries.items()}
     return run.model.named_scores(levels, run.fusion)
 
 
