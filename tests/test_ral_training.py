@@ -102,6 +102,23 @@ def test_resume_gives_the_uninterrupted_result(data, tmp_path, monkeypatch):
     assert_resume_is_exact(data, tmp_path, monkeypatch, *RAL)
 
 
+@pytest.mark.parametrize("recipe", ["iccv", "dldkdpp"])
+def test_dldkd_on_ral_trains_both_branches_with_their_own_terms(data, tmp_path, recipe):
+    """DL-DKD on the RAL student (--student ral): two RAL branches, each with its ranking terms on the clip and
+    word-frame levels and its MIL and VIB, the teacher distilled into the inheritance branch over the clips (the
+    word-frame score has no per-frame score of a query)."""
+    run_dir = tmp_path / recipe
+    result = run(data, run_dir, "--n_epoch", "2", "--recipe", recipe, "--student", "ral")
+    opt = json.loads((run_dir / "opt.json").read_text())
+    assert (opt["student"], opt["single_branch"], opt["no_teacher"]) == ("ral", False, False)
+    rows = read_metrics(run_dir)
+    names = {f"{t}_{b}" for t in LOSS_TERMS for b in ("inh", "exp")} | {"kd", "loss"}
+    assert names <= set(rows[1])
+    assert all(math.isfinite(float(rows[1][k])) for k in names)
+    assert float(rows[1]["mil_inh"]) > 0 and float(rows[1]["kd"]) > 0
+    assert {"fused", "inheritance", "exploration", "inheritance_frame"} <= set(result["t2v"])
+
+
 # --------------------------------------------------------------------------- #
 # the golden training steps through the project's training step
 # --------------------------------------------------------------------------- #
