@@ -5,7 +5,7 @@
 #            GMMFormer / GMMFormerV2 recipes (one network, no teacher); holmes: Holmes (one network, no teacher);
 #            holmes_dual: its dual-query variant (TVR only); ral: RAL on GMMFormerV2 (one network, no teacher;
 #            Charades-STA: our proposal, the authors publish none); see docs/recipes.md.
-#   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer, gmmformer_v2, ral, ...
+#   STUDENT  the branch network under DL-DKD (iccv, dldkdpp): dldkd (default), gmmformer, gmmformer_v2, holmes, holmes_dual, ral.
 #   EXP_ID   name of the run (default: the recipe's, with the student's).
 #   NPROC    processes (GPUs) on this machine, started by torchrun when > 1; --bsz stays the global batch.
 #            Several machines: also NNODES, NODE_RANK and MASTER_ADDR / MASTER_PORT (or RDZV_ENDPOINT);
@@ -20,7 +20,7 @@ shift
 COLLECTION=charades
 VISUAL_FEATURE=i3d_rgb_lgi     # FeatureData/$VISUAL_FEATURE (BigFile folder or .hdf5)
 RECIPE=${RECIPE:-iccv}
-STUDENT=${STUDENT:-}               # the network of a branch: dldkd, gmmformer, gmmformer_v2 (default: the recipe's)
+STUDENT=${STUDENT:-}               # the network of a branch: dldkd, gmmformer, gmmformer_v2, holmes, ral (default: the recipe's)
 BSZ=128                         # videos per global batch (with all their captions), all processes together
 MAX_ES_CNT=10                   # early stop after this many epochs without val improvement (+1)
 KD_SCHEDULE=exp_decay           # dynamic distillation weight: k^epoch (released decay_way 1; DL-DKD++ "exp")

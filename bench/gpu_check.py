@@ -11,7 +11,7 @@ Prints one JSON line per check, in this order, then a summary line:
   its backward, broadcast and all-gathers, and one DDP training step of the
   distributed code path (``GlobalBatch`` gathers) against the plain step.
 - ``parity_<recipe>``: a training step of iccv, dldkdpp, gmmformer,
-  gmmformer_v2, holmes, and iccv with --student gmmformer_v2 / holmes, three steps from the
+  gmmformer_v2, holmes, ral, and iccv with --student gmmformer_v2 / holmes / ral, three steps from the
   same weights and batches on the CPU and on the device (float32, TF32 off,
   dropout 0, hard negatives from a pool of 1: no random draw): max relative
   error of the loss terms, the gradients of every step and the weights after
@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,13 +79,15 @@ from method.training.optim import build_optimizer
 from method.training.schedules import epoch_settings
 from method.models.teacher import PrecomputedTeacher
 from method.training.loop import Run, build_run, train_one_epoch, train_step
+from method.losses import ral as ral_losses
 
 PARITY_TOL = 1e-4
 PRECISION_TOL = {"bf16": 3e-2, "tf32": 5e-3, "compile": 1e-4}  # max relative loss delta against float32
 RECIPES = {"iccv": ["--recipe", "iccv"], "dldkdpp": ["--recipe", "dldkdpp"], "gmmformer": ["--recipe", "gmmformer"],
            "gmmformer_v2": ["--recipe", "gmmformer_v2"],
            "iccv_student_gmmformer_v2": ["--recipe", "iccv", "--student", "gmmformer_v2"],
-           "holmes": ["--recipe", "holmes"], "iccv_student_holmes": ["--recipe", "iccv", "--student", "holmes"]}
+           "holmes": ["--recipe", "holmes"], "iccv_student_holmes": ["--recipe", "iccv", "--student", "holmes"],
+           "ral": ["--recipe", "ral"], "iccv_student_ral": ["--recipe", "iccv", "--student", "ral"]}
 TVR_TRAIN_STEPS = 137  # 17,435 videos in batches of 128
 CLIPS = 32
 
@@ -335,6 +338,24 @@ def check_nccl(ctx) -> dict:
             "ddp_step_vs_plain": {k: diff[k] for k in ("max_rel_terms", "max_rel_grads", "max_rel_weights")}}
 
 
+@contextmanager
+def host_noise(seed: int = 0):
+    """The objective's Gaussian noise (RAL's samples) drawn on the CPU from a generator seeded with ``seed`` and
+    moved to the device: the same noise on both sides of a parity check (CUDA's generator draws other numbers)."""
+    real, gen = ral_losses.sample_gaussian, torch.Generator().manual_seed(seed)
+
+    def draw(mean, logsigma, n, generator=None, eps=None):
+        if eps is None:
+            eps = torch.randn(mean.shape[0], n, mean.shape[1], generator=gen).to(mean.device)
+        return real(mean, logsigma, n, None, eps)
+
+    ral_losses.sample_gaussian = draw
+    try:
+        yield
+    finally:
+        ral_losses.sample_gaussian = real
+
+
 def parity_check(recipe: str):
     def check(ctx) -> dict:
         device, sizes = ctx.device, ctx.sizes
@@ -344,9 +365,12 @@ def parity_check(recipe: str):
         settings = epoch_settings(epoch_schedule(opt), 40)  # past every recipe's hard-negative start
         cpu = make_run(opt, sizes, torch.device("cpu"))
         state = copy.deepcopy(cpu.model.state_dict())
-        skip = zero_gradients(opt, sizes, state, batches[0], settings)
-        ref = run_steps(cpu, batches, settings, torch.device("cpu"))
-        got = run_steps(make_run(opt, sizes, device, state), batches, settings, device)
+        with host_noise():
+            skip = zero_gradients(opt, sizes, state, batches[0], settings)
+        with host_noise():
+            ref = run_steps(cpu, batches, settings, torch.device("cpu"))
+        with host_noise():
+            got = run_steps(make_run(opt, sizes, device, state), batches, settings, device)
         diff = compare(got, ref, skip)
         worst = max(diff["max_rel_terms"], diff["max_rel_grads"], diff["max_rel_weights"])
         out = {"ok": worst <= PARITY_TOL, "tolerance": PARITY_TOL, "reference": "cpu", "target": str(device),

@@ -4,7 +4,7 @@ Built once per test session (the first test that asks trains them) under
 pytest's temporary folder, on one set of 150 demo videos: a small DL-DKD (4
 epochs) and a ``--no_teacher`` run (2 epochs) to compare it with
 (``demo_runs``), and 2-epoch runs of the other students (``student_runs``):
-the GMMFormer, GMMFormerV2 and Holmes recipes and DL-DKD's two branches on the
+the GMMFormer, GMMFormerV2, Holmes and RAL recipes and DL-DKD's two branches on the
 GMMFormer student.
 """
 from method import train
@@ -15,7 +15,8 @@ TRAIN_ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device
               "--preload", "--hidden_size", "32", "--n_heads", "2", "--bsz", "16", "--lr", "1e-3", "--margin", "0.1",
               "--kd_schedule", "exp_decay", "--seed", "1"]
 STUDENT_RUNS = {"gmmformer": ["--recipe", "gmmformer"], "gmmformer_v2": ["--recipe", "gmmformer_v2"],
-                "dldkd-gmmformer": ["--student", "gmmformer"], "holmes": ["--recipe", "holmes", "--warmup_epoch", "1"]}
+                "dldkd-gmmformer": ["--student", "gmmformer"], "holmes": ["--recipe", "holmes", "--warmup_epoch", "1"],
+                "ral": ["--recipe", "ral"]}
 _built = {}
 
 

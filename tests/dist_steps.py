@@ -41,6 +41,10 @@ CASES = {
     # the evidential terms (whole batch, replicated on every process) after the warm-up: partial OT, smoothing
     "holmes": ["--recipe", "holmes", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight", "0.2"],
     "dldkd_holmes": ["--student", "holmes", "--qdl_weight", "0.01"],  # DL-DKD's two Holmes branches, KD
+    # the word-frame score and the samples' MIL and VIB (whole batch, replicated; the noise drawn for the whole
+    # batch from the shared stream), MIL / VIB raised from 4e-3 / 2.5e-4
+    "ral": ["--recipe", "ral", "--qdl_weight", "0.01", "--mil_weight", "0.1", "--vib_weight", "0.01"],
+    "dldkd_ral": ["--student", "ral", "--mil_weight", "0.1"],  # DL-DKD's two RAL branches, KD over the clips
     # the dual-query variant: its token-wise frame level reads the gathered tokens (query_outputs); dc weighs in
     "holmes_dual": ["--recipe", "holmes_dual", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight",
                     "0.2", "--dc_weight", "0.3"],
@@ -49,7 +53,7 @@ CASES = {
 # gradients only through the differences between the Gaussian branches (the fusion softmax runs over them), and
 # at initialisation the branches' tokens differ by about 0.1 %, so these gradients are 1e-12..1e-7 of the largest:
 # float32 rounding of the terms that cancel leaves them relative errors of 1e-3 and more, float64 below 1e-5.
-FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes", "holmes_dual"}
+FLOAT64 = {"gmmformer_v2", "dldkd_gmmformer_v2", "holmes", "dldkd_holmes", "ral", "dldkd_ral", "holmes_dual"}
 
 
 def free_port() -> int:
@@ -100,14 +104,13 @@ def noise_only(model: DLDKD) -> set:
     - the bias of a DyGMM block's (GMMFormerV2's or Holmes') fusion head ``layer2``: it adds the same logit
       to every Gaussian branch at a position, and the fusion softmax runs over
       the branches;
+    - the bias of the token-weight logit (``text_weight_fc.2``: RAL's confidences, the dual-query Holmes'
+      token weights): the weights are a softmax over a caption's tokens;
     - the fusion head's ``layer1`` bias and the bias of ``ca.norm2`` (the token
       that feeds ``layer1``): their gradients are the softmax's per-position
       gradients summed over the branches (0), as long as ``layer1``'s ReLU is
       active on the same units for every branch, which holds while the
       branches' tokens are as alike as at initialisation.
-
-    - the bias of the token-weight head's output (``text_weight_fc.2``, the dual-query Holmes and RAL): it adds
-      the same logit to every token, and the token weights are a softmax over the tokens.
 
     A Gaussian-weighted key bias (attn1..) adds G[i, j] times a constant, which
     differs along the row: its gradient is not 0.

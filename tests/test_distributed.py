@@ -71,6 +71,7 @@ JOBS = [("iccv", 2, [(5, 3), (4, 3), (3, 3)]), ("soft", 2, [(5, 3), (4, 3), (3, 
         ("gmmformer", 2, [(5, 3), (4, 3), (3, 3)]), ("gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]),
         ("dldkd_gmmformer_v2", 2, [(5, 3), (4, 3), (3, 1)]), ("dldkd_gmmformer", 3, [(5, 3), (2, 3)]),
         ("holmes", 2, [(5, 3), (4, 3), (3, 3)]), ("holmes", 3, [(5, 3), (4, 2)]), ("dldkd_holmes", 2, [(5, 3), (4, 3)]),
+        ("ral", 2, [(5, 3), (4, 3), (3, 1)]), ("ral", 3, [(5, 3), (4, 2)]), ("dldkd_ral", 2, [(5, 3), (4, 3)]),
         ("holmes_dual", 2, [(5, 3), (4, 3)])]
 
 
@@ -156,9 +157,9 @@ def run_folders(root: Path, exp_id: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["iccv", "holmes"])
+@pytest.mark.parametrize("recipe", ["iccv", "holmes", "ral"])
 def test_do_tvr_with_two_processes_matches_one_process(data, recipe):
-    """The launch script under torchrun (holmes: its whole-batch objective replicated on both processes)."""
+    """The launch script under torchrun (holmes, ral: the whole-batch objective replicated on both processes)."""
     two = launch(["bash", "do_tvr.sh", str(data), *TINY, "--n_epoch", "2", "--exp_id", f"two{recipe}"],
                  env={"NPROC": "2", "RECIPE": recipe})
     assert two.returncode == 0, two.stderr[-3000:]

@@ -29,6 +29,7 @@ CASES = {
     "gmmformer-2proc": ({"student": "gmmformer", "context": 3, "video_bsz": 200, "query_bsz": 3,
                          "preload": "none"}, 2),
     "holmes-2proc": ({"student": "holmes", "context": 3, "video_bsz": 200, "query_bsz": 3, "preload": "none"}, 2),
+    "ral-3proc": ({"student": "ral", "context": 3, "video_bsz": 200, "query_bsz": 3, "preload": "ram"}, 3),
     # 2 groups of 4 videos and 2 query blocks over 3 processes: the last one has no videos and no queries
     "gmmformer-3proc-empty-shares": ({"student": "gmmformer", "context": 4, "video_bsz": 200, "query_bsz": 10,
                                       "preload": "ram"}, 3),

@@ -132,12 +132,13 @@ def test_spans_of_pooled_videos_are_given_in_stored_frames_and_seconds():
 # the other students: GMMFormer (clips), GMMFormerV2 (frames), DL-DKD on GMMFormer (7 scores)
 # --------------------------------------------------------------------------- #
 SCORES = {"gmmformer": ["fused", "clip", "frame"], "gmmformer_v2": ["fused", "clip", "frame"],
-          "holmes": ["fused", "clip", "frame"],
+          "holmes": ["fused", "clip", "frame"], "ral": ["fused", "clip", "frame"],
           "dldkd-gmmformer": ["fused", "inheritance", "exploration", "inheritance_clip", "inheritance_frame",
                               "exploration_clip", "exploration_frame"]}
-LEVEL_WEIGHTS = {"holmes": (0.6, 0.4)}  # the recipe's inference weights (clip, frame); the others' 0.7 / 0.3
+# the recipe's inference weights (clip, frame); the others' 0.7 / 0.3
+LEVEL_WEIGHTS = {"holmes": (0.6, 0.4), "ral": (0.5, 0.5)}
 CURVE_LEVEL = {"gmmformer": ("clip", 32), "gmmformer_v2": ("frame", 128), "dldkd-gmmformer": ("clip", 32),
-               "holmes": ("frame", 128)}
+               "holmes": ("frame", 128), "ral": ("clip", 32)}
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def assert_resume_is_exact(data, tmp_path, monkeypatch, *extra):
 
 
 STUDENTS = {"dldkd": [], "gmmformer": ["--recipe", "gmmformer"], "gmmformer_v2": ["--recipe", "gmmformer_v2"],
-            "holmes": ["--recipe", "holmes", "--warmup_epoch", "0"]}
+            "holmes": ["--recipe", "holmes", "--warmup_epoch", "0"], "ral": ["--recipe", "ral"]}
 
 
 def loss_columns(row: dict) -> list:

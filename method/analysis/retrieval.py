@@ -12,7 +12,7 @@ explore and report are those of the student's positional level
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +115,10 @@ class EncodedSplit:
     video_ids: list[str]
     query_video: torch.Tensor  # (Q,) int64 index of each caption's video
     queries: dict[str, torch.Tensor]  # branch -> (Q, d)
+    encodings: dict[str, dict[str, torch.Tensor]]  # branch -> the student's other query encodings (Q, ...)
     positions: dict[str, dict[str, torch.Tensor]]  # branch -> level -> (V, P, d) unit, uncounted = first position
     mask: torch.Tensor  # (V, P) 1 = a valid position of the curve level
     curve_level: str
-    encodings: dict = field(default_factory=dict)  # branch -> the student's query_encodings {key: (Q, ...)}
 
     @property
     def n_frames(self) -> torch.Tensor:
@@ -150,19 +150,19 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in curve_masks])
     index = {v: i for i, v in enumerate(video_ids)}
     query_video = torch.tensor([index[c.split("#")[0]] for c in cap_ids], device=run.device)
-    return EncodedSplit(cap_ids, video_ids, query_video, encoded, positions, mask, level, encodings)
+    return EncodedSplit(cap_ids, video_ids, query_video, encoded, encodings, positions, mask, level)
 
 
 @torch.no_grad()
 def video_scores(run: Run, enc: EncodedSplit, rows) -> dict[str, torch.Tensor]:
-    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score (each
-    level scored by the student's ``eval_level_scores``, as evaluation scores it)."""
-    levels = {}
-    for name, q in enc.queries.items():
-        student = getattr(run.model, name)
+    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score, each
+    level scored by the student's ``eval_level_scores`` (as the evaluator does; RAL's word-frame score reads the
+    caption tokens)."""
+    def level(name, q, lv):
         extra = {key: x[rows] for key, x in enc.encodings.get(name, {}).items()}
-        levels[name] = {lv: student.eval_level_scores(lv, q[rows], extra, enc.positions[name][lv])
-                        for lv in run.model.levels}
+        return getattr(run.model, name).eval_level_scores(lv, q[rows], extra, enc.positions[name][lv])
+
+    levels = {name: {lv: level(name, q, lv) for lv in run.model.levels} for name, q in enc.queries.items()}
     return run.model.named_scores(levels, run.fusion)
 
 

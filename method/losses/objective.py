@@ -140,8 +140,9 @@ class Objective:
         kd_level: the level whose per-position scores distil the teacher.
         evidential: Holmes' evidential terms (on the clip and frame levels), or None.
         output_terms: terms computed from the student's extra forward outputs, or None: a callable
-            ``(outputs {key: tensor} of one branch, labels (Q,)) -> {name: weighted scalar}`` over the
-            whole batch (RAL's MIL and VIB, ``method.losses.ral.SampleTerms``).
+            ``(outputs {key: tensor} of one branch, labels (Q,), generator) -> {name: weighted scalar}`` over the
+            whole batch, drawing any noise from ``generator`` (RAL's MIL and VIB over the Gaussians' samples,
+            ``method.losses.ral.SampleTerms``).
     """
 
     nce_weights: Mapping[str, float] = field(default_factory=lambda: {"frame": 0.04})
@@ -149,7 +150,7 @@ class Objective:
     ot_weight: float = 0.0
     kd_level: str = "frame"
     evidential: Optional[EvidentialTerms] = None
-    output_terms: Optional[Callable[[Mapping[str, Tensor], Tensor], Dict[str, Tensor]]] = None
+    output_terms: Optional[Callable[..., Dict[str, Tensor]]] = None
 
     @property
     def needs_second_queries(self) -> bool:
@@ -261,7 +262,7 @@ class DLDKDLoss(nn.Module):
                     raise ValueError("the output terms need the whole batch in one process")
                 if outputs is None:
                     raise ValueError("the objective's output terms need the student's forward outputs (outputs)")
-                value = obj.output_terms({k: v[name] for k, v in outputs.items()}, layout.labels)
+                value = obj.output_terms({k: v[name] for k, v in outputs.items()}, layout.labels, generator)
                 terms.update({f"{k}{suffix}": v for k, v in value.items()})
             if name == "inheritance" and teacher is not None:
                 rows = scores[name][obj.kd_level].rows

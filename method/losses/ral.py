@@ -134,19 +134,36 @@ def ral_objective(out: Mapping[str, Any], labels: Tensor, cfg: Any, hard_negativ
     return weighted_terms(comps, cfg.loss_weights())
 
 
+def sample_gaussian(mean: Tensor, logsigma: Tensor, n_samples: int, generator: Optional[torch.Generator] = None,
+                    eps: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``z_k = mu + eps_k exp(log sigma)`` with eps ~ N(0, 1) (V, K, D) drawn from ``generator`` unless given.
+
+    Returns (samples (V, K, D), eps). exp(log sigma) is the standard deviation here (R4).
+    """
+    if eps is None:
+        eps = torch.randn(mean.shape[0], n_samples, mean.shape[1], generator=generator, device=mean.device,
+                          dtype=mean.dtype)
+    eps = eps.to(mean.dtype)
+    return mean[:, None] + eps * torch.exp(logsigma)[:, None], eps
+
+
 @dataclass(frozen=True)
 class SampleTerms:
     """RAL's MIL and VIB terms in the project's objective (``Objective.output_terms``): weights and the R4 fixes."""
 
+    n_samples: int
     mil_weight: float
     vib_weight: float
     vib_log_std: bool = False
     vib_use_mean: bool = False
 
-    def __call__(self, outputs: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
-        """{"mil", "vib"} weighted, from one branch's outputs: "text_samples" / "video_samples" (V, K, D),
-        "text_logsigma" / "video_logsigma" and "text_mean" / "video_mean" (V, D) of the whole batch."""
-        text, video = outputs["text_samples"], outputs["video_samples"]
+    def __call__(self, outputs: Mapping[str, Tensor], labels: Tensor,
+                 generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+        """{"mil", "vib"} weighted, from one branch's outputs of the whole batch: "text_mean" / "video_mean" and
+        "text_logsigma" / "video_logsigma" (V, D). The K samples of each Gaussian are drawn here, text first,
+        from ``generator`` (None: torch's global generator)."""
+        text, _ = sample_gaussian(outputs["text_mean"], outputs["text_logsigma"], self.n_samples, generator)
+        video, _ = sample_gaussian(outputs["video_mean"], outputs["video_logsigma"], self.n_samples, generator)
         vib = vib_terms(video, outputs["video_logsigma"], text, outputs["text_logsigma"],
                         outputs["video_mean"] if self.vib_use_mean else None,
                         outputs["text_mean"] if self.vib_use_mean else None, self.vib_log_std)["vib"]
@@ -161,4 +178,4 @@ def authors_log(terms: Mapping[str, Tensor]) -> dict[str, float]:
 
 
 __all__ = ["LOSS_TERMS", "AUTHORS_LOG_NAMES", "mil_nce", "mil_loss", "vib_terms", "ral_loss_components",
-           "weighted_terms", "ral_objective", "SampleTerms", "authors_log"]
+           "weighted_terms", "ral_objective", "sample_gaussian", "SampleTerms", "authors_log"]

@@ -52,8 +52,13 @@ is every default, a field removes a quirk where a fix makes sense:
   authors' loader padding (``pad_frames``) gives the same numbers.
 - R9 keep: MIL logits are raw dot products, no temperature (no field: the
   method's definition).
-- R10 keep: noise in every training forward; drawn from the ``generator``
-  passed in (None: torch's global generator, the authors' draw order).
+- R10 keep: noise in every training step. ``train_forward`` (the reference)
+  draws it in the forward from the ``generator`` passed in (None: torch's
+  global generator, the authors' draw order). Training through ``method.train``
+  draws it in the objective (``SampleTerms``), text first, from the stream of
+  the triplet negatives after their draws, for the whole batch: the same
+  distribution, other draws than the authors' order, and several processes
+  draw what one process draws.
 - R11 removed (no numbers change): one-caption batches (no squeeze here) and
   OT without a video of 2+ captions (0, ``method.losses.query.ot_loss``)
   work; no DataParallel here.
@@ -75,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from method.losses.ral import LOSS_TERMS, SampleTerms
+from method.losses.ral import LOSS_TERMS, SampleTerms, sample_gaussian
 from method.models.students import register
 from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
@@ -93,7 +98,6 @@ class RALNetConfig(GMMFamilyConfig):
     sft_factor: float = setting(0.09, "RAL (GMMFormerV2): temperature of the DyGMM branch-fusion softmax")
     mask_padded_frames: bool = setting(False, "RAL, fixes quirk R5 (v2's Q3): padded frames leave the per-token max "
                                               "of the word-frame score (the authors' count them as 0)")
-    n_samples: int = setting(6, "RAL: samples K drawn from each Gaussian (text, video)")
     support_captions: int = setting(26, "RAL: support-set capacity in captions per video (x the batch's tokens; "
                                         "quirk R1: 26 for every collection)")
     mask_support_attention: bool = setting(False, "RAL, fixes quirk R1: the text Gaussian heads attend only over "
@@ -109,7 +113,7 @@ class RALNetConfig(GMMFamilyConfig):
                                                "(not in the authors' checkpoints)")
 
     def __post_init__(self):
-        for name in ("n_samples", "support_captions", "hidden_size", "n_heads"):
+        for name in ("support_captions", "hidden_size", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -125,10 +129,15 @@ class RALLosses(GMMFormerV2Losses):
                                        "read it as a log-variance in two of them)")
     vib_use_mean: bool = setting(False, "RAL, fixes quirk R4: the KL terms use the Gaussians' means, not the mean "
                                         "of their samples")
+    n_samples: int = setting(6, "RAL: samples K drawn from each Gaussian (text, video) for MIL and VIB")
+
+    def __post_init__(self):
+        if self.n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
 
     def sample_terms(self) -> SampleTerms:
         """The MIL and VIB terms' settings (``method.losses.ral.SampleTerms``)."""
-        return SampleTerms(self.mil_weight, self.vib_weight, self.vib_log_std, self.vib_use_mean)
+        return SampleTerms(self.n_samples, self.mil_weight, self.vib_weight, self.vib_log_std, self.vib_use_mean)
 
 
 @dataclass
@@ -511,19 +520,6 @@ def video_pooling(frames: Tensor, frame_mask: Tensor) -> Tensor:
     return _unit(summed / frame_mask.sum(dim=1, keepdim=True).clamp(min=1))
 
 
-def sample_gaussian(mean: Tensor, logsigma: Tensor, n_samples: int, generator: Optional[torch.Generator] = None,
-                    eps: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """``z_k = mu + eps_k exp(log sigma)`` with eps ~ N(0, 1) (V, K, D) drawn from ``generator`` unless given.
-
-    Returns (samples (V, K, D), eps). exp(log sigma) is the standard deviation here (R4).
-    """
-    if eps is None:
-        eps = torch.randn(mean.shape[0], n_samples, mean.shape[1], generator=generator, device=mean.device,
-                          dtype=mean.dtype)
-    eps = eps.to(mean.dtype)
-    return mean[:, None] + eps * torch.exp(logsigma)[:, None], eps
-
-
 def pad_frames(frames: Tensor, frame_mask: Tensor, length: int = V2_FRAMES) -> tuple[Tensor, Tensor]:
     """Zero-pad a batch's frames (V, L, Dv) and mask (V, L) to ``length`` positions (the authors' loader, RAL.md 1)."""
     if frames.shape[1] > length:
@@ -557,7 +553,7 @@ class RALStudent(GMMFormerV2Student):
 
     The frame level is the word-frame score, which reads the caption tokens: the training forward's
     extra outputs (``train_outputs``: ``query_outputs`` per caption, ``video_outputs`` per video)
-    carry the tokens, their confidence logits and the Gaussians' samples; ``level_scores``,
+    carry the tokens, their confidence logits and the Gaussians' means and log sigmas; ``level_scores``,
     ``eval_level_scores`` and ``eval_positive_scores`` score the frame level from them.
     """
 
@@ -571,7 +567,7 @@ class RALStudent(GMMFormerV2Student):
     kd_levels_note = " (its frame level, the word-frame score, has no per-frame score of a query)"
     level_weights = {"clip": 0.5, "frame": 0.5}  # TVR; ActivityNet 0.6 / 0.4 (RALConfig.score_weights)
     query_outputs = ("tokens", "token_mask", "token_logits", "token_logits_raw")
-    video_outputs = ("text_samples", "text_logsigma", "text_mean", "video_samples", "video_logsigma", "video_mean")
+    video_outputs = ("text_logsigma", "text_mean", "video_logsigma", "video_mean")
 
     def __init__(self, cfg: Union[RALConfig, StudentConfig], with_query_proj: bool = True):
         rcfg = as_ral_config(cfg)
@@ -641,18 +637,23 @@ class RALStudent(GMMFormerV2Student):
 
     # ---- the probabilistic part (training only)
     def gaussian(self, pie: PIEHead, unc: UncertaintyHead, pooled: Tensor, x: Tensor, mask: Optional[Tensor],
-                 generator: Optional[torch.Generator] = None, eps: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """mu = norm(PIE(p, X)), log sigma = Unc(p, X), K samples (RAL.md 2.8)."""
+                 generator: Optional[torch.Generator] = None, eps: Optional[Tensor] = None,
+                 sample: bool = True) -> dict[str, Tensor]:
+        """mu = norm(PIE(p, X)), log sigma = Unc(p, X), and (``sample``) K samples (RAL.md 2.8)."""
         p, u = pie(pooled, x, mask), unc(pooled, x, mask)
         mean = _unit(p["out"])
-        samples, eps = sample_gaussian(mean, u["logsigma"], self.cfg.n_samples, generator, eps)
-        return {"mean": mean, "logsigma": u["logsigma"], "samples": samples, "eps": eps,
-                "pie_attn": p["attn"], "unc_attn": u["attn"], "pie_residual": p["residual"]}
+        out = {"mean": mean, "logsigma": u["logsigma"], "pie_attn": p["attn"], "unc_attn": u["attn"],
+               "pie_residual": p["residual"]}
+        if sample:
+            out["samples"], out["eps"] = sample_gaussian(mean, u["logsigma"], self.cfg.n_samples, generator, eps)
+        return out
 
     def probabilistic(self, tokens: Tensor, token_mask: Tensor, labels: Tensor, frame_feat: Tensor,
                       frame_mask: Tensor, generator: Optional[torch.Generator] = None,
-                      eps_text: Optional[Tensor] = None, eps_video: Optional[Tensor] = None) -> dict[str, Any]:
-        """Support sets, poolings and the text and video Gaussians (text drawn first), RAL.md 4.
+                      eps_text: Optional[Tensor] = None, eps_video: Optional[Tensor] = None,
+                      sample: bool = True) -> dict[str, Any]:
+        """Support sets, poolings and the text and video Gaussians (text drawn first; ``sample`` False: no draws,
+        means and log sigmas only), RAL.md 4.
 
         tokens: W (Q, L_t, D), labels: (Q,) video of each caption, frame_feat: (V, P, D) with
         padded rows 0, frame_mask: (V, P). Returns {"support", "support_mask", "text_pooled",
@@ -663,9 +664,9 @@ class RALStudent(GMMFormerV2Student):
                                             cfg.support_overflow_grow)
         p_t, p_v = text_pooling(support, support_mask), video_pooling(frame_feat, frame_mask)
         text = self.gaussian(self.pie_net_text, self.uncertain_net_text, p_t, support,
-                             support_mask if cfg.mask_support_attention else None, generator, eps_text)
+                             support_mask if cfg.mask_support_attention else None, generator, eps_text, sample)
         video = self.gaussian(self.pie_net_video, self.uncertain_net_video, p_v, frame_feat,
-                              frame_mask if cfg.mask_video_attention else None, generator, eps_video)
+                              frame_mask if cfg.mask_video_attention else None, generator, eps_video, sample)
         return {"support": support, "support_mask": support_mask, "text_pooled": p_t, "video_pooled": p_v,
                 "text": text, "video": video}
 
@@ -699,17 +700,18 @@ class RALStudent(GMMFormerV2Student):
     def train_outputs(self, query_feat: Tensor, query_mask: Tensor, videos: dict[str, Tensor], video_mask: Tensor,
                       query_labels: Optional[Tensor]) -> dict[str, Tensor]:
         """The training forward's extra outputs: the tokens W (Q, L_t, D), their mask (Q, L_t), the confidence
-        logits (Q, L_t) of S_f and U_f, and per video the text and video Gaussians' samples (V, K, D), log sigma
-        and mean (V, D). The noise comes from torch's global generator, text first (R10)."""
+        logits (Q, L_t) of S_f and U_f, and per video the text and video Gaussians' log sigma and mean (V, D);
+        the objective draws their samples (``method.losses.ral.SampleTerms``, R10)."""
         if query_labels is None:
             raise ValueError("the ral student's training forward needs each caption's video (query_labels)")
         tokens = self.encode_tokens(query_feat, query_mask)
-        prob = self.probabilistic(tokens, query_mask, query_labels, videos["frame"], self.frame_mask_128(video_mask))
+        prob = self.probabilistic(tokens, query_mask, query_labels, videos["frame"], self.frame_mask_128(video_mask),
+                                  sample=False)
         logits, raw = self.confidence_logits(tokens)
         text, video = prob["text"], prob["video"]
         return {"tokens": tokens, "token_mask": query_mask, "token_logits": logits, "token_logits_raw": raw,
-                "text_samples": text["samples"], "text_logsigma": text["logsigma"], "text_mean": text["mean"],
-                "video_samples": video["samples"], "video_logsigma": video["logsigma"], "video_mean": video["mean"]}
+                "text_logsigma": text["logsigma"], "text_mean": text["mean"],
+                "video_logsigma": video["logsigma"], "video_mean": video["mean"]}
 
     def query_encodings(self, feat: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Evaluation: {"tokens" (Q, max_desc_l, D), "token_mask", "token_logits" (Q, max_desc_l)}, zero-padded
