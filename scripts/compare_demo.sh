@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's comparison table on the demo data: DL-DKD, DL-DKD++, GMMFormer, GMMFormerV2, DL-DKD with the
-# GMMFormerV2 student and no teacher, 3 seeds each, at do_demo.sh's settings; then method.summarize.
-# Usage: scripts/compare_demo.sh [DEMO_ROOT] (default ./demo_data). Runs that finished are skipped, so the
-# command can be re-run after an interruption. Several hours on 2 CPU cores (the GMMFormerV2 runs dominate).
+# The demo table of docs/demo.md and docs/students.md: every recipe and DL-DKD on every student, at do_demo.sh's
+# settings, SEEDS seeds each (default 2018 2019 2020); then method.summarize.
+# Usage: [SEEDS="2018"] [RUNS_ONLY="holmes ral"] scripts/compare_demo.sh [DEMO_ROOT] (default ./demo_data).
+# Runs that finished are skipped, so the command can be re-run after an interruption. Several hours on 2 CPU
+# cores (the GMMFormer-family runs dominate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh requirements.txt
@@ -20,11 +21,15 @@ declare -A SETTINGS=(
     [gmmformer_v2]="--recipe gmmformer_v2"
     [dldkd_gmmformer_v2]="--recipe iccv --student gmmformer_v2"
     [no_teacher]="--recipe iccv --no_teacher"
+    [holmes]="--recipe holmes"
+    [ral]="--recipe ral"
+    [dldkd_holmes]="--recipe iccv --student holmes"
+    [dldkd_ral]="--recipe iccv --student ral"
 )
 export TQDM_DISABLE=${TQDM_DISABLE:-1}
 RUNS=()
-for name in dldkd dldkdpp no_teacher gmmformer gmmformer_v2 dldkd_gmmformer_v2; do
-    for seed in 2018 2019 2020; do
+for name in ${RUNS_ONLY:-dldkd dldkdpp no_teacher gmmformer gmmformer_v2 dldkd_gmmformer_v2 holmes ral dldkd_holmes dldkd_ral}; do
+    for seed in ${SEEDS:-2018 2019 2020}; do
         run="$OUT/$name-$seed"
         RUNS+=("$run")
         [ -f "$run/eval_test.json" ] && continue
