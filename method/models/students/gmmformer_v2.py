@@ -143,3 +143,14 @@ class GMMFormerV2Student(Student):
         if cfg.map_size != V2_CLIPS:
             raise ValueError(f"gmmformer_v2 needs --map_size {V2_CLIPS} (its fusion head is per clip position), "
                              f"got {cfg.map_size}")
+
+
+def state_sizes(state: dict) -> dict[str, int]:
+    """The network sizes of a GMMFormerV2-based state dict (the authors' names, no ``module.``): input sizes,
+    hidden size, tokens, frame positions and clips (Holmes' and RAL's ``best.ckpt``)."""
+    query_pos = state["query_pos_embed.position_embeddings.weight"]
+    return {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
+            "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
+            "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
+            "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
+            "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}

@@ -86,6 +86,7 @@ from method.models.students.blocks import (
     init_normal_weights,
 )
 from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
+from method.models.students.gmmformer_v2 import state_sizes
 
 HOLMES_WIDTHS = (None, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # e_attns.0..7 (None = no Gaussian)
 HOLMES_CLIPS, HOLMES_FRAMES = 32, 128  # the fusion heads predict weights per absolute position
@@ -295,12 +296,7 @@ def authors_checkpoint_values(ckpt: dict) -> tuple[str, dict, dict]:
             stored.update(zip(names, (float(x) for x in config[key])))
     if "collection" in stored:
         stored["collection"] = COLLECTION_ALIASES.get(stored["collection"], stored["collection"])
-    query_pos = state["query_pos_embed.position_embeddings.weight"]
-    sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
-             "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
-             "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
-             "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
-             "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    sizes = state_sizes(state)
     return kind, sizes, stored
 
 

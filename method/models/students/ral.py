@@ -85,7 +85,13 @@ from method.models.students import register
 from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
 from method.models.students.gmmformer import GMMFamilyConfig
-from method.models.students.gmmformer_v2 import V2_CLIPS, V2_FRAMES, GMMFormerV2Losses, GMMFormerV2Student
+from method.models.students.gmmformer_v2 import (
+    V2_CLIPS,
+    V2_FRAMES,
+    GMMFormerV2Losses,
+    GMMFormerV2Student,
+    state_sizes,
+)
 
 
 @dataclass
@@ -336,12 +342,7 @@ def authors_checkpoint_values(ckpt: dict) -> tuple[dict, dict]:
                           map(float, config["loss_factor"])))
     if "neg_factor" in config:
         stored.update(zip(("qdl_margin", "qdl_scale", "qdl_focal"), map(float, config["neg_factor"])))
-    query_pos = state["query_pos_embed.position_embeddings.weight"]
-    sizes = {"visual_input_size": int(state["frame_input_proj.LayerNorm.weight"].shape[0]),
-             "query_input_size": int(state["query_input_proj.LayerNorm.weight"].shape[0]),
-             "hidden_size": int(query_pos.shape[1]), "max_desc_l": int(query_pos.shape[0]),
-             "max_ctx_l": int(state["frame_encoder_1.layer2.weight"].shape[0]),
-             "map_size": int(state["clip_encoder.layer2.weight"].shape[0])}
+    sizes = state_sizes(state)
     return sizes, stored
 
 
