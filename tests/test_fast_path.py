@@ -336,3 +336,34 @@ def test_bench_length_distributions():
     assert b["video_feat"].shape[1] == int(b["video_mask"].sum(1).max()) <= 60
     full = synthetic_batch(preset, torch.device("cpu"))
     assert full["video_mask"].all() and full["video_feat"].shape[1] == 128 and full["query_feat"].shape[1] == 30
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("case", [1, 2, 4])
+def test_checkpointed_branches_equal_the_reference(student, case):
+    """blocks.CHECKPOINT_BRANCHES (the GMM / DyGMM branches and the query encoder run again in backward, with
+    their first run's dropout masks): with dropout 0.1, the reference's outputs, loss, gradients and random
+    stream under the same seed; and in evaluation mode nothing is checkpointed."""
+    torch.manual_seed(0)
+    model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                 student=student, single_branch=True, input_drop=0.1, drop=0.1)).train()
+    b = batch(*DROPOUT_CASES[case], seed=case)
+    torch.manual_seed(5)
+    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref_state = torch.get_rng_state()
+    old = blocks.CHECKPOINT_BRANCHES
+    blocks.CHECKPOINT_BRANCHES = True
+    try:
+        torch.manual_seed(5)
+        out, loss, grads = forward_and_grads(model, "exact", b)
+        assert blocks.checkpoint_branches(model.inheritance)
+        assert not blocks.checkpoint_branches(model.inheritance.eval())
+    finally:
+        blocks.CHECKPOINT_BRANCHES = old
+    assert torch.equal(torch.get_rng_state(), ref_state)
+    for k in ref_out:
+        rel_close(out[k], ref_out[k], name=k)
+    rel_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        rel_close(grads[n], ref_grads[n], name=n)

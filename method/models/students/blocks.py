@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, as released
@@ -28,6 +29,10 @@ FAST_PATH = os.environ.get("PRVR_FAST_PATH", "exact")
 FAST_PATH_MODES = ("off", "exact", "on")
 if FAST_PATH not in FAST_PATH_MODES:
     raise ValueError(f"PRVR_FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
+# Activation checkpointing of the GMM / DyGMM blocks' branches (an option, off by default): each branch keeps
+# only its input and its dropout masks (bool) for backward and runs again in backward, with those masks. Less
+# memory, one more forward of the branches in time (docs/performance.md). Fast path only; the same numbers.
+CHECKPOINT_BRANCHES = os.environ.get("PRVR_CHECKPOINT_BRANCHES", "0") == "1"
 BUCKET_OVERHEAD = 64  # cost of one more length bucket, in padded positions (its extra small ops)
 MAX_BUCKETS = 8
 
@@ -244,9 +249,62 @@ class _ReluDropout(torch.autograd.Function):
                 None, None)
 
 
-def _tape_mask(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int]) -> Optional[torch.Tensor]:
-    """Inside a bucketed region on the "exact" path: this call's mask from the ``DropoutTape``; else None."""
-    return None if _TAPE is None else _TAPE.take(x, module.p, length_dims)
+class _MaskLog:
+    """The dropout masks of one checkpointed call, logged by its forward and replayed when backward runs it again."""
+
+    def __init__(self):
+        self.masks: list[torch.Tensor] = []
+        self.pos, self.replay = 0, False
+
+
+_LOG: Optional[_MaskLog] = None
+
+
+def _draw_keep(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The kept mask ``F.dropout(x, p, True)`` would draw (see ``_draw_dropout``), without applying it."""
+    if x.device.type != "cpu":
+        return torch.native_dropout(x, p, True)[1]
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+
+
+def _keep_mask(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int]) -> Optional[torch.Tensor]:
+    """This dropout call's kept mask when it must be known before the call: replayed in a checkpointed branch's
+    second run, taken from the ``DropoutTape`` inside a bucketed region, drawn and logged in a checkpointed
+    branch's first run; None: the autograd function draws it."""
+    if _LOG is not None and _LOG.replay:
+        keep = _LOG.masks[_LOG.pos]
+        _LOG.pos += 1
+        return keep
+    keep = None if _TAPE is None else _TAPE.take(x, module.p, length_dims)
+    if _LOG is not None:
+        if keep is None:
+            keep = _draw_keep(x, module.p)
+        _LOG.masks.append(keep)
+    return keep
+
+
+def checkpointed(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` under activation checkpointing (``torch.utils.checkpoint``, non-reentrant) whose second run,
+    in backward, replays the first run's dropout masks (``_MaskLog``): the same numbers, no new random draws."""
+    log = _MaskLog()
+
+    def run(*a: torch.Tensor) -> torch.Tensor:
+        global _LOG
+        prev, _LOG = _LOG, log
+        log.pos = 0
+        try:
+            return fn(*a)
+        finally:
+            _LOG = prev
+            log.replay = True
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+def checkpoint_branches(module: nn.Module) -> bool:
+    """Whether ``module``'s branches run checkpointed now: ``CHECKPOINT_BRANCHES``, the fast path, training,
+    gradients on."""
+    return CHECKPOINT_BRANCHES and FAST_PATH != "off" and module.training and torch.is_grad_enabled()
 
 
 def dropout(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
@@ -254,14 +312,14 @@ def dropout(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int] = (1
     ``length_dims``: x's dims of the sequence positions (see ``DropoutTape``)."""
     if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or x.numel() == 0:
         return module(x)
-    return _CompactDropout.apply(x, module.p, _tape_mask(module, x, length_dims))
+    return _CompactDropout.apply(x, module.p, _keep_mask(module, x, length_dims))
 
 
 def relu_dropout(module: nn.Dropout, h: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
     """``module(F.relu(h))``; on the fast path keeping only the output for backward (``_ReluDropout``)."""
     if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or h.numel() == 0:
         return module(F.relu(h))
-    return _ReluDropout.apply(h, module.p, _tape_mask(module, h, length_dims))
+    return _ReluDropout.apply(h, module.p, _keep_mask(module, h, length_dims))
 
 
 class LinearLayer(nn.Module):
@@ -364,7 +422,11 @@ def encode_pooled_query(student: nn.Module, feat: torch.Tensor, mask: torch.Tens
 
     def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         x = student.query_pos_embed(proj(f))
-        return attention_pool(student.modular_vector_mapping, student.query_encoder(x, m), m)
+        if checkpoint_branches(student):
+            y = checkpointed(lambda z: student.query_encoder(z, m), x)
+        else:
+            y = student.query_encoder(x, m)
+        return attention_pool(student.modular_vector_mapping, y, m)
 
     if buckets_allowed(student):
         return run_bucketed(encode, mask, feat, pad_length=False)
@@ -564,6 +626,10 @@ class GMMBlock(nn.Module):
         """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (4, B, T, d), attn0..attn3.
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``."""
+        if checkpoint_branches(self):
+            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
+                                             layer(y, mask, own_lengths, gauss_length), x)
+                                for k in range(len(GMM_WIDTHS))])
         return torch.stack([getattr(self, f"attn{k}")(x, mask, own_lengths, gauss_length)
                             for k in range(len(GMM_WIDTHS))])
 
@@ -604,6 +670,10 @@ class DyGMMBlock(nn.Module):
         if length > self.frame_len or (length < self.frame_len and mask is None):
             raise ValueError(f"DyGMM block of frame_len {self.frame_len} got length {length}"
                              + ("" if length > self.frame_len else " without a mask"))
+        if checkpoint_branches(self):
+            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
+                                             layer(y, mask, gauss_length=self.frame_len), x)
+                                for k in range(len(DYGMM_WIDTHS))])
         return torch.stack([getattr(self, f"attn{k}")(x, mask, gauss_length=self.frame_len)
                             for k in range(len(DYGMM_WIDTHS))])
 
