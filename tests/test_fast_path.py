@@ -367,3 +367,69 @@ def test_checkpointed_branches_equal_the_reference(student, case):
     assert grads.keys() == ref_grads.keys()
     for n in ref_grads:
         rel_close(grads[n], ref_grads[n], name=n)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 48), (3, 48), (4, 1, 48), (16, 60, 48)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_linear_layer_fast_path_bit_for_bit(shape, input_grad):
+    """LinearLayer's fused LayerNorm-dropout-Linear (keeps x, not its normalised copies): the reference's draw,
+    output and gradients bit for bit."""
+    torch.manual_seed(0)
+    layer = blocks.LinearLayer(48, 16, 0.3).train()
+    x = torch.randn(*shape, requires_grad=input_grad)
+    g = torch.randn(*shape[:-1], 16)
+    res = []
+    for mode in ("off", "exact"):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            layer.zero_grad()
+            x.grad = None
+            torch.manual_seed(3)
+            y = layer(x)
+            y.backward(g)
+            res.append([y.detach(), torch.get_rng_state()] + ([x.grad.clone()] if input_grad else [])
+                       + [p.grad.clone() for p in layer.parameters()])
+        finally:
+            blocks.FAST_PATH = old
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+def test_pack_mask_round_trip():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(0,), (1,), (7,), (8,), (3, 5, 9), (2, 4, 60, 60)]:
+        keep = torch.rand(shape, generator=g) < 0.7
+        packed, s = blocks.pack_mask(keep)
+        assert packed.dtype == torch.uint8 and packed.numel() == (keep.numel() + 7) // 8
+        assert torch.equal(blocks.unpack_mask(packed, s), keep)
+
+
+def test_cached_gaussian_prior():
+    """The Gaussian priors made once per length and width (fast path): the reference's, and usable in training
+    after being made first in inference mode."""
+    blocks._cached_gaussian.cache_clear()
+    layer = blocks.GaussianSelfAttention(8, 2, 0.0, width=0.5).train()
+    x = torch.randn(3, 11, 8)
+    mask = torch.ones(3, 11)
+    with torch.inference_mode():
+        layer(x, mask)
+    torch.testing.assert_close(blocks._cached_gaussian(11, 0.5, False, x.device), blocks.gaussian_matrix(11, 0.5),
+                               rtol=0, atol=0)
+    ref = None
+    for mode in ("off", "exact"):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            layer.zero_grad()
+            out = layer(x, mask)
+            out.square().sum().backward()
+            grads = [p.grad.clone() for p in layer.parameters()]
+        finally:
+            blocks.FAST_PATH = old
+        if ref is None:
+            ref = (out.detach(), grads)
+        else:
+            torch.testing.assert_close(out.detach(), ref[0], rtol=0, atol=0)
+            for a, b in zip(grads, ref[1]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -4,6 +4,7 @@ Shapes: B sequences of T positions, d hidden size, H heads.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -198,6 +199,20 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     return torch.cat(outs)[inverse.to(mask.device)]
 
 
+def pack_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """A bool mask as bits, 8 to a byte (what backward keeps of a dropout): (packed (ceil(n / 8),) uint8, shape)."""
+    flat = keep.reshape(-1).view(torch.uint8)
+    flat = F.pad(flat, (0, -flat.numel() % 8))
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=keep.device)
+    return (flat.view(-1, 8) * bits).sum(-1, dtype=torch.uint8), keep.shape
+
+
+def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``pack_mask``'s inverse: the bool mask of ``shape``."""
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
+    return (packed[:, None] & bits).ne_(0).view(-1)[:math.prod(shape)].view(shape)
+
+
 def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x dropped, kept mask (bool)) with the random numbers ``F.dropout(x, p, True)`` draws: on the CPU
@@ -214,19 +229,20 @@ def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
 
 class _CompactDropout(torch.autograd.Function):
     """``F.dropout`` (the same random draw, the same numbers) that keeps a bool mask for backward,
-    not the float noise tensor ATen's CPU dropout keeps (a quarter of its memory)."""
+    not the float noise tensor ATen's CPU dropout keeps: its bits (``pack_mask``), 1/32 of its memory."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         out, keep = _draw_dropout(x, p, keep)
-        ctx.save_for_backward(keep)
+        packed, ctx.shape = pack_mask(keep)
+        ctx.save_for_backward(packed)
         ctx.p = p
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).div_(1 - ctx.p), None, None
+        (packed,) = ctx.saved_tensors
+        return grad * unpack_mask(packed, ctx.shape).to(grad.dtype).div_(1 - ctx.p), None, None
 
 
 class _ReluDropout(torch.autograd.Function):
@@ -253,7 +269,7 @@ class _MaskLog:
     """The dropout masks of one checkpointed call, logged by its forward and replayed when backward runs it again."""
 
     def __init__(self):
-        self.masks: list[torch.Tensor] = []
+        self.masks: list[tuple[torch.Tensor, torch.Size]] = []  # pack_mask's
         self.pos, self.replay = 0, False
 
 
@@ -272,14 +288,14 @@ def _keep_mask(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int]) 
     second run, taken from the ``DropoutTape`` inside a bucketed region, drawn and logged in a checkpointed
     branch's first run; None: the autograd function draws it."""
     if _LOG is not None and _LOG.replay:
-        keep = _LOG.masks[_LOG.pos]
+        keep = unpack_mask(*_LOG.masks[_LOG.pos])
         _LOG.pos += 1
         return keep
     keep = None if _TAPE is None else _TAPE.take(x, module.p, length_dims)
     if _LOG is not None:
         if keep is None:
             keep = _draw_keep(x, module.p)
-        _LOG.masks.append(keep)
+        _LOG.masks.append(pack_mask(keep))
     return keep
 
 
@@ -322,8 +338,45 @@ def relu_dropout(module: nn.Dropout, h: torch.Tensor, length_dims: Sequence[int]
     return _ReluDropout.apply(h, module.p, _keep_mask(module, h, length_dims))
 
 
+class _NormDropoutLinear(torch.autograd.Function):
+    """``Linear(dropout(LayerNorm(x)))`` with a given kept mask, keeping for backward its input, the LayerNorm's
+    statistics and the mask's bits, not the normalised and the dropped (.., D_in) copies (D_in = 3,072 for TVR's
+    frames): backward normalises again (elementwise, the same numbers), then the matmuls, the dropout's and the
+    LayerNorm's backward that autograd runs for the three modules."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w, b, keep, p: float, eps: float):
+        z, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        out = F.linear(z * keep.to(z.dtype).div_(1 - p), w, b)
+        packed, ctx.shape = pack_mask(keep)
+        ctx.save_for_backward(x, mean, rstd, packed, ln_w, ln_b, w)
+        ctx.p, ctx.eps = p, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mean, rstd, packed, ln_w, ln_b, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        scale = unpack_mask(packed, ctx.shape).to(grad.dtype).div_(1 - ctx.p)
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gw = gb = gx = gln_w = gln_b = None
+        if need[3]:
+            z = torch.native_layer_norm(x, (x.shape[-1],), ln_w, ln_b, ctx.eps)[0]
+            gw = g2.t().mm((z * scale).reshape(-1, x.shape[-1]))
+        if need[4]:
+            gb = g2.sum(0)
+        if need[0] or need[1] or need[2]:
+            gz = g2.mm(w).view(x.shape) * scale
+            gx, gln_w, gln_b = torch.ops.aten.native_layer_norm_backward(
+                gz, x, [x.shape[-1]], mean, rstd, ln_w, ln_b, [need[0], need[1], need[2]])
+        return gx, gln_w, gln_b, gw, gb, None, None, None
+
+
 class LinearLayer(nn.Module):
-    """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``)."""
+    """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``).
+
+    On the fast path in training, one autograd function (``_NormDropoutLinear``) that keeps x, not its two
+    normalised copies, with the reference's dropout mask."""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float):
         super().__init__()
@@ -331,7 +384,17 @@ class LinearLayer(nn.Module):
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.net[1](dropout(self.net[0], self.LayerNorm(x))))
+        drop, linear = self.net
+        if (FAST_PATH == "off" or not drop.training or drop.p == 0 or drop.p >= 1 or x.numel() == 0
+                or not torch.is_grad_enabled() or x.dtype != linear.weight.dtype
+                or torch.is_autocast_enabled(x.device.type)):
+            return F.relu(self.net(self.LayerNorm(x)))
+        keep = _keep_mask(drop, x, (1,))
+        if keep is None:
+            keep = _draw_keep(x, drop.p)
+        ln = self.LayerNorm
+        return F.relu(_NormDropoutLinear.apply(x, ln.weight, ln.bias, linear.weight, linear.bias, keep, drop.p,
+                                               ln.eps))
 
 
 class PositionalEncoding(nn.Module):
@@ -475,6 +538,14 @@ def gaussian_matrix(length: int, width: float, centred: bool = False, own_length
     return torch.where(valid, g / g.amax(dim=-1, keepdim=True), torch.zeros_like(g))
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_gaussian(length: int, width: float, centred: bool, device: torch.device) -> torch.Tensor:
+    """``gaussian_matrix(length, width, centred)`` computed once per length, width and device (fast path): the
+    priors do not change from step to step. Read only; a normal tensor even when first made in inference mode."""
+    with torch.inference_mode(False), torch.no_grad():
+        return gaussian_matrix(length, width, centred, device=device)
+
+
 class GaussianSelfAttention(nn.Module):
     """Multi-head attention whose logits are multiplied by G(L_k, width) before the -10000 padding term (2.4).
 
@@ -514,7 +585,10 @@ class GaussianSelfAttention(nn.Module):
         logits = heads(self.query(x)) @ heads(self.key(memory)).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
         if self.width is not None:
             length = memory.shape[1] if gauss_length is None else gauss_length
-            gauss = gaussian_matrix(length, self.width, self.centred, own_lengths, device=x.device)
+            if own_lengths is None and FAST_PATH != "off" and not torch.compiler.is_compiling():
+                gauss = _cached_gaussian(length, self.width, self.centred, x.device)
+            else:
+                gauss = gaussian_matrix(length, self.width, self.centred, own_lengths, device=x.device)
             gauss = gauss[..., :t, :memory.shape[1]]
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
