@@ -261,8 +261,8 @@ class _ReluDropout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
         scale = torch.ones((), dtype=grad.dtype, device=grad.device).div_(1 - ctx.p)
-        return (torch.where(out > 0, grad * scale, torch.zeros((), dtype=grad.dtype, device=grad.device)),
-                None, None)
+        # grad where the output is > 0 (ReLU passed it and dropout kept it), times 1 / (1 - p): one pass
+        return torch.ops.aten.threshold_backward(grad, out, 0).mul_(scale), None, None
 
 
 class _MaskLog:
