@@ -164,6 +164,8 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     runs on the whole padded batch, as the reference.
     """
     global _TAPE
+    if torch.compiler.is_compiling():  # --compile traces one padded shape (ShapePolicy), not data-dependent buckets
+        return fn(mask, *tensors)
     t = mask.shape[1]
     groups = length_buckets(extents(mask))
     if not groups or (len(groups) == 1 and groups[0][1] == t) or _TAPE is not None:
