@@ -136,10 +136,10 @@ class DropoutTape:
         if self.last:
             self.masks[self.pos] = None
         self.pos += 1
-        mask = mask.view(r, self.rows, *mask.shape[1:]).index_select(1, self.idx)
-        for dim in length_dims:
+        mask = mask.view(r, self.rows, *mask.shape[1:])
+        for dim in length_dims:  # views, then one copy of the bucket's part
             mask = mask.narrow(dim + 1, 0, self.bucket_length)
-        return mask.reshape(x.shape)
+        return mask.index_select(1, self.idx).view(x.shape)
 
 
 _TAPE: Optional[DropoutTape] = None
