@@ -81,7 +81,7 @@ def run_epoch(args, opt, device, path) -> None:
     with device_timer(device) as setup:
         r = build_run(train_settings(opt), device, Dist())
     with StopSignal() as stop, device_timer(device) as epoch:
-        losses = train_one_epoch(r, 0, epoch_settings(epoch_schedule(opt), 0), device, opt, stop)
+        losses = train_one_epoch(r, 0, epoch_settings(epoch_schedule(opt), 0), device, stop)
     setup_seconds, epoch_seconds = setup.seconds, epoch.seconds
     data, compute = losses["data_seconds"], losses["compute_seconds"]
     emit(bench="train_epoch", recipe=args.recipe, student=opt.student, path=path, device=machine(device),
