@@ -28,6 +28,9 @@ PRESETS = {
     "activitynet": {"videos": 128, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30, "text_dim": 1024},
     # a quarter of TVR's batch, for profiles and quick comparisons
     "tvr_mid": {"videos": 32, "frames": 128, "visual_dim": 3072, "captions": 5, "tokens": 30, "text_dim": 768},
+    # a quarter of ActivityNet's batch, likewise
+    "activitynet_mid": {"videos": 32, "frames": 128, "visual_dim": 1024, "captions": 4, "tokens": 30,
+                        "text_dim": 1024},
 }
 # Length distributions of a batch's videos (frames, at most the preset's) and captions (tokens):
 #   full     every video at the preset's frames, tokens uniform in 8..tokens (the earlier benchmarks);

@@ -55,6 +55,15 @@ from method.models.teacher import PrecomputedTeacher
 from method.training.loop import Run, train_step
 
 
+PATHS = (*blocks.FAST_PATH_MODES, *(f"{m}+ckpt" for m in blocks.FAST_PATH_MODES if m != "off"))
+
+
+def set_path(path: str) -> None:
+    """blocks.FAST_PATH (and blocks.CHECKPOINT_BRANCHES for a "+ckpt" path) as ``path`` says."""
+    mode, _, ckpt = path.partition("+")
+    blocks.FAST_PATH, blocks.CHECKPOINT_BRANCHES = mode, ckpt == "ckpt"
+
+
 class MatchingTimer:
     """Wraps the objective's OT loss and adds up its seconds (the Hungarian solver runs on the CPU)."""
 
@@ -109,9 +118,10 @@ def main(argv=None) -> None:
     p.add_argument("--lengths", choices=LENGTHS, default="full",
                    help="frame and token counts of the batch (bench/common.py: full = every video at --preset's "
                         "frames; tvr = TVR-like, with its source)")
-    p.add_argument("--paths", nargs="+", choices=blocks.FAST_PATH_MODES, default=None,
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=None,
                    help="GMMFormer family: measure these blocks.FAST_PATH modes in this run, one after the other "
-                        "(off = the reference); default: the mode in force, alone")
+                        "(off = the reference; +ckpt: with blocks.CHECKPOINT_BRANCHES); default: the mode in force, "
+                        "alone")
     p.add_argument("--profile", type=int, default=0, help="print the top N ops (self CPU time) of one step")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -119,7 +129,7 @@ def main(argv=None) -> None:
     peak = matmul_peak_flops(device, dtype)
     timer = MatchingTimer(device)
     objective.ot_loss = timer
-    paths = args.paths or [blocks.FAST_PATH]
+    paths = args.paths or [blocks.FAST_PATH + ("+ckpt" if blocks.CHECKPOINT_BRANCHES else "")]
     for name in args.preset:
         results = measure(args, name, paths, device, peak, timer)
         if len(paths) > 1 and "off" in results:
@@ -143,7 +153,7 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
     """
     flops, opt = {}, None
     for path in paths:
-        blocks.FAST_PATH = path
+        set_path(path)
         # FLOPs are counted on an eager step (the same maths), so the count does not
         # depend on how torch.compile traces or fuses the model.
         counted, opt = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student, args.lengths)
@@ -161,7 +171,7 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
     gc.collect()
     steps = {}
     for path in paths:
-        blocks.FAST_PATH = path
+        set_path(path)
         steps[path], _ = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe, args.student,
                                    args.lengths)
     times = {path: [] for path in paths}
@@ -170,7 +180,7 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
     resets = True
     for rep in range(args.warmup + args.steps):
         for path in paths:
-            blocks.FAST_PATH = path
+            set_path(path)
             gc.collect()
             resets = reset_peak_rss() and resets
             timer.seconds = 0.0

@@ -118,25 +118,87 @@ def test_gmmformer_q1_fix_fast_path():
         rel_close(grads[n], ref_grads[n], name=n)
 
 
-def test_exact_mode_keeps_the_reference_when_dropout_draws():
-    """With dropout > 0 in training, "exact" runs the full padded shapes: the same random stream, the same numbers."""
-    cfg = dict(input_drop=0.1, drop=0.1)
+DROPOUT_CASES = [
+    ([3, 20, 9], [2, 7]),
+    ([1, 128, 64, 2, 127], [1, 30, 15, 2, 29, 7]),   # extremes mixed
+    ([128, 128, 128], [30, 30, 30, 30]),              # nothing padded
+    ([1, 1], [1, 1, 1]),
+    ([5, 17, 3, 9, 9, 40, 33, 12, 60, 1, 2], [3, 11, 4, 20, 8, 1, 30, 17, 16]),
+]
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("case", range(len(DROPOUT_CASES)))
+def test_exact_mode_draws_the_reference_dropout_masks(student, case):
+    """With dropout > 0 in training, "exact" runs the length buckets with the reference's dropout masks
+    (blocks.DropoutTape): the same outputs, loss and gradients under the same seed, the generator left where the
+    reference leaves it, and no region set back to the padded batch."""
+    torch.manual_seed(0)
+    model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                 student=student, single_branch=True, input_drop=0.1, drop=0.1)).train()
+    b = batch(*DROPOUT_CASES[case], seed=case)
+    assert blocks.buckets_allowed(model.inheritance)
+    torch.manual_seed(5)
+    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref_state = torch.get_rng_state()
+    counts = dict(blocks.BUCKET_COUNTS)
+    torch.manual_seed(5)
+    out, loss, grads = forward_and_grads(model, "exact", b)
+    assert torch.equal(torch.get_rng_state(), ref_state)
+    assert blocks.BUCKET_COUNTS["reference"] == counts["reference"]
+    if case in (1, 4):  # lengths far enough apart to be cut (the others: one bucket, or nothing padded)
+        assert blocks.BUCKET_COUNTS["bucketed"] > counts["bucketed"]
+    for k in ref_out:
+        rel_close(out[k], ref_out[k], name=k)
+    rel_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        rel_close(grads[n], ref_grads[n], name=n)
+
+
+def test_dropout_tape_random_lengths_padded_batch():
+    """Random lengths 1..128 / 1..30 in batches padded to 128 / 30, dropout 0.3: "exact" equals "off"."""
+    rng = random.Random(3)
     for student in STUDENTS:
         torch.manual_seed(0)
         model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
-                                     student=student, single_branch=True, **cfg)).train()
-        b = batch([3, 20, 9], [2, 7], seed=1)
-        assert not blocks.buckets_allowed(model.inheritance)
-        torch.manual_seed(5)
-        ref_out, _, ref_grads = forward_and_grads(model, "off", b)
-        torch.manual_seed(5)
-        out, _, grads = forward_and_grads(model, "exact", b)
-        for k in ref_out:
-            rel_close(out[k], ref_out[k])
-        for n in ref_grads:
-            rel_close(grads[n], ref_grads[n], name=n)
-        model.eval()
-        assert blocks.buckets_allowed(model.inheritance)
+                                     student=student, single_branch=True, input_drop=0.3, drop=0.3)).train()
+        for seed in range(2):
+            b = batch([rng.randint(1, 128) for _ in range(9)], [rng.randint(1, 30) for _ in range(11)], seed=seed,
+                      max_frames=128, max_tokens=30)
+            torch.manual_seed(seed)
+            ref_out, _, ref_grads = forward_and_grads(model, "off", b)
+            torch.manual_seed(seed)
+            out, _, grads = forward_and_grads(model, "exact", b)
+            for k in ref_out:
+                rel_close(out[k], ref_out[k], name=k)
+            for n in ref_grads:
+                rel_close(grads[n], ref_grads[n], name=n)
+
+
+def test_dropout_tape_falls_back_when_something_else_draws():
+    """A dropout outside blocks.dropout inside a bucketed region: the region runs again on the padded batch,
+    from the same generator state, so the result is the reference's."""
+    mask = (torch.arange(40)[None] < torch.tensor([40, 3, 2, 1])[:, None]).float()
+    x = torch.randn(4, 40, 6)
+    module = torch.nn.Dropout(0.5).train()
+
+    def fn(m, y):
+        return torch.nn.functional.dropout(blocks.dropout(module, y), 0.5) * m[..., None]
+
+    for mode in ("off", "exact"):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            torch.manual_seed(1)
+            before = dict(blocks.BUCKET_COUNTS)
+            out = blocks.run_bucketed(fn, mask, x) if mode == "exact" else fn(mask, x)
+            if mode == "exact":
+                assert blocks.BUCKET_COUNTS["reference"] == before["reference"] + 1
+                torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            ref = out
+        finally:
+            blocks.FAST_PATH = old
 
 
 def test_one_query_cross_attention_with_dropout_draws_the_same():
@@ -274,3 +336,100 @@ def test_bench_length_distributions():
     assert b["video_feat"].shape[1] == int(b["video_mask"].sum(1).max()) <= 60
     full = synthetic_batch(preset, torch.device("cpu"))
     assert full["video_mask"].all() and full["video_feat"].shape[1] == 128 and full["query_feat"].shape[1] == 30
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("case", [1, 2, 4])
+def test_checkpointed_branches_equal_the_reference(student, case):
+    """blocks.CHECKPOINT_BRANCHES (the GMM / DyGMM branches and the query encoder run again in backward, with
+    their first run's dropout masks): with dropout 0.1, the reference's outputs, loss, gradients and random
+    stream under the same seed; and in evaluation mode nothing is checkpointed."""
+    torch.manual_seed(0)
+    model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                 student=student, single_branch=True, input_drop=0.1, drop=0.1)).train()
+    b = batch(*DROPOUT_CASES[case], seed=case)
+    torch.manual_seed(5)
+    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref_state = torch.get_rng_state()
+    old = blocks.CHECKPOINT_BRANCHES
+    blocks.CHECKPOINT_BRANCHES = True
+    try:
+        torch.manual_seed(5)
+        out, loss, grads = forward_and_grads(model, "exact", b)
+        assert blocks.checkpoint_branches(model.inheritance)
+        assert not blocks.checkpoint_branches(model.inheritance.eval())
+    finally:
+        blocks.CHECKPOINT_BRANCHES = old
+    assert torch.equal(torch.get_rng_state(), ref_state)
+    for k in ref_out:
+        rel_close(out[k], ref_out[k], name=k)
+    rel_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        rel_close(grads[n], ref_grads[n], name=n)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 48), (3, 48), (4, 1, 48), (16, 60, 48)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_linear_layer_fast_path_bit_for_bit(shape, input_grad):
+    """LinearLayer's fused LayerNorm-dropout-Linear (keeps x, not its normalised copies): the reference's draw,
+    output and gradients bit for bit."""
+    torch.manual_seed(0)
+    layer = blocks.LinearLayer(48, 16, 0.3).train()
+    x = torch.randn(*shape, requires_grad=input_grad)
+    g = torch.randn(*shape[:-1], 16)
+    res = []
+    for mode in ("off", "exact"):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            layer.zero_grad()
+            x.grad = None
+            torch.manual_seed(3)
+            y = layer(x)
+            y.backward(g)
+            res.append([y.detach(), torch.get_rng_state()] + ([x.grad.clone()] if input_grad else [])
+                       + [p.grad.clone() for p in layer.parameters()])
+        finally:
+            blocks.FAST_PATH = old
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+def test_pack_mask_round_trip():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(0,), (1,), (7,), (8,), (3, 5, 9), (2, 4, 60, 60)]:
+        keep = torch.rand(shape, generator=g) < 0.7
+        packed, s = blocks.pack_mask(keep)
+        assert packed.dtype == torch.uint8 and packed.numel() == (keep.numel() + 7) // 8
+        assert torch.equal(blocks.unpack_mask(packed, s), keep)
+
+
+def test_cached_gaussian_prior():
+    """The Gaussian priors made once per length and width (fast path): the reference's, and usable in training
+    after being made first in inference mode."""
+    blocks._cached_gaussian.cache_clear()
+    layer = blocks.GaussianSelfAttention(8, 2, 0.0, width=0.5).train()
+    x = torch.randn(3, 11, 8)
+    mask = torch.ones(3, 11)
+    with torch.inference_mode():
+        layer(x, mask)
+    torch.testing.assert_close(blocks._cached_gaussian(11, 0.5, False, x.device), blocks.gaussian_matrix(11, 0.5),
+                               rtol=0, atol=0)
+    ref = None
+    for mode in ("off", "exact"):
+        old = blocks.FAST_PATH
+        blocks.FAST_PATH = mode
+        try:
+            layer.zero_grad()
+            out = layer(x, mask)
+            out.square().sum().backward()
+            grads = [p.grad.clone() for p in layer.parameters()]
+        finally:
+            blocks.FAST_PATH = old
+        if ref is None:
+            ref = (out.detach(), grads)
+        else:
+            torch.testing.assert_close(out.detach(), ref[0], rtol=0, atol=0)
+            for a, b in zip(grads, ref[1]):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)

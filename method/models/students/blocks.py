@@ -4,12 +4,14 @@ Shapes: B sequences of T positions, d hidden size, H heads.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, as released
@@ -17,16 +19,21 @@ MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, 
 # The GMMFormer family's fast path (docs/performance.md, "The GMMFormer family's fast path"):
 #   "off"   the straightforward form (the reference the tests compare with);
 #   "exact" (default) only what gives the same numbers up to float rounding, the same random stream included:
-#           the fusion cross-attention's key / value projections folded into its one query (always), and
-#           videos / captions cut to their own length in length buckets when no dropout draws (evaluation,
-#           or dropout 0);
-#   "on"    "exact", and the length buckets in training with dropout too: the same maths, the same dropout
-#           distribution, but other dropout masks than the reference draws (a seeded run's numbers change).
+#           the fusion cross-attention's key / value projections folded into its one query, compact dropout
+#           masks, and videos / captions cut to their own length in length buckets, in training too: there
+#           every dropout mask is drawn once at the padded batch's shape, in the reference's order, and each
+#           bucket takes its rows and positions of it (``DropoutTape``), so the masks are the reference's;
+#   "on"    "exact", but each bucket draws its own dropout masks (the same distribution, other masks than the
+#           reference: a seeded run's numbers change), skipping the padded positions' draws.
 # Set this attribute, or the environment variable PRVR_FAST_PATH before the import.
 FAST_PATH = os.environ.get("PRVR_FAST_PATH", "exact")
 FAST_PATH_MODES = ("off", "exact", "on")
 if FAST_PATH not in FAST_PATH_MODES:
     raise ValueError(f"PRVR_FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
+# Activation checkpointing of the GMM / DyGMM blocks' branches (an option, off by default): each branch keeps
+# only its input and its dropout masks (bool) for backward and runs again in backward, with those masks. Less
+# memory, one more forward of the branches in time (docs/performance.md). Fast path only; the same numbers.
+CHECKPOINT_BRANCHES = os.environ.get("PRVR_CHECKPOINT_BRANCHES", "0") == "1"
 BUCKET_OVERHEAD = 64  # cost of one more length bucket, in padded positions (its extra small ops)
 MAX_BUCKETS = 8
 
@@ -39,14 +46,9 @@ def fast_path() -> str:
 
 
 def buckets_allowed(module: nn.Module) -> bool:
-    """Whether ``module`` may cut its sequences into length buckets: the fast path is "on", or it is "exact"
-    and no dropout of the module draws random numbers (evaluation mode, or every dropout p = 0)."""
-    mode = fast_path()
-    if mode == "off":
-        return False
-    if mode == "on" or not module.training:
-        return True
-    return all(m.p == 0 for m in module.modules() if isinstance(m, nn.Dropout))
+    """Whether ``module`` may cut its sequences into length buckets (``run_bucketed``): on the fast path ("exact"
+    or "on"). In training on "exact" the buckets' dropouts take the reference's masks (``DropoutTape``)."""
+    return fast_path() != "off"
 
 
 def extents(mask: torch.Tensor) -> list[int]:
@@ -87,57 +89,162 @@ def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD,
     return groups[::-1]
 
 
+class _NeedsReference(Exception):
+    """A length-bucketed region asked for a dropout mask the tape cannot draw like the reference."""
+
+
+class DropoutTape:
+    """The dropout masks of a length-bucketed region, drawn at the padded batch's shapes in the reference's order.
+
+    The reference draws each dropout of a region once, at the whole batch's shape ``(r x V, ..., T, ...)``; the
+    buckets run the region's code one after the other, each making the same dropout calls in the same order. So
+    the first bucket's k-th call draws the k-th mask at the padded shape (the same random numbers, in the same
+    order, as the reference's k-th draw), and every bucket takes its rows and positions of it: each element is
+    dropped exactly where the reference drops it. ``rows``: the batch's row count V; ``length``: its padded T.
+    A call's ``length_dims`` are the dims of T (cut to the bucket's length); dim 0 holds ``r`` row blocks of V
+    (``r`` > 1: several branches' rows, branch-major, as DyGMM's ``ca`` reads them).
+    """
+
+    def __init__(self, rows: int, length: int, device: torch.device, state: torch.Tensor):
+        self.rows, self.length, self.device = rows, length, device
+        self.masks: list[Optional[torch.Tensor]] = []
+        self.pos, self.idx, self.bucket_length, self.first, self.last = 0, None, 0, True, False
+        self.state = state  # the generator's state before the region, then after each draw
+
+    def start(self, idx: torch.Tensor, length: int, first: bool, last: bool) -> None:
+        self.pos, self.idx, self.bucket_length, self.first, self.last = 0, idx, length, first, last
+
+    def take(self, x: torch.Tensor, p: float, length_dims: Sequence[int]) -> torch.Tensor:
+        """The kept mask (bool, x's shape) of this bucket's next dropout call on ``x``."""
+        b = len(self.idx)
+        if x.shape[0] % b:
+            raise RuntimeError(f"dropout of {tuple(x.shape)} in a bucket of {b} rows")
+        r = x.shape[0] // b
+        if self.first:
+            if self.device.type != "cpu":  # the CPU's draw is reproduced; elsewhere run the reference
+                raise _NeedsReference
+            if not torch.equal(_rng_state(), self.state):
+                raise _NeedsReference  # something else drew random numbers in between
+            full = list(x.shape)
+            full[0] = r * self.rows
+            for dim in length_dims:
+                full[dim] = self.length
+            # the same numbers as F.dropout's ``empty_like(x).bernoulli_(1 - p)``, drawn straight into bools
+            self.masks.append(torch.empty(full, dtype=torch.bool, device=x.device).bernoulli_(1 - p))
+            self.state = _rng_state()
+        mask = self.masks[self.pos]
+        if self.last:
+            self.masks[self.pos] = None
+        self.pos += 1
+        mask = mask.view(r, self.rows, *mask.shape[1:])
+        for dim in length_dims:  # views, then one copy of the bucket's part
+            mask = mask.narrow(dim + 1, 0, self.bucket_length)
+        return mask.index_select(1, self.idx).view(x.shape)
+
+
+_TAPE: Optional[DropoutTape] = None
+# regions run in buckets, and regions set back to the whole padded batch (tests and benchmarks read them)
+BUCKET_COUNTS = {"bucketed": 0, "reference": 0}
+
+
+def _rng_state() -> torch.Tensor:
+    return torch.get_rng_state()
+
+
 def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: torch.Tensor,
                  pad_length: bool = True) -> torch.Tensor:
     """``fn(mask, *tensors)`` for (B, T, ...) sequences whose positions beyond each row's last valid one take no
     part in anything the others produce (masked keys, masked pooling): each length bucket runs cut to its
     length, and the outputs are put back in row order, with ``pad_length`` zero-padded to T along dim 1
-    (padded rows: ``fn`` must give 0 there itself)."""
+    (padded rows: ``fn`` must give 0 there itself).
+
+    On the "exact" path the dropouts inside ``fn`` (``dropout`` / ``relu_dropout`` of this module) take their
+    masks from a ``DropoutTape``: the reference's random numbers and masks. Where that cannot be guaranteed
+    (not on the CPU, or a dropout outside this module drew in between) the generator is set back and ``fn``
+    runs on the whole padded batch, as the reference.
+    """
+    global _TAPE
+    if torch.compiler.is_compiling():  # --compile traces one padded shape (ShapePolicy), not data-dependent buckets
+        return fn(mask, *tensors)
     t = mask.shape[1]
     groups = length_buckets(extents(mask))
-    if not groups or (len(groups) == 1 and groups[0][1] == t):  # no rows, or nothing to cut
-        return fn(mask, *tensors)
+    if not groups or (len(groups) == 1 and groups[0][1] == t) or _TAPE is not None:
+        return fn(mask, *tensors)  # no rows, nothing to cut, or already inside a bucketed region
+    start = _rng_state() if fast_path() == "exact" else None
+    tape = DropoutTape(mask.shape[0], t, mask.device, start) if start is not None else None
     outs, order = [], []
-    for rows, length in groups:
-        idx = torch.tensor(rows, device=mask.device)
-        out = fn(mask[idx, :length], *(x[idx, :length] for x in tensors))
-        if pad_length:
-            out = F.pad(out, (0, 0) * (out.dim() - 2) + (0, t - length))
-        outs.append(out)
-        order.extend(rows)
+    try:
+        for n, (rows, length) in enumerate(groups):
+            idx = torch.tensor(rows, device=mask.device)
+            if tape is not None:
+                tape.start(idx, length, n == 0, n == len(groups) - 1)
+                _TAPE = tape
+            out = fn(mask[idx, :length], *(x[idx, :length] for x in tensors))
+            if tape is not None:
+                _TAPE = None
+                if not torch.equal(_rng_state(), tape.state):
+                    raise _NeedsReference  # a dropout outside this module's drew: not the reference's stream
+            if pad_length:
+                out = F.pad(out, (0, 0) * (out.dim() - 2) + (0, t - length))
+            outs.append(out)
+            order.extend(rows)
+    except _NeedsReference:
+        _TAPE = None
+        torch.set_rng_state(start)
+        BUCKET_COUNTS["reference"] += 1
+        return fn(mask, *tensors)
+    finally:
+        _TAPE = None
+    BUCKET_COUNTS["bucketed"] += 1
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return torch.cat(outs)[inverse.to(mask.device)]
 
 
-def _draw_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """A bool mask as bits, 8 to a byte (what backward keeps of a dropout): (packed (ceil(n / 8),) uint8, shape)."""
+    flat = keep.reshape(-1).view(torch.uint8)
+    flat = F.pad(flat, (0, -flat.numel() % 8))
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=keep.device)
+    return (flat.view(-1, 8) * bits).sum(-1, dtype=torch.uint8), keep.shape
+
+
+def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``pack_mask``'s inverse: the bool mask of ``shape``."""
+    bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
+    return (packed[:, None] & bits).ne_(0).view(-1)[:math.prod(shape)].view(shape)
+
+
+def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x dropped, kept mask (bool)) with the random numbers ``F.dropout(x, p, True)`` draws: on the CPU
-    ``empty_like(x).bernoulli_(1 - p)`` scaled by 1 / (1 - p), as ATen's dropout; elsewhere ``native_dropout``
-    (what ATen's dropout calls on CUDA)."""
-    if x.device.type == "cpu":
-        noise = torch.empty_like(x).bernoulli_(1 - p)
-        keep = noise != 0
-        noise.div_(1 - p)
-        return x * noise, keep
-    out, keep = torch.native_dropout(x, p, True)
-    return out, keep
+    ``empty_like(x).bernoulli_(1 - p)`` (drawn straight into bools: the same numbers) scaled by 1 / (1 - p), as
+    ATen's dropout; elsewhere ``native_dropout`` (what ATen's dropout calls on CUDA). With ``keep`` given (a
+    ``DropoutTape``'s), no draw: x scaled where ``keep``, 0 elsewhere, as the CPU's dropout computes it."""
+    if keep is None and x.device.type != "cpu":
+        out, keep = torch.native_dropout(x, p, True)
+        return out, keep
+    if keep is None:
+        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+    return x * keep.to(x.dtype).div_(1 - p), keep
 
 
 class _CompactDropout(torch.autograd.Function):
     """``F.dropout`` (the same random draw, the same numbers) that keeps a bool mask for backward,
-    not the float noise tensor ATen's CPU dropout keeps (a quarter of its memory)."""
+    not the float noise tensor ATen's CPU dropout keeps: its bits (``pack_mask``), 1/32 of its memory."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        out, keep = _draw_dropout(x, p)
-        ctx.save_for_backward(keep)
+    def forward(ctx, x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out, keep = _draw_dropout(x, p, keep)
+        packed, ctx.shape = pack_mask(keep)
+        ctx.save_for_backward(packed)
         ctx.p = p
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).div_(1 - ctx.p), None
+        (packed,) = ctx.saved_tensors
+        return grad * unpack_mask(packed, ctx.shape).to(grad.dtype).div_(1 - ctx.p), None, None
 
 
 class _ReluDropout(torch.autograd.Function):
@@ -146,8 +253,8 @@ class _ReluDropout(torch.autograd.Function):
     1 / (1 - p), exactly what ReLU's and dropout's backward give; ReLU's output and the noise are not kept."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, p: float) -> torch.Tensor:
-        out, _ = _draw_dropout(F.relu(h), p)
+    def forward(ctx, h: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out, _ = _draw_dropout(F.relu(h), p, keep)
         ctx.save_for_backward(out)
         ctx.p = p
         return out
@@ -156,25 +263,122 @@ class _ReluDropout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
         scale = torch.ones((), dtype=grad.dtype, device=grad.device).div_(1 - ctx.p)
-        return torch.where(out > 0, grad * scale, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+        # grad where the output is > 0 (ReLU passed it and dropout kept it), times 1 / (1 - p): one pass
+        return torch.ops.aten.threshold_backward(grad, out, 0).mul_(scale), None, None
 
 
-def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``; on the fast path with a bool mask kept for backward (``_CompactDropout``)."""
+class _MaskLog:
+    """The dropout masks of one checkpointed call, logged by its forward and replayed when backward runs it again."""
+
+    def __init__(self):
+        self.masks: list[tuple[torch.Tensor, torch.Size]] = []  # pack_mask's
+        self.pos, self.replay = 0, False
+
+
+_LOG: Optional[_MaskLog] = None
+
+
+def _draw_keep(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The kept mask ``F.dropout(x, p, True)`` would draw (see ``_draw_dropout``), without applying it."""
+    if x.device.type != "cpu":
+        return torch.native_dropout(x, p, True)[1]
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+
+
+def _keep_mask(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int]) -> Optional[torch.Tensor]:
+    """This dropout call's kept mask when it must be known before the call: replayed in a checkpointed branch's
+    second run, taken from the ``DropoutTape`` inside a bucketed region, drawn and logged in a checkpointed
+    branch's first run; None: the autograd function draws it."""
+    if _LOG is not None and _LOG.replay:
+        keep = unpack_mask(*_LOG.masks[_LOG.pos])
+        _LOG.pos += 1
+        return keep
+    keep = None if _TAPE is None else _TAPE.take(x, module.p, length_dims)
+    if _LOG is not None:
+        if keep is None:
+            keep = _draw_keep(x, module.p)
+        _LOG.masks.append(pack_mask(keep))
+    return keep
+
+
+def checkpointed(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` under activation checkpointing (``torch.utils.checkpoint``, non-reentrant) whose second run,
+    in backward, replays the first run's dropout masks (``_MaskLog``): the same numbers, no new random draws."""
+    log = _MaskLog()
+
+    def run(*a: torch.Tensor) -> torch.Tensor:
+        global _LOG
+        prev, _LOG = _LOG, log
+        log.pos = 0
+        try:
+            return fn(*a)
+        finally:
+            _LOG = prev
+            log.replay = True
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+def checkpoint_branches(module: nn.Module) -> bool:
+    """Whether ``module``'s branches run checkpointed now: ``CHECKPOINT_BRANCHES``, the fast path, training,
+    gradients on."""
+    return CHECKPOINT_BRANCHES and FAST_PATH != "off" and module.training and torch.is_grad_enabled()
+
+
+def dropout(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
+    """``module(x)``; on the fast path with a bool mask kept for backward (``_CompactDropout``).
+    ``length_dims``: x's dims of the sequence positions (see ``DropoutTape``)."""
     if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or x.numel() == 0:
         return module(x)
-    return _CompactDropout.apply(x, module.p)
+    return _CompactDropout.apply(x, module.p, _keep_mask(module, x, length_dims))
 
 
-def relu_dropout(module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
+def relu_dropout(module: nn.Dropout, h: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
     """``module(F.relu(h))``; on the fast path keeping only the output for backward (``_ReluDropout``)."""
     if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or h.numel() == 0:
         return module(F.relu(h))
-    return _ReluDropout.apply(h, module.p)
+    return _ReluDropout.apply(h, module.p, _keep_mask(module, h, length_dims))
+
+
+class _NormDropoutLinear(torch.autograd.Function):
+    """``Linear(dropout(LayerNorm(x)))`` with a given kept mask, keeping for backward its input, the LayerNorm's
+    statistics and the mask's bits, not the normalised and the dropped (.., D_in) copies (D_in = 3,072 for TVR's
+    frames): backward normalises again (elementwise, the same numbers), then the matmuls, the dropout's and the
+    LayerNorm's backward that autograd runs for the three modules."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w, b, keep, p: float, eps: float):
+        z, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        out = F.linear(z * keep.to(z.dtype).div_(1 - p), w, b)
+        packed, ctx.shape = pack_mask(keep)
+        ctx.save_for_backward(x, mean, rstd, packed, ln_w, ln_b, w)
+        ctx.p, ctx.eps = p, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, mean, rstd, packed, ln_w, ln_b, w = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        scale = unpack_mask(packed, ctx.shape).to(grad.dtype).div_(1 - ctx.p)
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gw = gb = gx = gln_w = gln_b = None
+        if need[3]:
+            z = torch.native_layer_norm(x, (x.shape[-1],), ln_w, ln_b, ctx.eps)[0]
+            gw = g2.t().mm((z * scale).reshape(-1, x.shape[-1]))
+        if need[4]:
+            gb = g2.sum(0)
+        if need[0] or need[1] or need[2]:
+            gz = g2.mm(w).view(x.shape) * scale
+            gx, gln_w, gln_b = torch.ops.aten.native_layer_norm_backward(
+                gz, x, [x.shape[-1]], mean, rstd, ln_w, ln_b, [need[0], need[1], need[2]])
+        return gx, gln_w, gln_b, gw, gb, None, None, None
 
 
 class LinearLayer(nn.Module):
-    """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``)."""
+    """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``).
+
+    On the fast path in training, one autograd function (``_NormDropoutLinear``) that keeps x, not its two
+    normalised copies, with the reference's dropout mask."""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float):
         super().__init__()
@@ -182,7 +386,17 @@ class LinearLayer(nn.Module):
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.net(self.LayerNorm(x)))
+        drop, linear = self.net
+        if (FAST_PATH == "off" or not drop.training or drop.p == 0 or drop.p >= 1 or x.numel() == 0
+                or not torch.is_grad_enabled() or x.dtype != linear.weight.dtype
+                or torch.is_autocast_enabled(x.device.type)):
+            return F.relu(self.net(self.LayerNorm(x)))
+        keep = _keep_mask(drop, x, (1,))
+        if keep is None:
+            keep = _draw_keep(x, drop.p)
+        ln = self.LayerNorm
+        return F.relu(_NormDropoutLinear.apply(x, ln.weight, ln.bias, linear.weight, linear.bias, keep, drop.p,
+                                               ln.eps))
 
 
 class PositionalEncoding(nn.Module):
@@ -197,7 +411,7 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, d) with T <= max_len."""
         x = x + self.position_embeddings.weight[: x.shape[1]]
-        return self.dropout(self.LayerNorm(x))
+        return dropout(self.dropout, self.LayerNorm(x))
 
 
 class SelfAttentionCore(nn.Module):
@@ -237,7 +451,7 @@ class AttentionOutput(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return self.LayerNorm(dropout(self.dropout, self.dense(h)) + residual)
 
 
 class AttentionBlock(nn.Module):
@@ -273,7 +487,11 @@ def encode_pooled_query(student: nn.Module, feat: torch.Tensor, mask: torch.Tens
 
     def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         x = student.query_pos_embed(proj(f))
-        return attention_pool(student.modular_vector_mapping, student.query_encoder(x, m), m)
+        if checkpoint_branches(student):
+            y = checkpointed(lambda z: student.query_encoder(z, m), x)
+        else:
+            y = student.query_encoder(x, m)
+        return attention_pool(student.modular_vector_mapping, y, m)
 
     if buckets_allowed(student):
         return run_bucketed(encode, mask, feat, pad_length=False)
@@ -322,6 +540,14 @@ def gaussian_matrix(length: int, width: float, centred: bool = False, own_length
     return torch.where(valid, g / g.amax(dim=-1, keepdim=True), torch.zeros_like(g))
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_gaussian(length: int, width: float, centred: bool, device: torch.device) -> torch.Tensor:
+    """``gaussian_matrix(length, width, centred)`` computed once per length, width and device (fast path): the
+    priors do not change from step to step. Read only; a normal tensor even when first made in inference mode."""
+    with torch.inference_mode(False), torch.no_grad():
+        return gaussian_matrix(length, width, centred, device=device)
+
+
 class GaussianSelfAttention(nn.Module):
     """Multi-head attention whose logits are multiplied by G(L_k, width) before the -10000 padding term (2.4).
 
@@ -361,12 +587,15 @@ class GaussianSelfAttention(nn.Module):
         logits = heads(self.query(x)) @ heads(self.key(memory)).transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, S)
         if self.width is not None:
             length = memory.shape[1] if gauss_length is None else gauss_length
-            gauss = gaussian_matrix(length, self.width, self.centred, own_lengths, device=x.device)
+            if own_lengths is None and FAST_PATH != "off" and not torch.compiler.is_compiling():
+                gauss = _cached_gaussian(length, self.width, self.centred, x.device)
+            else:
+                gauss = gaussian_matrix(length, self.width, self.centred, own_lengths, device=x.device)
             gauss = gauss[..., :t, :memory.shape[1]]
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, None, :]
-        probs = dropout(self.dropout, torch.softmax(logits, dim=-1))
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1), (2, 3))
         return (probs @ heads(self.value(memory))).transpose(1, 2).reshape(b, t, d)
 
     def one_query(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -390,7 +619,7 @@ class GaussianSelfAttention(nn.Module):
         logits = (memory @ u.t() + c).transpose(1, 2)  # (B, H, S)
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, :]
-        probs = dropout(self.dropout, torch.softmax(logits, dim=-1).contiguous().view(b, h, 1, s)).view(b, h, s)
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1).contiguous().view(b, h, 1, s), (3,)).view(b, h, s)
         pooled = probs @ memory  # (B, H, d)
         out = torch.einsum("bhd,hcd->bhc", pooled, self.value.weight.view(h, dh, d))
         out = out + probs.sum(-1, keepdim=True) * self.value.bias.view(h, dh)
@@ -422,8 +651,8 @@ class FeedForward(nn.Module):
         self.layer2 = nn.Linear(inner, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer2(relu_dropout(self.dropout, self.layer1(x)))
+    def forward(self, x: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
+        return self.layer2(relu_dropout(self.dropout, self.layer1(x), length_dims))
 
 
 class FFNAttentionLayer(nn.Module):
@@ -456,8 +685,8 @@ class FFNAttentionLayer(nn.Module):
         """``forward(query.expand(B, 1, d), mask, memory)``, query: (1, 1, d) -> (B, 1, d): see
         ``GaussianSelfAttention.one_query``."""
         x = query.expand(memory.shape[0], 1, query.shape[-1])
-        y = self.norm1(x + dropout(self.dropout, self.self.one_query(query, memory, mask)))
-        return self.norm2(y + dropout(self.dropout, self.output(y)))
+        y = self.norm1(x + dropout(self.dropout, self.self.one_query(query, memory, mask), ()))
+        return self.norm2(y + dropout(self.dropout, self.output(y, ()), ()))
 
 
 class GMMBlock(nn.Module):
@@ -473,6 +702,10 @@ class GMMBlock(nn.Module):
         """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (4, B, T, d), attn0..attn3.
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``."""
+        if checkpoint_branches(self):
+            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
+                                             layer(y, mask, own_lengths, gauss_length), x)
+                                for k in range(len(GMM_WIDTHS))])
         return torch.stack([getattr(self, f"attn{k}")(x, mask, own_lengths, gauss_length)
                             for k in range(len(GMM_WIDTHS))])
 
@@ -513,6 +746,10 @@ class DyGMMBlock(nn.Module):
         if length > self.frame_len or (length < self.frame_len and mask is None):
             raise ValueError(f"DyGMM block of frame_len {self.frame_len} got length {length}"
                              + ("" if length > self.frame_len else " without a mask"))
+        if checkpoint_branches(self):
+            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
+                                             layer(y, mask, gauss_length=self.frame_len), x)
+                                for k in range(len(DYGMM_WIDTHS))])
         return torch.stack([getattr(self, f"attn{k}")(x, mask, gauss_length=self.frame_len)
                             for k in range(len(DYGMM_WIDTHS))])
 
@@ -529,7 +766,7 @@ class DyGMMBlock(nn.Module):
 
     def fusion_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, K, d) -> Z (B, K, frame_len), before the temperature."""
-        return self.layer2(self.dropout(F.relu(self.layer1(tokens))))
+        return self.layer2(relu_dropout(self.dropout, self.layer1(tokens), ()))
 
     def forward(self, x: torch.Tensor, token: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L <= frame_len, d), token: (1, 1, d), mask: (B, L) or None -> (B, L, d)."""
