@@ -22,7 +22,7 @@ from pathlib import Path
 from common import bench_parser, device_timer, emit, machine, peak_rss_mb, peak_rss_since_reset_mb, reset_peak_rss
 from train_step import PATHS, set_path
 from method.config.recipes import RECIPES
-from method.models.students import STUDENTS, blocks
+from method.models.students import STUDENTS
 from method.config.settings import epoch_schedule, train_settings
 from method.data import demo as demo_data
 from method.training import rng

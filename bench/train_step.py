@@ -94,7 +94,9 @@ def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool,
               optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
               teacher=None if opt.no_teacher else PrecomputedTeacher(), dist=Dist(),
               second_queries=loss_fn.objective.needs_second_queries, shapes=shapes)
-    settings = {"kd_factor": 0.1, "hard_negative": True, **({"alpha": 0.8, "beta": 0.8} if recipe == "dldkdpp" else {})}
+    # the steady state: hard negatives on, Holmes' warm-up over (the partial OT and smoothing run)
+    settings = {"kd_factor": 0.1, "hard_negative": True, "warmup_end": True,
+                **({"alpha": 0.8, "beta": 0.8} if recipe == "dldkdpp" else {})}
     b = synthetic_batch(preset, device, lengths=lengths)
     if model.needs_clips:  # the clips: the padded frames pooled to 32 (the same cost as each video's own)
         b["clip_feat"] = torch.from_numpy(clip_features(b["video_feat"].cpu().numpy().swapaxes(0, 1), 32)
