@@ -45,6 +45,9 @@ CASES = {
     # batch from the shared stream), MIL / VIB raised from 4e-3 / 2.5e-4
     "ral": ["--recipe", "ral", "--qdl_weight", "0.01", "--mil_weight", "0.1", "--vib_weight", "0.01"],
     "dldkd_ral": ["--student", "ral", "--mil_weight", "0.1"],  # DL-DKD's two RAL branches, KD over the clips
+    # --robust_alignment on DL-DKD's own student: each branch's Gaussians from its tokens and frames (video_outputs
+    # gathered along the videos), MIL / VIB over the whole batch (replicated), raised from 4e-3 / 2.5e-4; KD
+    "dldkd_ra": ["--robust_alignment", "--mil_weight", "0.1", "--vib_weight", "0.01"],
     # the dual-query variant: its token-wise frame level reads the gathered tokens (query_outputs); dc weighs in
     "holmes_dual": ["--recipe", "holmes_dual", "--qdl_weight", "0.01", "--intra_edl_weight", "0.5", "--edl_weight",
                     "0.2", "--dc_weight", "0.3"],

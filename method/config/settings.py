@@ -42,7 +42,7 @@ def loss_settings(opt: argparse.Namespace) -> LossSettings:
     cls = student_class(opt.student)
     losses = cls.Losses(**{f.name: getattr(opt, f.name) for f in dataclasses.fields(cls.Losses)}) \
         if cls.Losses is not None else None
-    objective = Objective(**cls.objective_terms(losses, opt.nce_weight), kd_level=opt.kd_level)
+    objective = Objective(**cls.objective_for(model_settings(opt), losses, opt.nce_weight), kd_level=opt.kd_level)
     soft = SoftNCEOptions(opt.soft_nce_leak, opt.soft_detach_self_targets, opt.soft_keep_parts)
     return LossSettings(opt.margin, opt.hard_pool_size, opt.kd_temperature, objective,
                         soft if opt.label_style == "soft" else None)

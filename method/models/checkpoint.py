@@ -222,6 +222,7 @@ def dldkdpp_model_config(model_cfg: dict, opt: dict, state: dict, path="checkpoi
                  "max_desc_l": int(query_pos.shape[0])}
     except KeyError as e:
         raise CheckpointError(f"the DL-DKD++ state dict lacks {e.args[0]!r}") from None
+    sizes["robust_alignment"] = False  # the authors' state dicts have no Gaussian heads
     cfg = _authors_config("dldkd", "dldkdpp", path, sizes, {**opt, **model_cfg}, fallback)
     return ModelConfig(cfg, "dldkd", share_query_proj=False,
                        single_branch=not any(k.startswith("exp_") for k in state))
@@ -232,6 +233,7 @@ def released_model_config(model_cfg: dict, opt: dict, state: dict, path="checkpo
     cfg = {**opt, **model_cfg}
     hidden = cfg.get("A_hidden_size", cfg.get("B_hidden_size"))
     sizes = {"hidden_size": int(hidden)} if hidden is not None else {}
+    sizes["robust_alignment"] = False  # the authors' state dicts have no Gaussian heads
     student_cfg = _authors_config("dldkd", "iccv", path, sizes, cfg, fallback)
     return ModelConfig(student_cfg, "dldkd", share_query_proj=True,
                        single_branch=not any(_strip_module(k).startswith("A_") for k in state))
@@ -248,6 +250,7 @@ def gmm_model_config(student: str, config: dict, state: dict, path="checkpoint",
                  "max_desc_l": int(query_pos.shape[0])}
     except KeyError as e:
         raise CheckpointError(f"the {student} state dict lacks {e.args[0]!r}") from None
+    sizes["robust_alignment"] = False  # the authors' state dicts have no Gaussian heads (gmmformer's switch)
     cfg = _authors_config(student, student, path, sizes, config, fallback)
     return ModelConfig(cfg, student, share_query_proj=False, single_branch=True)
 

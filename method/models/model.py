@@ -120,8 +120,9 @@ class DLDKD(nn.Module):
 
     @property
     def query_outputs(self) -> tuple[str, ...]:
-        """Top-level keys of the forward's output, besides "queries" / "queries2", whose tensors are per query."""
-        return student_class(self.cfg.student).query_outputs
+        """Top-level keys of the forward's output, besides "queries" / "queries2", whose tensors are per query
+        (the branch student's ``query_outputs``: an instance's, they may depend on its configuration)."""
+        return self.inheritance.query_outputs
 
     @property
     def n_clips(self) -> Optional[int]:
@@ -167,8 +168,8 @@ class DLDKD(nn.Module):
     @property
     def output_keys(self) -> tuple[str, ...]:
         """The student's extra forward outputs: its ``query_outputs`` (first dimension Q), then ``video_outputs`` (V)."""
-        cls = student_class(self.cfg.student)
-        return (*cls.query_outputs, *cls.video_outputs)
+        student = self.inheritance  # the instance's: they may depend on the configuration (--robust_alignment)
+        return (*student.query_outputs, *student.video_outputs)
 
     def forward(self, video_feat: torch.Tensor, video_mask: torch.Tensor, query_feat: torch.Tensor,
                 query_mask: torch.Tensor, clip_feat: Optional[torch.Tensor] = None,
@@ -201,7 +202,7 @@ class DLDKD(nn.Module):
         """The training scores ``(branch, level, queries (R, d), feats (V, P, d), mask (V, P)) -> ScoreOutput``
         of the student (``Student.level_scores``), reading the branch's ``query_outputs`` of the same R
         queries from ``outputs`` (``forward``'s dict, or the R owned rows' part of it)."""
-        keys = student_class(self.cfg.student).query_outputs
+        keys = self.query_outputs
 
         def score(name: str, level: str, queries: torch.Tensor, feats: torch.Tensor,
                   mask: torch.Tensor) -> ScoreOutput:

@@ -139,7 +139,9 @@ class Student(nn.Module):
         query_outputs / video_outputs: the keys of ``train_outputs``, the training forward's extra
             outputs, whose tensors' first dimension is the batch's captions (Q) / videos (V); ``DLDKD.forward``
             returns each as a top-level key ``{branch: tensor}`` (a distributed run gathers them along that
-            dimension). Empty for students whose levels score a pooled query (``score_level``).
+            dimension). Empty for students whose levels score a pooled query (``score_level``). A student whose
+            outputs depend on its configuration sets them per instance in ``__init__`` (``DLDKD`` reads its
+            branches' instances; ``--robust_alignment``: ``probabilistic.RobustAlignmentHooks``).
         unused_parameters: names of parameters that exist (the authors' state dicts) but never get a gradient;
             several processes leave them out of the gradient exchange.
     """
@@ -183,6 +185,12 @@ class Student(nn.Module):
         ``nce_weight``: the InfoNCE weight of the frame level.
         """
         return {"nce_weights": {level: nce_weight for level in cls.levels}}
+
+    @classmethod
+    def objective_for(cls, cfg: StudentConfig, losses: Any, nce_weight: float) -> dict:
+        """``objective_terms`` given the student's configuration too, for terms a setting of the network turns on
+        (``--robust_alignment``'s MIL and VIB); ``method.config.settings`` calls this. Default: ``objective_terms``."""
+        return cls.objective_terms(losses, nce_weight)
 
     @classmethod
     def padding_changes_numbers(cls, cfg: StudentConfig) -> bool:

@@ -3,6 +3,9 @@
 Clip level: the 32 mean-pooled clips through two GMM blocks (no mask).
 Frame level: the frames through two masked GMM blocks, attention-pooled to
 one vector per video. Parameter names equal the authors' state-dict names.
+``--robust_alignment`` (ours, off by default) adds RAL's text and video
+Gaussians on its caption tokens and the frame encoder's per-frame outputs
+(``probabilistic``, docs/students.md).
 """
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ from method.models.students.blocks import (
     encode_pooled_query,
     run_bucketed,
 )
+from method.models.students.probabilistic import (
+    RobustAlignmentConfig,
+    RobustAlignmentHooks,
+    RobustAlignmentLosses,
+    robust_objective,
+)
 
 
 @dataclass
@@ -37,8 +46,8 @@ class GMMFamilyConfig(StudentConfig):
 
 
 @dataclass
-class GMMFormerConfig(GMMFamilyConfig):
-    """GMMFormer's settings."""
+class GMMFormerConfig(RobustAlignmentConfig, GMMFamilyConfig):
+    """GMMFormer's settings (and the ``robust_alignment`` switch, ours, default off)."""
 
     gauss_own_length: bool = setting(False, "GMMFormer, fixes quirk Q1: size each video's frame Gaussians by its own "
                                             "length, not the padded batch length (changes results)")
@@ -62,13 +71,23 @@ class GMMFormerLosses:
         return QueryDiversity(self.qdl_weight, self.qdl_margin, self.qdl_scale, focal)
 
 
+@dataclass
+class GMMFormerStudentLosses(RobustAlignmentLosses, GMMFormerLosses):
+    """The gmmformer student's objective factors: GMMFormer's, and MIL and VIB's (they act only with
+    ``--robust_alignment``; the other GMMFormer-family students derive from ``GMMFormerLosses``)."""
+
+
 @register
-class GMMFormerStudent(Student):
-    """Query: projection, positions, one attention layer, attention pooling. Video: clip and frame GMM encoders."""
+class GMMFormerStudent(RobustAlignmentHooks, Student):
+    """Query: projection, positions, one attention layer, attention pooling. Video: clip and frame GMM encoders.
+
+    With ``robust_alignment``: the Gaussian heads (``robust_alignment.*``) on the query encoder's tokens and the
+    frame encoder's per-frame outputs, ``video_outputs`` their means and log sigmas, MIL and VIB in the objective.
+    """
 
     name = "gmmformer"
     Config = GMMFormerConfig
-    Losses = GMMFormerLosses
+    Losses = GMMFormerStudentLosses
     collection_defaults = {  # the authors' Configs/act.py and cha.py (TVR's are the fields' defaults)
         "activitynet": {"clip_nce_weight": 0.02, "nce_weight": 0.04, "qdl_weight": 0.015, "qdl_margin": 0.2},
         "charades": {"clip_nce_weight": 0.02, "nce_weight": 0.02, "qdl_weight": 0.005, "qdl_margin": 0.15},
@@ -96,11 +115,18 @@ class GMMFormerStudent(Student):
         self.frame_encoder_2 = GMMBlock(d, h, drop, centred)
         self.modular_vector_mapping = nn.Linear(d, 1, bias=False)
         self.modular_vector_mapping_2 = nn.Linear(d, 1, bias=False)
+        self.init_robust_alignment(cfg)
 
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
-        """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
-        return encode_pooled_query(self, feat, mask, input_proj)
+        """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d). ``robust_alignment``: the same layers, whole length (no
+        buckets), their per-token outputs kept for ``train_outputs``."""
+        if not self.cfg.robust_alignment:
+            return encode_pooled_query(self, feat, mask, input_proj)
+        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
+        x = self.query_encoder(x, mask)
+        self.keep_tokens(x)
+        return attention_pool(self.modular_vector_mapping, x, mask)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,
                      clips: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
@@ -113,12 +139,18 @@ class GMMFormerStudent(Student):
         c = self.clip_encoder_2(self.clip_encoder(c))
         length = frames.shape[1]  # the Gaussians' length (Q1), whatever length the videos run at
 
-        def encode(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        def frame_outputs(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             lengths = m.sum(dim=1).long() if self.cfg.gauss_own_length else None
             x = self.frame_pos_embed(self.frame_input_proj(x))
-            x = self.frame_encoder_2(self.frame_encoder_1(x, m, lengths, length), m, lengths, length)
-            return attention_pool(self.modular_vector_mapping_2, x, m)
+            return self.frame_encoder_2(self.frame_encoder_1(x, m, lengths, length), m, lengths, length)
 
+        def encode(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return attention_pool(self.modular_vector_mapping_2, frame_outputs(m, x), m)
+
+        if self.cfg.robust_alignment:  # the per-frame outputs (V, L, d) are kept: the whole length, no buckets
+            x = frame_outputs(frame_mask, frames)
+            self.keep_frames(x)
+            return {"clip": c, "frame": attention_pool(self.modular_vector_mapping_2, x, frame_mask)[:, None]}
         # Frames beyond a video's last one are masked keys and weigh 0 in the pooling, and the Gaussians are
         # those of the padded length cut: each video may run cut to its own length (blocks.FAST_PATH).
         if buckets_allowed(self):
@@ -149,3 +181,8 @@ class GMMFormerStudent(Student):
     def objective_terms(cls, losses: GMMFormerLosses, nce_weight: float) -> dict:
         return {"nce_weights": {"clip": losses.clip_nce_weight, "frame": nce_weight},
                 "qdl": losses.query_diversity()}
+
+    @classmethod
+    def objective_for(cls, cfg: GMMFormerConfig, losses: GMMFormerStudentLosses, nce_weight: float) -> dict:
+        """GMMFormer's terms, plus MIL and VIB with ``robust_alignment``."""
+        return robust_objective(cls.objective_terms(losses, nce_weight), cfg, losses)

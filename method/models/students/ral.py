@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from method.losses.ral import LOSS_TERMS, SampleTerms, sample_gaussian
+from method.losses.ral import LOSS_TERMS, sample_gaussian
 from method.models.students import register
 from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
 from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
@@ -91,6 +91,17 @@ from method.models.students.gmmformer_v2 import (
     GMMFormerV2Losses,
     GMMFormerV2Student,
     state_sizes,
+)
+from method.models.students.probabilistic import (  # noqa: F401  (RAL's heads and support set, shared; re-exported)
+    AttentionPooling,
+    PIEHead,
+    RobustAlignmentLosses,
+    UncertaintyHead,
+    _unit,
+    caption_slots,
+    support_set,
+    text_pooling,
+    video_pooling,
 )
 
 
@@ -125,25 +136,10 @@ class RALNetConfig(GMMFamilyConfig):
 
 
 @dataclass
-class RALLosses(GMMFormerV2Losses):
-    """The factors of RAL's objective: GMMFormerV2's (clip NCE, QDL v2, OT) plus MIL and VIB over the samples."""
-
-    mil_weight: float = setting(4e-3, "RAL: weight of MIL, the multi-instance NCE between the text and video "
-                                      "Gaussians' samples")
-    vib_weight: float = setting(2.5e-4, "RAL: weight of VIB, the KL terms of the two Gaussians")
-    vib_log_std: bool = setting(False, "RAL, fixes quirk R4: log sigma is a log-std in every KL term (the authors "
-                                       "read it as a log-variance in two of them)")
-    vib_use_mean: bool = setting(False, "RAL, fixes quirk R4: the KL terms use the Gaussians' means, not the mean "
-                                        "of their samples")
-    n_samples: int = setting(6, "RAL: samples K drawn from each Gaussian (text, video) for MIL and VIB")
-
-    def __post_init__(self):
-        if self.n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
-
-    def sample_terms(self) -> SampleTerms:
-        """The MIL and VIB terms' settings (``method.losses.ral.SampleTerms``)."""
-        return SampleTerms(self.n_samples, self.mil_weight, self.vib_weight, self.vib_log_std, self.vib_use_mean)
+class RALLosses(RobustAlignmentLosses, GMMFormerV2Losses):
+    """The factors of RAL's objective: GMMFormerV2's (clip NCE, QDL v2, OT) plus MIL and VIB over the samples
+    (``mil_weight``, ``vib_weight``, ``vib_log_std``, ``vib_use_mean``, ``n_samples``: ``RobustAlignmentLosses``,
+    shared with ``--robust_alignment`` on other students; ``sample_terms`` the MIL and VIB terms)."""
 
 
 @dataclass
@@ -351,77 +347,15 @@ def as_ral_config(cfg: Union[RALConfig, StudentConfig]) -> RALConfig:
 
 
 # --------------------------------------------------------------------------- #
-# heads (RAL.md 2.4-2.6)
+# heads (RAL.md 2.4-2.6; the Gaussian heads are in ``probabilistic``)
 # --------------------------------------------------------------------------- #
-def _unit(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=-1, eps=1e-12)
-
-
-class AttentionPooling(nn.Module):
-    """One-head additive attention without biases (``MultiHeadSelfAttention(1, D, D/2)``).
-
-    ``s_l = w_2 tanh(w_1 x_l)``, softmax over l, ``r = sum_l a_l x_l``. No mask as
-    released (a zero row scores exactly 0); ``mask`` (1 = kept) is the R1 / R3 fix.
-    """
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.w_1 = nn.Linear(dim, hidden, bias=False)
-        self.w_2 = nn.Linear(hidden, 1, bias=False)
-
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """x: (N, L, D), mask: (N, L) or None -> (r (N, D), weights a (N, L, 1))."""
-        scores = self.w_2(torch.tanh(self.w_1(x)))  # (N, L, 1)
-        if mask is not None:
-            scores = scores.masked_fill(mask[..., None] == 0, float("-inf"))
-        attn = torch.softmax(scores, dim=1)
-        return torch.einsum("nl,nld->nd", attn[..., 0], x), attn
-
-
-class PIEHead(nn.Module):
-    """``PIENet(1, D, D, D/2)``: ``LN(p + sigmoid(fc(r)))`` with r the attention pooling of X (RAL.md 2.5).
-
-    Names ``attention.w_1``, ``attention.w_2``, ``fc``, ``layer_norm``; its dropout is p = 0 (none here).
-    """
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.attention = AttentionPooling(dim, hidden)
-        self.fc = nn.Linear(dim, dim)
-        self.layer_norm = nn.LayerNorm(dim, eps=1e-5)
-
-    def forward(self, pooled: Tensor, x: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """pooled: (N, D), x: (N, L, D) -> {"out": (N, D), "residual": (N, D), "attn": (N, L, 1)}."""
-        r, attn = self.attention(x, mask)
-        residual = torch.sigmoid(self.fc(r))
-        return {"out": self.layer_norm(pooled + residual), "residual": residual, "attn": attn}
-
-
-class UncertaintyHead(nn.Module):
-    """``UncertaintyModuleImage(D, D, D/2)``: ``log sigma = fc(r') + fc2(p)`` (RAL.md 2.6).
-
-    Names ``attention.w_1``, ``attention.w_2``, ``fc``, ``fc2`` (its unused sigmoid has no parameters).
-    """
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.attention = AttentionPooling(dim, hidden)
-        self.fc = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-
-    def forward(self, pooled: Tensor, x: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
-        """pooled: (N, D), x: (N, L, D) -> {"logsigma": (N, D), "attn": (N, L, 1)}."""
-        r, attn = self.attention(x, mask)
-        return {"logsigma": self.fc(r) + self.fc2(pooled), "attn": attn}
-
-
 def confidence_head(dim: int) -> nn.Sequential:
     """``text_weight_fc``: Linear(D, D) -> ReLU -> Linear(D, 1) (names ``0.*``, ``2.*``)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=False), nn.Linear(dim, 1))
 
 
 # --------------------------------------------------------------------------- #
-# pure functions: word-frame score, support set, poolings, sampling (RAL.md 2.7, 2.8, 3)
+# pure functions: word-frame score (RAL.md 3; support set and poolings, 2.7: ``probabilistic``)
 # --------------------------------------------------------------------------- #
 def token_confidences(logits: Tensor, token_mask: Tensor) -> Tensor:
     """Confidence logits (Q, L_t) -> weights: softmax over the tokens, padded tokens at -inf (weight exactly 0)."""
@@ -476,49 +410,6 @@ def word_frame_pair(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_ma
 def fused_scores(clip_scores: Tensor, frame_scores: Tensor, clip_w: float, frame_w: float) -> Tensor:
     """Inference score ``clip_w S_c + frame_w S_f`` (TVR 0.5 / 0.5, ActivityNet 0.6 / 0.4)."""
     return clip_w * clip_scores + frame_w * frame_scores
-
-
-def caption_slots(labels: Tensor, n_videos: int) -> tuple[Tensor, Tensor]:
-    """(slot (Q,), counts (V,)): each caption's rank among its video's captions (batch order); captions per video."""
-    onehot = F.one_hot(labels, n_videos)  # (Q, V)
-    slot = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1
-    return slot, onehot.sum(dim=0)
-
-
-def support_set(tokens: Tensor, token_mask: Tensor, labels: Tensor, n_videos: int, capacity: int = 26,
-                grow: bool = False) -> tuple[Tensor, Tensor]:
-    """Support sets (RAL.md 2.7): video v's captions' full (L_t, D) token blocks in caption order, zero slots up to
-    ``capacity`` captions -> (S (V, capacity L_t, D), M (V, capacity L_t)).
-
-    A video with more than ``capacity`` captions raises ValueError (R2), or widens
-    the capacity to its count with ``grow``. A video without captions raises.
-    """
-    q, lt, d = tokens.shape
-    slot, counts = caption_slots(labels, n_videos)
-    if n_videos and int(counts.min()) == 0:
-        raise ValueError("every video of a training batch needs at least one caption (support set)")
-    most = int(counts.max()) if q else 0
-    if most > capacity:
-        if not grow:
-            raise ValueError(f"a video has {most} captions in the batch, more than the support capacity {capacity} "
-                             "(the authors' code crashes, RAL.md R2; support_overflow_grow widens it)")
-        capacity = most
-    support = tokens.new_zeros(n_videos, capacity, lt, d)
-    mask = token_mask.new_zeros(n_videos, capacity, lt)
-    support = support.index_put((labels, slot), tokens)
-    mask = mask.index_put((labels, slot), token_mask)
-    return support.view(n_videos, capacity * lt, d), mask.view(n_videos, capacity * lt)
-
-
-def text_pooling(support: Tensor, mask: Tensor) -> Tensor:
-    """``p_t[v] = sum_r M S / sum_r M``: the mean of every real token of the video's captions (V, D)."""
-    return torch.einsum("vr,vrd->vd", mask, support) / mask.sum(dim=1, keepdim=True)
-
-
-def video_pooling(frames: Tensor, frame_mask: Tensor) -> Tensor:
-    """``p_v = norm(sum_l n norm(F_l) / max(1, sum_l n))`` (V, D)."""
-    summed = torch.einsum("vl,vld->vd", frame_mask, _unit(frames))
-    return _unit(summed / frame_mask.sum(dim=1, keepdim=True).clamp(min=1))
 
 
 def pad_frames(frames: Tensor, frame_mask: Tensor, length: int = V2_FRAMES) -> tuple[Tensor, Tensor]:
