@@ -11,7 +11,7 @@ Prints one JSON line per check, in this order, then a summary line:
   its backward, broadcast and all-gathers, and one DDP training step of the
   distributed code path (``GlobalBatch`` gathers) against the plain step.
 - ``parity_<recipe>``: a training step of iccv, dldkdpp, gmmformer,
-  gmmformer_v2, holmes, ral, and iccv with --student gmmformer_v2 / holmes / ral, three steps from the
+  gmmformer_v2, holmes, holmes_dual, ral, and iccv with --student gmmformer_v2 / holmes / ral, three steps from the
   same weights and batches on the CPU and on the device (float32, TF32 off,
   dropout 0, hard negatives from a pool of 1: no random draw): max relative
   error of the loss terms, the gradients of every step and the weights after
@@ -87,6 +87,7 @@ RECIPES = {"iccv": ["--recipe", "iccv"], "dldkdpp": ["--recipe", "dldkdpp"], "gm
            "gmmformer_v2": ["--recipe", "gmmformer_v2"],
            "iccv_student_gmmformer_v2": ["--recipe", "iccv", "--student", "gmmformer_v2"],
            "holmes": ["--recipe", "holmes"], "iccv_student_holmes": ["--recipe", "iccv", "--student", "holmes"],
+           "holmes_dual": ["--recipe", "holmes_dual"],
            "ral": ["--recipe", "ral"], "iccv_student_ral": ["--recipe", "iccv", "--student", "ral"]}
 TVR_TRAIN_STEPS = 137  # 17,435 videos in batches of 128
 CLIPS = 32

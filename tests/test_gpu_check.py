@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = ["env", "nccl", "parity_iccv", "parity_dldkdpp", "parity_gmmformer", "parity_gmmformer_v2",
             "parity_iccv_student_gmmformer_v2", "parity_holmes", "parity_iccv_student_holmes",
-            "parity_ral", "parity_iccv_student_ral", "precision", "step_fp32", "step_tf32", "step_bf16",
+            "parity_holmes_dual", "parity_ral", "parity_iccv_student_ral", "precision", "step_fp32", "step_tf32", "step_bf16",
             "step_bf16_compile", "epoch_data", "epoch_device", "epoch_files", "eval", "summary"]
 
 
@@ -23,7 +23,7 @@ def test_gpu_check_on_the_cpu_tiny():
     checks = {line["check"]: line for line in lines}
     assert [line["check"] for line in lines] == EXPECTED, proc.stderr[-3000:]
     assert proc.returncode == 0, (checks["summary"], proc.stderr[-3000:])
-    for name in EXPECTED[2:11]:
+    for name in EXPECTED[2:12]:
         line = checks[name]
         assert line["ok"] and line["tolerance"] == 1e-4, line
         assert max(line["max_rel_terms"], line["max_rel_grads"], line["max_rel_weights"]) <= 1e-4
