@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import write_collection
 
 # The authors' numbers ship with the repository (tests/golden/, described by its README.md):
 # a fresh clone runs every golden test, and a missing file is a failure, not a skip.
@@ -42,3 +43,12 @@ def dldkdpp_golden():
 def gmmformer_golden():
     """Outputs of the authors' GMMFormer / GMMFormerV2 code on small seeded inputs (gmmformer_golden.md)."""
     return load_golden(GMMFORMER_GOLDEN)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny generated collection (9 videos, tests/synthetic.py), one per test module; modules that need
+    another define their own ``data``."""
+    root = tmp_path_factory.mktemp("data")
+    write_collection(str(root), n_videos=9)
+    return str(root)

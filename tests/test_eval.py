@@ -21,13 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 HIDDEN = 8
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_collection(str(root), n_videos=9)
-    return str(root)
-
-
 def authors_run(folder: Path, visual=DV, query=DQ) -> dict:
     """A results folder as the authors' code leaves it: EasyDict model_cfg, their opt.json names."""
     folder.mkdir(parents=True)

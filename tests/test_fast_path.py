@@ -62,6 +62,17 @@ def forward_and_grads(model, mode, b):
         blocks.FAST_PATH = old
 
 
+def assert_matches(got, ref) -> None:
+    """``forward_and_grads`` results ``got`` equal the reference's ``ref``: every output, the loss and every
+    parameter's gradient to 1e-5 relative, and the same parameters with a gradient."""
+    (out, loss, grads), (ref_out, ref_loss, ref_grads) = got, ref
+    for k in ref_out:
+        rel_close(out[k], ref_out[k], name=k)
+    rel_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        rel_close(grads[n], ref_grads[n], name=n)
+
 CASES = [
     ([128, 128, 128], [30, 30, 30, 30]),            # nothing padded, the longest
     ([1, 1], [1, 1, 1]),                              # the shortest, nothing padded
@@ -77,15 +88,9 @@ CASES = [
 def test_fast_path_equals_reference(student, case, train):
     model = tiny_model(student).train(train)
     b = batch(*CASES[case], seed=case)
-    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref = forward_and_grads(model, "off", b)
     for mode in ("exact", "on"):  # dropout 0: "on" is exact too
-        out, loss, grads = forward_and_grads(model, mode, b)
-        for k in ref_out:
-            rel_close(out[k], ref_out[k])
-        rel_close(loss, ref_loss)
-        assert grads.keys() == ref_grads.keys()
-        for n in ref_grads:
-            rel_close(grads[n], ref_grads[n], name=n)
+        assert_matches(forward_and_grads(model, mode, b), ref)
 
 
 @pytest.mark.parametrize("student", STUDENTS)
@@ -97,25 +102,14 @@ def test_fast_path_random_lengths_padded_batch(student):
         fl = [rng.randint(1, 128) for _ in range(9)]
         tl = [rng.randint(1, 30) for _ in range(11)]
         b = batch(fl, tl, seed=seed, max_frames=128, max_tokens=30)
-        ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
-        out, loss, grads = forward_and_grads(model, "exact", b)
-        for k in ref_out:
-            rel_close(out[k], ref_out[k])
-        rel_close(loss, ref_loss)
-        for n in ref_grads:
-            rel_close(grads[n], ref_grads[n], name=n)
+        assert_matches(forward_and_grads(model, "exact", b), forward_and_grads(model, "off", b))
 
 
 def test_gmmformer_q1_fix_fast_path():
     """The own-length Gaussians (Q1 fix) through the buckets."""
     model = tiny_model("gmmformer", gauss_own_length=True).train()
     b = batch([3, 50, 128, 1, 77], [4, 30, 1], seed=11)
-    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
-    out, loss, grads = forward_and_grads(model, "exact", b)
-    for k in ref_out:
-        rel_close(out[k], ref_out[k])
-    for n in ref_grads:
-        rel_close(grads[n], ref_grads[n], name=n)
+    assert_matches(forward_and_grads(model, "exact", b), forward_and_grads(model, "off", b))
 
 
 DROPOUT_CASES = [
@@ -139,21 +133,16 @@ def test_exact_mode_draws_the_reference_dropout_masks(student, case):
     b = batch(*DROPOUT_CASES[case], seed=case)
     assert blocks.buckets_allowed(model.inheritance)
     torch.manual_seed(5)
-    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref = forward_and_grads(model, "off", b)
     ref_state = torch.get_rng_state()
     counts = dict(blocks.BUCKET_COUNTS)
     torch.manual_seed(5)
-    out, loss, grads = forward_and_grads(model, "exact", b)
+    got = forward_and_grads(model, "exact", b)
     assert torch.equal(torch.get_rng_state(), ref_state)
     assert blocks.BUCKET_COUNTS["reference"] == counts["reference"]
     if case in (1, 4):  # lengths far enough apart to be cut (the others: one bucket, or nothing padded)
         assert blocks.BUCKET_COUNTS["bucketed"] > counts["bucketed"]
-    for k in ref_out:
-        rel_close(out[k], ref_out[k], name=k)
-    rel_close(loss, ref_loss)
-    assert grads.keys() == ref_grads.keys()
-    for n in ref_grads:
-        rel_close(grads[n], ref_grads[n], name=n)
+    assert_matches(got, ref)
 
 
 def test_dropout_tape_random_lengths_padded_batch():
@@ -167,13 +156,9 @@ def test_dropout_tape_random_lengths_padded_batch():
             b = batch([rng.randint(1, 128) for _ in range(9)], [rng.randint(1, 30) for _ in range(11)], seed=seed,
                       max_frames=128, max_tokens=30)
             torch.manual_seed(seed)
-            ref_out, _, ref_grads = forward_and_grads(model, "off", b)
+            ref = forward_and_grads(model, "off", b)
             torch.manual_seed(seed)
-            out, _, grads = forward_and_grads(model, "exact", b)
-            for k in ref_out:
-                rel_close(out[k], ref_out[k], name=k)
-            for n in ref_grads:
-                rel_close(grads[n], ref_grads[n], name=n)
+            assert_matches(forward_and_grads(model, "exact", b), ref)
 
 
 def test_dropout_tape_falls_back_when_something_else_draws():
@@ -349,24 +334,19 @@ def test_checkpointed_branches_equal_the_reference(student, case):
                                  student=student, single_branch=True, input_drop=0.1, drop=0.1)).train()
     b = batch(*DROPOUT_CASES[case], seed=case)
     torch.manual_seed(5)
-    ref_out, ref_loss, ref_grads = forward_and_grads(model, "off", b)
+    ref = forward_and_grads(model, "off", b)
     ref_state = torch.get_rng_state()
     old = blocks.CHECKPOINT_BRANCHES
     blocks.CHECKPOINT_BRANCHES = True
     try:
         torch.manual_seed(5)
-        out, loss, grads = forward_and_grads(model, "exact", b)
+        got = forward_and_grads(model, "exact", b)
         assert blocks.checkpoint_branches(model.inheritance)
         assert not blocks.checkpoint_branches(model.inheritance.eval())
     finally:
         blocks.CHECKPOINT_BRANCHES = old
     assert torch.equal(torch.get_rng_state(), ref_state)
-    for k in ref_out:
-        rel_close(out[k], ref_out[k], name=k)
-    rel_close(loss, ref_loss)
-    assert grads.keys() == ref_grads.keys()
-    for n in ref_grads:
-        rel_close(grads[n], ref_grads[n], name=n)
+    assert_matches(got, ref)
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 48), (3, 48), (4, 1, 48), (16, 60, 48)])

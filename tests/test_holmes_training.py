@@ -27,13 +27,6 @@ from method.models.students.holmes_dual import HolmesDualStudent, holmes_dual_co
 HOLMES = ["--recipe", "holmes", "--warmup_epoch", "1", "--hard_negative_start_epoch", "1"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_collection(str(root), n_videos=9)
-    return str(root)
-
-
 @pytest.mark.parametrize("collection", ["tvr", "activitynet", "charades"])
 def test_recipe_resolves_to_the_authors_config(collection):
     """Every setting of the authors' config that is a flag here resolves to its value (frame_nce_weight is

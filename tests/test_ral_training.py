@@ -40,13 +40,6 @@ GOLDEN_PATH = Path(__file__).resolve().parent / "golden" / "ral_golden.npz"
 RAL = ["--recipe", "ral", "--hard_negative_start_epoch", "1"]  # hard negatives in the second epoch
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_collection(str(root), n_videos=9)
-    return str(root)
-
-
 @pytest.mark.parametrize("collection", ["tvr", "activitynet", "charades"])
 def test_recipe_resolves_to_the_authors_config(collection):
     """Every setting of the authors' config that is a flag resolves to its value (RUN_FLAGS maps the run's names,

@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import write_collection
 from test_train import assert_resume_is_exact, read_metrics, run
 
 from method import eval as evaluate
@@ -35,13 +34,6 @@ from method.training.schedules import epoch_settings
 TINY = ["--root_path", "/r", "--collection", "tvr", "--hidden_size", "8", "--n_heads", "2", "--input_drop", "0",
         "--drop", "0"]
 RECIPES = {"dldkd": [], "gmmformer": ["--recipe", "gmmformer"]}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_collection(str(root), n_videos=9)
-    return str(root)
 
 
 def settings(*extra):

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from synthetic import write_collection
 
 from method import train
 from method.models.model import DLDKD
@@ -16,13 +15,6 @@ from method.training import loop, runtime
 ARGS = ["--collection", "tvr", "--visual_feature", "i3d_resnet", "--device", "cpu", "--num_workers", "0",
         "--hidden_size", "16", "--n_heads", "2", "--bsz", "3", "--margin", "0.1", "--kd_schedule", "exp_decay",
         "--seed", "7", "--eval_query_bsz", "4", "--eval_video_bsz", "3"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_collection(str(root), n_videos=9)
-    return str(root)
 
 
 def run(root, run_dir, *extra):
