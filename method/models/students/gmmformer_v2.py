@@ -42,12 +42,19 @@ class GMMFormerV2Config(GMMFamilyConfig):
 
 
 @dataclass
-class GMMFormerV2Losses(GMMFormerLosses):
-    """The factors of GMMFormerV2's objective: GMMFormer's, the focal exponent and the matching (OT) weight."""
+class GMMFormerV2QueryLosses(GMMFormerLosses):
+    """GMMFormer's factors with GMMFormerV2's query-diversity loss (its weight and focal exponent); Holmes'
+    ranking terms are these (it has no matching loss)."""
 
     qdl_weight: float = setting(8e-5, "GMMFormer family: weight of the query-diversity loss (0: off)")
     qdl_focal: float = setting(1.0, "GMMFormerV2's query-diversity loss: exponent of its focal factor (1 + cos)^x "
                                     "(neg_factor[2])")
+
+
+@dataclass
+class GMMFormerV2Losses(GMMFormerV2QueryLosses):
+    """The factors of GMMFormerV2's objective: GMMFormer's, the focal exponent and the matching (OT) weight."""
+
     ot_weight: float = setting(0.09, "GMMFormerV2: weight of the caption-to-clip matching (Hungarian / OT) loss")
 
 

@@ -85,8 +85,8 @@ from method.models.students.blocks import (
     attention_pool,
     init_normal_weights,
 )
-from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
-from method.models.students.gmmformer_v2 import state_sizes
+from method.models.students.gmmformer import GMMFamilyConfig
+from method.models.students.gmmformer_v2 import GMMFormerV2QueryLosses, state_sizes
 
 HOLMES_WIDTHS = (None, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # e_attns.0..7 (None = no Gaussian)
 HOLMES_CLIPS, HOLMES_FRAMES = 32, 128  # the fusion heads predict weights per absolute position
@@ -109,12 +109,9 @@ class HolmesNetConfig(GMMFamilyConfig):
 
 
 @dataclass
-class HolmesLosses(GMMFormerLosses):
+class HolmesLosses(GMMFormerV2QueryLosses):
     """The factors of Holmes' objective: GMMFormerV2's ranking terms (no OT) and the evidential terms."""
 
-    qdl_weight: float = setting(8e-5, "GMMFormer family: weight of the query-diversity loss (0: off)")
-    qdl_focal: float = setting(1.0, "GMMFormerV2's query-diversity loss: exponent of its focal factor (1 + cos)^x "
-                                    "(neg_factor[2])")
     intra_edl_weight: float = setting(0.8, "Holmes: weight of the intra-video evidential loss against the partial-OT "
                                            "pseudo-labels (loss_factor[3]; 0 in the warm-up)")
     edl_weight: float = setting(0.2, "Holmes: weight of each of the three inter-video evidential terms (frame, "
