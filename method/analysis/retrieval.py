@@ -35,7 +35,7 @@ from method.data import (
     teacher_sentence,
 )
 from method.evaluation import metrics
-from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders
+from method.evaluation.evaluate import check_feature_sizes, make_eval_loaders, score_chunk
 from method.evaluation.evaluate import encode_split as eval_encode_split
 from method.models.checkpoint import CheckpointError, load_model, model_file
 from method.models.model import DLDKD, frame_dot
@@ -155,15 +155,10 @@ def encode_split(run: Run, split: Split) -> EncodedSplit:
 
 @torch.no_grad()
 def video_scores(run: Run, enc: EncodedSplit, rows) -> dict[str, torch.Tensor]:
-    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score, each
-    level scored by the student's ``eval_level_scores`` (as the evaluator does; RAL's word-frame score reads the
-    caption tokens)."""
-    def level(name, q, lv):
-        extra = {key: x[rows] for key, x in enc.encodings.get(name, {}).items()}
-        return getattr(run.model, name).eval_level_scores(lv, q[rows], extra, enc.positions[name][lv])
-
-    levels = {name: {lv: level(name, q, lv) for lv in run.model.levels} for name, q in enc.queries.items()}
-    return run.model.named_scores(levels, run.fusion)
+    """Video-level scores (R, V) of the caption rows ``rows`` (a slice or index tensor): every named score, by the
+    evaluator's ``score_chunk`` on the laid-out split as one block (each level through the student's
+    ``eval_level_scores``; RAL's word-frame score reads the caption tokens)."""
+    return score_chunk(enc.queries, [enc.positions], rows, run.model, run.fusion, enc.encodings)
 
 
 def all_ranks(run: Run, enc: EncodedSplit, chunk: int = 500) -> dict[str, torch.Tensor]:
