@@ -69,6 +69,11 @@ class BatchLayout:
         return len(self.labels)
 
     @property
+    def is_whole(self) -> bool:
+        """Whether the owned rows and columns are the whole batch (one process, or a replicated objective)."""
+        return (self.rows, self.cols) == (slice(0, self.num_queries), slice(0, self.num_videos))
+
+    @property
     def num_videos(self) -> int:
         return len(self.video_mask)
 
@@ -222,6 +227,8 @@ class DLDKDLoss(nn.Module):
             Dict of scalar tensors (see the class docstring for the names).
         """
         obj = self.objective
+        if obj.whole_batch and not layout.is_whole:
+            raise ValueError("the evidential and output terms need the whole batch (GlobalBatch.build(replicate=True))")
         two_branches = "exploration" in scores
         legacy = list(obj.nce_weights) == ["frame"]
         terms: Dict[str, Tensor] = {}
@@ -252,14 +259,10 @@ class DLDKDLoss(nn.Module):
                 value = ot_loss(queries2, local.clips[name], local.labels, num_pairs=local.num_pairs)
                 terms[f"ot{suffix}"] = obj.ot_weight * value
             if obj.evidential is not None:
-                if (layout.rows, layout.cols) != (slice(0, layout.num_queries), slice(0, layout.num_videos)):
-                    raise ValueError("the evidential terms need the whole batch (GlobalBatch.build(replicate=True))")
                 value = evidential_terms(scores[name]["clip"].rows.video_scores, scores[name]["frame"].rows.video_scores,
                                          local.clips[name], queries2, local.labels, obj.evidential, warmup_end)
                 terms.update({f"{k}{suffix}": v for k, v in value.items()})
             if obj.output_terms is not None:
-                if (layout.rows, layout.cols) != (slice(0, layout.num_queries), slice(0, layout.num_videos)):
-                    raise ValueError("the output terms need the whole batch in one process")
                 if outputs is None:
                     raise ValueError("the objective's output terms need the student's forward outputs (outputs)")
                 value = obj.output_terms({k: v[name] for k, v in outputs.items()}, layout.labels, generator)
