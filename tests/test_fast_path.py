@@ -13,7 +13,7 @@ from method.models.model import DLDKD, ModelConfig
 from method.models.students import blocks
 from method.models.students.blocks import FFNAttentionLayer, length_buckets, run_bucketed
 
-STUDENTS = ("gmmformer", "gmmformer_v2")
+STUDENTS = ("gmmformer", "gmmformer_v2", "ral", "holmes")  # holmes: its frames run at 128 (H2), its captions cut
 
 
 def rel_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5, name: str = "") -> None:
@@ -112,6 +112,24 @@ def test_gmmformer_q1_fix_fast_path():
     assert_matches(forward_and_grads(model, "exact", b), forward_and_grads(model, "off", b))
 
 
+def test_holmes_valid_token_frames_in_buckets():
+    """Holmes with ``token_valid_positions`` (its padded positions take no part): the frames run in length buckets
+    with the reference's numbers and dropout masks; by default (H2) they run at 128 positions, not cut."""
+    for valid in (True, False):
+        torch.manual_seed(0)
+        model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                     student="holmes", single_branch=True, input_drop=0.1, drop=0.1,
+                                     token_valid_positions=valid)).train()
+        b = batch([5, 17, 3, 9, 9, 40, 33, 12], [1])
+        torch.manual_seed(2)
+        ref = forward_and_grads(model, "off", b)
+        counts = dict(blocks.BUCKET_COUNTS)
+        torch.manual_seed(2)
+        assert_matches(forward_and_grads(model, "exact", b), ref)
+        assert (blocks.BUCKET_COUNTS["bucketed"] > counts["bucketed"]) == valid
+        assert blocks.BUCKET_COUNTS["reference"] == counts["reference"]
+
+
 DROPOUT_CASES = [
     ([3, 20, 9], [2, 7]),
     ([1, 128, 64, 2, 127], [1, 30, 15, 2, 29, 7]),   # extremes mixed
@@ -186,6 +204,63 @@ def test_dropout_tape_falls_back_when_something_else_draws():
     torch.testing.assert_close(outs["exact"], outs["off"], rtol=0, atol=0)
 
 
+def test_dropout_tape_at_the_reference_length_and_its_fallback():
+    """``length`` beyond the batch's T (GMMFormerV2's 128): the tape draws at that length, the output is padded
+    to it, and the CPU fallback runs the reference padded to it: both equal the padded reference bit for bit."""
+    mask = (torch.arange(10)[None] < torch.tensor([10, 3, 2, 1])[:, None]).float()
+    x = torch.randn(4, 10, 6)
+    module = torch.nn.Dropout(0.5).train()
+
+    def clean(m, y):
+        return blocks.dropout(module, y) * m[..., None]
+
+    def drawing(m, y):  # a dropout outside blocks.dropout: the region falls back
+        return torch.nn.functional.dropout(clean(m, y), 0.5) * m[..., None]
+
+    padded_mask, padded_x = blocks.pad_frames(x, mask, 16)[::-1]
+    for fn, fallbacks in ((clean, 0), (drawing, 1)):
+        torch.manual_seed(1)
+        ref = fn(padded_mask, padded_x)
+        old, blocks.FAST_PATH = blocks.FAST_PATH, "exact"
+        try:
+            torch.manual_seed(1)
+            before = dict(blocks.BUCKET_COUNTS)
+            out = blocks.run_bucketed(fn, mask, x, length=16)
+            assert blocks.BUCKET_COUNTS["reference"] == before["reference"] + fallbacks
+        finally:
+            blocks.FAST_PATH = old
+        assert out.shape == (4, 16, 6)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="length 8"):
+        blocks.run_bucketed(clean, mask, x, length=8)
+
+
+def test_v2_reference_is_the_authors_padding_to_128_with_dropout():
+    """GMMFormerV2's reference ("off") pads every batch to 128 frames before the block, as the authors do, so its
+    dropout masks are drawn at 128 positions; the fast path takes those masks: under one seed both equal the
+    authors' form written out here (clips first, then the frames padded to 128)."""
+    torch.manual_seed(0)
+    model = DLDKD(ModelConfig.of(visual_input_size=6, query_input_size=5, hidden_size=8, n_heads=2,
+                                 student="gmmformer_v2", single_branch=True, input_drop=0.1, drop=0.1)).train()
+    v2 = model.inheritance
+    frames, fmask, _, _, clips = batch([3, 20, 9, 1], [2])
+    torch.manual_seed(4)
+    clip = v2.clip_encoder(v2.clip_pos_embed(v2.clip_input_proj(clips)), v2.weight_token)
+    f128, m128 = blocks.pad_frames(frames, fmask, 128)
+    x = v2.frame_encoder_1(v2.frame_pos_embed(v2.frame_input_proj(f128)), v2.weight_token, m128)
+    authors = {"clip": clip, "frame": x.masked_fill(m128[..., None] == 0, 0.0)}
+    old = blocks.FAST_PATH
+    try:
+        for mode in ("off", "exact"):
+            blocks.FAST_PATH = mode
+            torch.manual_seed(4)
+            out = v2.encode_video(frames, fmask, clips)
+            for k in authors:
+                rel_close(out[k], authors[k], name=f"{mode} {k}")
+    finally:
+        blocks.FAST_PATH = old
+
+
 def test_one_query_cross_attention_with_dropout_draws_the_same():
     torch.manual_seed(0)
     layer = FFNAttentionLayer(8, 2, 0.3, 8).train()
@@ -232,7 +307,7 @@ def test_fast_path_mode_checked():
         blocks.FAST_PATH = old
 
 
-@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("student", ("gmmformer", "gmmformer_v2"))
 def test_training_losses_and_gradients(student):
     """The model's forward and the family's loss terms (InfoNCE, triplet, query diversity, and V2's matching).
 

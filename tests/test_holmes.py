@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from synthetic import write_h5
 
 from method.data import build_split, collate_queries, collate_train, collate_videos
-from method.data.holmes_pooling import clip_features_f32, frame_features_f32, pad_frames_to, segment_means_f32
+from method.data.holmes_pooling import clip_features_f32, frame_features_f32, segment_means_f32
+from method.models.students.blocks import pad_frames
 from method.data.transforms import clip_features, l2_normalize, reduce_frames
 from method.evaluation.metrics import t2v_metrics
 from method.losses.evidential import (
@@ -235,7 +236,7 @@ def test_data_items_and_batches(hg, tmp_path):
     hg.check("data_batch_clip", batch["clip_feat"])
     hg.check("hol_data_batch_frames", batch["video_feat"])  # padded to the longest video (128 here)
     hg.check("hol_data_batch_videos_mask", batch["video_mask"])
-    frames128, mask128 = pad_frames_to(batch["video_feat"], batch["video_mask"], 128)
+    frames128, mask128 = pad_frames(batch["video_feat"], batch["video_mask"], 128)
     hg.check("ms_data_batch_frames", frames128)
     hg.check("ms_data_batch_videos_mask", mask128)
     hg.check("data_batch_text", batch["query_feat"])
@@ -247,7 +248,7 @@ def test_data_items_and_batches(hg, tmp_path):
     hg.check("data_eval_video_clip", videos["clip_feat"])
     hg.check("hol_data_eval_video_frames", videos["video_feat"])
     hg.check("hol_data_eval_video_mask", videos["video_mask"])
-    frames128, mask128 = pad_frames_to(videos["video_feat"], videos["video_mask"], 128)
+    frames128, mask128 = pad_frames(videos["video_feat"], videos["video_mask"], 128)
     hg.check("ms_data_eval_video_frames", frames128)
     hg.check("ms_data_eval_video_mask", mask128)
     queries = split.query_dataset()

@@ -38,6 +38,7 @@ from method.models.students.ral import (
     PIEHead,
     RALConfig,
     RALStudent,
+    V2_FRAMES,
     UncertaintyHead,
     is_authors_ral_state,
     pad_frames,
@@ -480,7 +481,7 @@ def test_evaluator(golden):
     assert (tvr.clip_scale_w, tvr.frame_scale_w, act.clip_scale_w, act.frame_scale_w) == (0.5, 0.5, 0.6, 0.4)
     with torch.no_grad():
         # the authors' grouping: videos in groups of 5, captions in loader batches of 8 padded to their longest
-        feats = [student.encode_video(*pad_frames(frames[i:i + 5], frame_mask[i:i + 5]), clips[i:i + 5])
+        feats = [student.encode_video(*pad_frames(frames[i:i + 5], frame_mask[i:i + 5], V2_FRAMES), clips[i:i + 5])
                  for i in range(0, 12, 5)]
         clip_feat, frame_feat = (torch.cat([f[k] for f in feats]) for k in ("clip", "frame"))
         scores = {}
@@ -537,7 +538,7 @@ def test_data_batches_padded_to_128(golden, tmp_path):
     dataset = split.train_dataset(n_clips=32)
     g.equal("data_caption_counts", dataset.caption_counts)
     batch = collate_train([dataset[i] for i in range(len(dataset))], sort_by=RALConfig().sort_by)
-    frames, mask = pad_frames(batch["video_feat"], batch["video_mask"])
+    frames, mask = pad_frames(batch["video_feat"], batch["video_mask"], V2_FRAMES)
     assert batch["video_ids"] == ["v1", "v3", "v0", "v2"]
     g.check("data_batch_clip", batch["clip_feat"])
     g.check("data_batch_frames", frames)
@@ -548,7 +549,7 @@ def test_data_batches_padded_to_128(golden, tmp_path):
     val = build_split(str(tmp_path), "tvr", "i3d_resnet", "val", use_teacher=False, max_ctx_l=128, max_desc_l=30)
     videos = collate_videos([val.video_dataset(n_clips=32)[i] for i in range(2)])
     assert videos["video_ids"] == ["w0", "w1"] and videos["video_feat"].shape[1] == 5  # v2 pads to the longest
-    frames, mask = pad_frames(videos["video_feat"], videos["video_mask"])
+    frames, mask = pad_frames(videos["video_feat"], videos["video_mask"], V2_FRAMES)
     g.check("data_eval_video_clip", videos["clip_feat"])
     g.check("data_eval_video_frames", frames)
     g.check("data_eval_video_mask", mask)

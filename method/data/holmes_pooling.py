@@ -11,8 +11,6 @@ path, vectorised (``np.add.reduceat``).
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def segment_means_f32(x: np.ndarray, n_out: int) -> np.ndarray:
@@ -47,11 +45,3 @@ def frame_features_f32(x: np.ndarray, max_len: int = 128) -> np.ndarray:
     """The frame-level input: ``uniform_feature_sampling`` to ``max_len`` when n > max_len, then L2, float32."""
     x = np.asarray(x, dtype=np.float32)
     return l2_normalize_f32(x if len(x) <= max_len else segment_means_f32(x, max_len))
-
-
-def pad_frames_to(frames: torch.Tensor, mask: torch.Tensor, length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames (V, L, D) and mask (V, L) zero-padded to exactly ``length`` positions (the dual-query collate)."""
-    if frames.shape[1] > length:
-        raise ValueError(f"{frames.shape[1]} frames exceed {length}")
-    pad = length - frames.shape[1]
-    return F.pad(frames, (0, 0, 0, pad)), F.pad(mask, (0, pad))

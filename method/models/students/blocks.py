@@ -152,53 +152,74 @@ def _rng_state() -> torch.Tensor:
 
 
 def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: torch.Tensor,
-                 pad_length: bool = True) -> torch.Tensor:
+                 pad_length: bool = True, length: Optional[int] = None) -> torch.Tensor:
     """``fn(mask, *tensors)`` for (B, T, ...) sequences whose positions beyond each row's last valid one take no
     part in anything the others produce (masked keys, masked pooling): each length bucket runs cut to its
-    length, and the outputs are put back in row order, with ``pad_length`` zero-padded to T along dim 1
-    (padded rows: ``fn`` must give 0 there itself).
+    length, and the outputs are put back in row order, with ``pad_length`` zero-padded along dim 1 to T, or to
+    ``length`` (padded rows: ``fn`` must give 0 there itself).
+
+    ``length`` (>= T): the reference's padded length, when the reference pads the batch further to it with
+    masked positions (GMMFormerV2's 128 frames): its dropout masks are drawn at that length.
 
     On the "exact" path the dropouts inside ``fn`` (``dropout`` / ``relu_dropout`` of this module) take their
-    masks from a ``DropoutTape``: the reference's random numbers and masks. Where that cannot be guaranteed
-    (not on the CPU, or a dropout outside this module drew in between) the generator is set back and ``fn``
-    runs on the whole padded batch, as the reference.
+    masks from a ``DropoutTape``: the reference's random numbers and masks. Where that cannot be guaranteed the
+    generator is set back and ``fn`` runs on the whole batch, as the reference: on the CPU (a dropout outside
+    this module drew in between) padded to ``length`` as the reference runs, bit for bit; elsewhere (no GPU
+    check of the tape yet) at T, with the reference's numbers and masks drawn at T.
     """
     global _TAPE
-    if torch.compiler.is_compiling():  # --compile traces one padded shape (ShapePolicy), not data-dependent buckets
-        return fn(mask, *tensors)
     t = mask.shape[1]
+    full = t if length is None else length
+    if full < t:
+        raise ValueError(f"run_bucketed: length {full} below the batch's {t} positions")
+
+    def padded(out: torch.Tensor, at: int) -> torch.Tensor:
+        return F.pad(out, (0, 0) * (out.dim() - 2) + (0, full - at)) if pad_length else out
+
+    if torch.compiler.is_compiling():  # --compile traces one padded shape (ShapePolicy), not data-dependent buckets
+        return padded(fn(mask, *tensors), t)
     groups = length_buckets(extents(mask))
-    if not groups or (len(groups) == 1 and groups[0][1] == t) or _TAPE is not None:
-        return fn(mask, *tensors)  # no rows, nothing to cut, or already inside a bucketed region
+    if not groups or (len(groups) == 1 and groups[0][1] == full) or _TAPE is not None:
+        return padded(fn(mask, *tensors), t)  # no rows, nothing to cut, or already inside a bucketed region
     start = _rng_state() if fast_path() == "exact" else None
-    tape = DropoutTape(mask.shape[0], t, mask.device, start) if start is not None else None
+    tape = DropoutTape(mask.shape[0], full, mask.device, start) if start is not None else None
     outs, order = [], []
     try:
-        for n, (rows, length) in enumerate(groups):
+        for n, (rows, cut) in enumerate(groups):
             idx = torch.tensor(rows, device=mask.device)
             if tape is not None:
-                tape.start(idx, length, n == 0, n == len(groups) - 1)
+                tape.start(idx, cut, n == 0, n == len(groups) - 1)
                 _TAPE = tape
-            out = fn(mask[idx, :length], *(x[idx, :length] for x in tensors))
+            out = fn(mask[idx, :cut], *(x[idx, :cut] for x in tensors))
             if tape is not None:
                 _TAPE = None
                 if not torch.equal(_rng_state(), tape.state):
                     raise _NeedsReference  # a dropout outside this module's drew: not the reference's stream
-            if pad_length:
-                out = F.pad(out, (0, 0) * (out.dim() - 2) + (0, t - length))
-            outs.append(out)
+            outs.append(padded(out, cut))
             order.extend(rows)
     except _NeedsReference:
         _TAPE = None
         torch.set_rng_state(start)
         BUCKET_COUNTS["reference"] += 1
-        return fn(mask, *tensors)
+        if mask.device.type == "cpu" and full > t:
+            extra = full - t
+            return fn(F.pad(mask, (0, extra)), *(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)) for x in tensors))
+        return padded(fn(mask, *tensors), t)
     finally:
         _TAPE = None
     BUCKET_COUNTS["bucketed"] += 1
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return torch.cat(outs)[inverse.to(mask.device)]
+
+
+def pad_frames(frames: torch.Tensor, frame_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (V, L, Dv) and mask (V, L) zero-padded to exactly ``length`` positions (what GMMFormerV2, RAL and
+    the dual-query Holmes do with every batch before the frame block)."""
+    if frames.shape[1] > length:
+        raise ValueError(f"{frames.shape[1]} frames exceed {length}")
+    extra = length - frames.shape[1]
+    return F.pad(frames, (0, 0, 0, extra)), F.pad(frame_mask, (0, extra))
 
 
 def pack_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
@@ -595,7 +616,8 @@ class GaussianSelfAttention(nn.Module):
             logits = logits * (gauss if own_lengths is None else gauss[:, None])
         if mask is not None:
             logits = logits + ((1.0 - mask) * -10000.0).to(logits.dtype)[:, None, None, :]
-        probs = dropout(self.dropout, torch.softmax(logits, dim=-1), (2, 3))
+        # the sequence's positions (DropoutTape): queries and keys, or only the keys of a cross-attention
+        probs = dropout(self.dropout, torch.softmax(logits, dim=-1), (2, 3) if memory is x else (3,))
         return (probs @ heads(self.value(memory))).transpose(1, 2).reshape(b, t, d)
 
     def one_query(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -677,8 +699,9 @@ class FFNAttentionLayer(nn.Module):
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``.
         """
-        y = self.norm1(x + dropout(self.dropout, self.self(x, mask, memory, gauss_length=gauss_length)))
-        return self.norm2(y + dropout(self.dropout, self.output(y)))
+        dims = (1,) if memory is None else ()  # a cross-attention's queries are not the sequence's positions
+        y = self.norm1(x + dropout(self.dropout, self.self(x, mask, memory, gauss_length=gauss_length), dims))
+        return self.norm2(y + dropout(self.dropout, self.output(y, dims), dims))
 
     def forward_one_query(self, query: torch.Tensor, memory: torch.Tensor,
                           mask: torch.Tensor | None = None) -> torch.Tensor:

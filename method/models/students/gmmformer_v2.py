@@ -23,6 +23,7 @@ from method.models.students.blocks import (
     PositionalEncoding,
     buckets_allowed,
     encode_pooled_query,
+    pad_frames,
     run_bucketed,
 )
 from method.models.students.gmmformer import GMMFamilyConfig, GMMFormerLosses
@@ -109,18 +110,20 @@ class GMMFormerV2Student(Student):
         """frames: (V, L <= 128, Dv), frame_mask: (V, L), clips: (V, 32, Dv)
         -> {"clip": (V, 32, d), "frame": (V, 128, d) with padded rows 0}."""
         c = self.clip_encoder(self.clip_pos_embed(self.clip_input_proj(clips)), self.weight_token)
-        # The authors pad the frames to 128 before the block. Positions beyond the batch's longest video
-        # are masked for every video and zeroed at the end, so the block runs on the batch's L positions
-        # (as the first L of 128) and the zeros are appended after it: the same numbers, less work.
-        # For the same reason each video may run cut to its own length, in length buckets (blocks.FAST_PATH).
+        # The authors pad the frames to 128 before the block ("off", the reference, does too). The positions
+        # beyond a video's last frame are masked keys and zeroed at the end, so on the fast path each video runs
+        # cut to its own length, in length buckets, with the reference's dropout masks drawn at 128 positions
+        # (blocks.run_bucketed): the same numbers, less work.
         self._pad_mask(frame_mask)  # checks L <= max_ctx_l
 
         def encode(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             x = self.frame_encoder_1(self.frame_pos_embed(self.frame_input_proj(x)), self.weight_token, m)
             return x.masked_fill(m[..., None] == 0, 0.0)
 
-        f = run_bucketed(encode, frame_mask, frames) if buckets_allowed(self) else encode(frame_mask, frames)
-        return {"clip": c, "frame": F.pad(f, (0, 0, 0, self.cfg.max_ctx_l - f.shape[1]))}
+        if buckets_allowed(self):
+            return {"clip": c, "frame": run_bucketed(encode, frame_mask, frames, length=self.cfg.max_ctx_l)}
+        frames, frame_mask = pad_frames(frames, frame_mask, self.cfg.max_ctx_l)
+        return {"clip": c, "frame": encode(frame_mask, frames)}
 
     def score_masks(self, frame_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"clip": (V, 32) ones, "frame": (V, 128)}: ones (the zeroed padded rows floor the max at 0, quirk Q3),

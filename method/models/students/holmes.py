@@ -82,8 +82,13 @@ from method.models.students.blocks import (
     FFNAttentionLayer,
     LinearLayer,
     PositionalEncoding,
-    attention_pool,
+    buckets_allowed,
+    checkpoint_branches,
+    checkpointed,
+    encode_pooled_query,
     init_normal_weights,
+    relu_dropout,
+    run_bucketed,
 )
 from method.models.students.gmmformer import GMMFamilyConfig
 from method.models.students.gmmformer_v2 import GMMFormerV2QueryLosses, state_sizes
@@ -354,6 +359,9 @@ class HolmesDyGMMBlock(nn.Module):
         length = x.shape[1]
         if length != self.frame_len and not (self.valid_token and mask is not None and length < self.frame_len):
             raise ValueError(f"Holmes DyGMM block of frame_len {self.frame_len} got length {length}")
+        if checkpoint_branches(self):
+            return torch.stack([checkpointed(lambda y, layer=layer: layer(y, mask, gauss_length=self.frame_len), x)
+                                for layer in self.e_attns])
         return torch.stack([layer(x, mask, gauss_length=self.frame_len) for layer in self.e_attns])
 
     def token(self, outs: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -375,7 +383,7 @@ class HolmesDyGMMBlock(nn.Module):
 
     def fusion_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, 8, d) -> Z (B, 8, frame_len), before the temperature."""
-        return self.layer2(self.dropout(F.relu(self.layer1(tokens))))
+        return self.layer2(relu_dropout(self.dropout, self.layer1(tokens), ()))
 
     def parts(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Every intermediate: branches (8, B, L, d), token (B, 1, d), ca_tokens (B, 8, d), logits (B, 8, F), out."""
@@ -502,8 +510,7 @@ class HolmesStudent(Student):
     def encode_query(self, feat: torch.Tensor, mask: torch.Tensor,
                      input_proj: Optional[nn.Module] = None) -> torch.Tensor:
         """feat: (Q, N, Dq), mask: (Q, N) -> (Q, d)."""
-        x = self.query_pos_embed((input_proj or self.query_input_proj)(feat))
-        return attention_pool(self.modular_vector_mapping, self.query_encoder(x, mask), mask)
+        return encode_pooled_query(self, feat, mask, input_proj)
 
     def encode_clips(self, clips: torch.Tensor) -> torch.Tensor:
         """clips: (V, 32, Dv) -> C (V, 32, d)."""
@@ -525,9 +532,19 @@ class HolmesStudent(Student):
         return self.frame_pos_embed(self.frame_input_proj(frames)), frame_mask
 
     def encode_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames: (V, L <= 128, Dv), frame_mask: (V, L) -> F (V, 128, d), padded rows 0."""
-        x, mask = self.frame_block_input(frames, frame_mask)
-        f = self.frame_encoder_1(x, None, mask).masked_fill(mask[..., None] == 0, 0.0)
+        """frames: (V, L <= 128, Dv), frame_mask: (V, L) -> F (V, 128, d), padded rows 0.
+
+        By default every video runs at 128 positions (its padded positions' outputs enter the fusion token, H2).
+        With ``token_valid_positions`` they take no part in anything, so on the fast path each video runs cut to
+        its own length, in length buckets (``blocks.run_bucketed``)."""
+        def encode(m: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+            x, mask = self.frame_block_input(f, m)
+            return self.frame_encoder_1(x, None, mask).masked_fill(mask[..., None] == 0, 0.0)
+
+        if self.hcfg.token_valid_positions and buckets_allowed(self):
+            f = run_bucketed(encode, frame_mask, frames)
+        else:
+            f = encode(frame_mask, frames)
         return F.pad(f, (0, 0, 0, self.hcfg.max_ctx_l - f.shape[1]))
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,

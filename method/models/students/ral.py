@@ -83,7 +83,13 @@ from torch import Tensor, nn
 from method.losses.ral import LOSS_TERMS, sample_gaussian
 from method.models.students import register
 from method.models.students.base import ScoreOutput, StudentConfig, score_level, setting
-from method.models.students.blocks import FFNAttentionLayer, LinearLayer, PositionalEncoding, init_normal_weights
+from method.models.students.blocks import (  # noqa: F401  (pad_frames re-exported)
+    FFNAttentionLayer,
+    LinearLayer,
+    PositionalEncoding,
+    init_normal_weights,
+    pad_frames,
+)
 from method.models.students.gmmformer import GMMFamilyConfig
 from method.models.students.gmmformer_v2 import (
     V2_CLIPS,
@@ -410,14 +416,6 @@ def word_frame_pair(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_ma
 def fused_scores(clip_scores: Tensor, frame_scores: Tensor, clip_w: float, frame_w: float) -> Tensor:
     """Inference score ``clip_w S_c + frame_w S_f`` (TVR 0.5 / 0.5, ActivityNet 0.6 / 0.4)."""
     return clip_w * clip_scores + frame_w * frame_scores
-
-
-def pad_frames(frames: Tensor, frame_mask: Tensor, length: int = V2_FRAMES) -> tuple[Tensor, Tensor]:
-    """Zero-pad a batch's frames (V, L, Dv) and mask (V, L) to ``length`` positions (the authors' loader, RAL.md 1)."""
-    if frames.shape[1] > length:
-        raise ValueError(f"{frames.shape[1]} frames exceed {length}")
-    extra = length - frames.shape[1]
-    return F.pad(frames, (0, 0, 0, extra)), F.pad(frame_mask, (0, extra))
 
 
 # --------------------------------------------------------------------------- #
