@@ -280,3 +280,29 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     second, _ = run_dir.prepare_run_dir(*args)
     assert not resuming and first != second and first.is_dir() and second.is_dir()
     assert (first.name, second.name) == ("tvr-iccv-2026_12_04_10_00_00", "tvr-iccv-2026_12_04_10_00_00-2")
+
+
+def test_fast_path_flag_trains_the_reference_run(data, tmp_path):
+    """``--fast_path exact`` (the default) and ``--checkpoint_branches`` train GMMFormerV2 to the reference's
+    (``--fast_path off``) losses and metrics (the same dropout masks on the CPU: rounding apart, the same run);
+    ``--fast_path on`` draws other masks: recorded in opt.json, other losses. The blocks are set back after."""
+    from method.models.students import blocks
+    v2 = ["--recipe", "gmmformer_v2", "--n_epoch", "1", "--hidden_size", "8"]
+    runs = {name: tmp_path / name for name in ("off", "exact", "ckpt", "on")}
+    try:
+        run(data, runs["off"], *v2, "--fast_path", "off")
+        run(data, runs["exact"], *v2)
+        run(data, runs["ckpt"], *v2, "--checkpoint_branches")
+        run(data, runs["on"], *v2, "--fast_path", "on")
+    finally:
+        blocks.configure("exact")
+    assert json.loads((runs["on"] / "opt.json").read_text())["fast_path"] == "on"
+    assert json.loads((runs["exact"] / "opt.json").read_text())["fast_path"] == "exact"
+    (ref,) = read_metrics(runs["off"])
+    terms = loss_columns(ref)
+    for name in ("exact", "ckpt"):
+        (row,) = read_metrics(runs[name])
+        for k in terms + ["val_sumr"]:
+            assert float(row[k]) == pytest.approx(float(ref[k]), rel=1e-4, abs=1e-6), (name, k)
+    (other,) = read_metrics(runs["on"])
+    assert any(float(other[k]) != pytest.approx(float(ref[k]), rel=1e-4) for k in terms)

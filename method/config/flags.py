@@ -20,13 +20,14 @@ from method.config.recipes import RECIPES, check_recipe, recipe_student, recipe_
 from method.data.paths import COLLECTIONS
 from method.data.preload import PRELOAD_MODES, STORAGE_DTYPES
 from method.models.students import STUDENTS, StudentConfig, student_class
+from method.models.students.blocks import FAST_PATH_MODES
 from method.training.compiled import COMPILE_V1_ERROR
 from method.training.schedules import DECAY_WAY_NAMES, SCHEDULES, SOFT_SCHEDULES
 
 # The one declaration of the flags that may change on --resume (and that evaluation, summaries and reports never
 # take from a run's opt.json): where the data is and how the run is executed, not what it computes.
 MACHINE_FLAGS = ("root_path", "device", "num_workers", "preload", "dist_timeout", "debug", "tf32", "deterministic",
-                 "compile", "eval_video_bsz", "eval_query_bsz", "resume", "resume_if_exists")
+                 "compile", "checkpoint_branches", "eval_video_bsz", "eval_query_bsz", "resume", "resume_if_exists")
 FROM_TABLE = "(default: the recipe's, docs/recipes.md)"
 EPOCHS_ON_RESUME = ("--n_epoch cannot change on --resume: it sets the horizon of the learning-rate decay and of the "
                     "schedules, so a longer run is a different run; start a new one (docs/recipes.md, 'Resume')")
@@ -253,6 +254,16 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=("none", "bf16"),
                    help="bf16: run the model's forward pass under bfloat16 autocast (losses stay float32); a speed "
                         "option for GPUs that changes the numbers " + FROM_TABLE)
+    g.add_argument("--fast_path", choices=FAST_PATH_MODES,
+                   help="the GMMFormer family's blocks (GMMFormer, GMMFormerV2, Holmes, RAL): off = the "
+                        "straightforward form (the authors' padding to 128 frames included); exact = only what "
+                        "changes the numbers, in length buckets, with the reference's dropout masks; on = exact, "
+                        "each bucket drawing its own masks (faster on the CPU, other masks: a seeded run changes); "
+                        "docs/performance.md " + FROM_TABLE)
+    g.add_argument("--checkpoint_branches", action="store_true",
+                   help="activation checkpointing of the GMMFormer family's attention branches and query encoder "
+                        "(with --fast_path exact or on): about half the training step's peak memory for one more "
+                        "forward of the branches, the same numbers")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward, frames and tokens padded to a few lengths so that a run "
                         "compiles a bounded number of graphs (method/training/compiled.py; gmmformer needs "

@@ -75,6 +75,7 @@ COMMON = {
     "lr_warmup_proportion": 0.01,
     "optim": "bertadam",
     "amp": "none",
+    "fast_path": "exact",            # the GMMFormer family's blocks (models/students/blocks.py, docs/performance.md)
     # inference weights
     "exploration_weight": 0.3,
     "inheritance_weight": 0.7,

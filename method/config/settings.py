@@ -60,7 +60,8 @@ def epoch_schedule(opt: argparse.Namespace) -> EpochSchedule:
 
 def runtime_policy(opt: argparse.Namespace) -> RuntimePolicy:
     return RuntimePolicy(device=opt.device, tf32=opt.tf32, deterministic=opt.deterministic, amp=opt.amp,
-                         compile=opt.compile, debug=opt.debug, dist_timeout=opt.dist_timeout)
+                         compile=opt.compile, fast_path=opt.fast_path, checkpoint_branches=opt.checkpoint_branches,
+                         debug=opt.debug, dist_timeout=opt.dist_timeout)
 
 
 def train_settings(opt: argparse.Namespace) -> TrainSettings:

@@ -35,6 +35,7 @@ from method.evaluation.evaluate import EvalFeed, evaluate, evaluate_split, make_
 from method.losses import DLDKDLoss
 from method.models.checkpoint import atomic_save, load_model, model_payload, read_checkpoint
 from method.models.model import DLDKD
+from method.models.students import blocks
 from method.models.teacher import PrecomputedTeacher
 from method.parallel import distributed
 from method.parallel.global_batch import GlobalBatch, pad_share, share_sizes
@@ -52,7 +53,9 @@ def train(s: TrainSettings, d: distributed.Dist, device: torch.device, run_dir: 
     """Train in ``run_dir`` (continuing its ``latest.ckpt`` when ``resuming``), then evaluate the best checkpoint on
     the test split; returns that result (process 0)."""
     setup_logging(run_dir, d)
-    log.info(runtime.policy_summary(device))
+    blocks.configure(s.runtime.fast_path, s.runtime.checkpoint_branches)
+    log.info(runtime.policy_summary(device) + f"; GMMFormer-family blocks: --fast_path {s.runtime.fast_path}"
+             + (", --checkpoint_branches" if s.runtime.checkpoint_branches else ""))
     rng.set_seed(s.seed)
     r = build_run(s, device, d)
     state = {"epoch": 0, "best_score": 0.0, "es_cnt": 0, "history": []}

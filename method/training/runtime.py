@@ -38,6 +38,8 @@ class RuntimePolicy:
     deterministic: bool = False
     amp: str = "none"  # "bf16": the forward pass under bfloat16 autocast
     compile: bool = False
+    fast_path: str = "exact"  # the GMMFormer family's blocks (blocks.FAST_PATH)
+    checkpoint_branches: bool = False  # blocks.CHECKPOINT_BRANCHES
     debug: bool = False  # torch.autograd.detect_anomaly
     dist_timeout: float = 60.0  # minutes
 

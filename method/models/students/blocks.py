@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, as released
 
 # The GMMFormer family's fast path (docs/performance.md, "The GMMFormer family's fast path"):
-#   "off"   the straightforward form (the reference the tests compare with);
+#   "off"   the straightforward form, the authors' (GMMFormerV2 pads every batch to 128 frames): the reference;
 #   "exact" (default) only what gives the same numbers up to float rounding, the same random stream included:
 #           the fusion cross-attention's key / value projections folded into its one query, compact dropout
 #           masks, and videos / captions cut to their own length in length buckets, in training too: there
@@ -25,15 +24,14 @@ MASK_VALUE = -1e10  # masked frames / tokens before a max or a pooling softmax, 
 #           bucket takes its rows and positions of it (``DropoutTape``), so the masks are the reference's;
 #   "on"    "exact", but each bucket draws its own dropout masks (the same distribution, other masks than the
 #           reference: a seeded run's numbers change), skipping the padded positions' draws.
-# Set this attribute, or the environment variable PRVR_FAST_PATH before the import.
-FAST_PATH = os.environ.get("PRVR_FAST_PATH", "exact")
+# A run sets it from --fast_path (``configure``); benchmarks and tests set this attribute.
+FAST_PATH = "exact"
 FAST_PATH_MODES = ("off", "exact", "on")
-if FAST_PATH not in FAST_PATH_MODES:
-    raise ValueError(f"PRVR_FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
-# Activation checkpointing of the GMM / DyGMM blocks' branches (an option, off by default): each branch keeps
-# only its input and its dropout masks (bool) for backward and runs again in backward, with those masks. Less
-# memory, one more forward of the branches in time (docs/performance.md). Fast path only; the same numbers.
-CHECKPOINT_BRANCHES = os.environ.get("PRVR_CHECKPOINT_BRANCHES", "0") == "1"
+# Activation checkpointing of the GMM / DyGMM blocks' branches (an option, off by default; a run's
+# --checkpoint_branches): each branch keeps only its input and its dropout masks (bool) for backward and runs again
+# in backward, with those masks. Less memory, one more forward of the branches in time (docs/performance.md). Fast
+# path only; the same numbers.
+CHECKPOINT_BRANCHES = False
 BUCKET_OVERHEAD = 64  # cost of one more length bucket, in padded positions (its extra small ops)
 MAX_BUCKETS = 8
 
@@ -43,6 +41,15 @@ def fast_path() -> str:
     if FAST_PATH not in FAST_PATH_MODES:
         raise ValueError(f"blocks.FAST_PATH={FAST_PATH!r}: one of {FAST_PATH_MODES}")
     return FAST_PATH
+
+
+def configure(mode: str, checkpoint: bool = False) -> None:
+    """Set ``FAST_PATH`` and ``CHECKPOINT_BRANCHES`` for this process (a run's ``--fast_path`` and
+    ``--checkpoint_branches``)."""
+    global FAST_PATH, CHECKPOINT_BRANCHES
+    if mode not in FAST_PATH_MODES:
+        raise ValueError(f"fast path {mode!r}: one of {FAST_PATH_MODES}")
+    FAST_PATH, CHECKPOINT_BRANCHES = mode, bool(checkpoint)
 
 
 def buckets_allowed(module: nn.Module) -> bool:
