@@ -488,3 +488,41 @@ def test_cached_gaussian_prior():
             torch.testing.assert_close(out.detach(), ref[0], rtol=0, atol=0)
             for a, b in zip(grads, ref[1]):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask_padded", [False, True])
+def test_word_frame_scores_skip_the_positions_masked_in_every_video(mask_padded):
+    """RAL's word-frame score and the dual Holmes' token-wise score over (V, 128) frames zeroed beyond each video's
+    length, with their frame mask or (as training and evaluation pass it) a mask of ones: the fast path computes them
+    over the batch's L positions and puts the 0 floor back; the scores and the gradients of the tokens and of what
+    produced the frames equal the reference's (float64), also with a video at 128 (nothing cut)."""
+    from method.models.students.holmes_dual import token_wise_scores
+    from method.models.students.ral import word_frame_scores
+    g = torch.Generator().manual_seed(0)
+    cuts = 0
+    for lengths in ([7, 30, 2], [128, 5], [1, 1]):
+        mask = (torch.arange(128)[None] < torch.tensor(lengths)[:, None]).double()
+        tokens = torch.randn(4, 6, 8, generator=g, dtype=torch.float64)
+        tmask = (torch.arange(6)[None] < torch.tensor([6, 1, 3, 4])[:, None]).double()
+        weights = torch.rand(4, 6, generator=g, dtype=torch.float64)
+        raw = torch.randn(len(lengths), 128, 8, generator=g, dtype=torch.float64)
+        for given in ([mask] if mask_padded else [mask, torch.ones_like(mask)]):
+            fns = [lambda t, f, m=given: word_frame_scores(t, tmask, f, m, weights, mask_padded)]
+            if not mask_padded:
+                fns.append(lambda t, f, m=given: token_wise_scores(t, tmask, f, m, weights))
+            for fn in fns:
+                results = {}
+                for mode in ("off", "exact"):
+                    old, blocks.FAST_PATH = blocks.FAST_PATH, mode
+                    try:
+                        t, r = tokens.clone().requires_grad_(), raw.clone().requires_grad_()
+                        score = fn(t, r * mask[..., None])  # the encoder zeroes the padded rows
+                        weight = torch.arange(1.0, score.numel() + 1, dtype=score.dtype).view_as(score)
+                        (score * weight).sum().backward()
+                        results[mode] = (score.detach(), t.grad, r.grad)
+                    finally:
+                        blocks.FAST_PATH = old
+                for got, ref in zip(results["exact"], results["off"]):
+                    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+            cuts += blocks.cut_masked_tail(raw * mask[..., None], given)[2]
+    assert cuts > 0

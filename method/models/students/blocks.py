@@ -66,6 +66,26 @@ def extents(mask: torch.Tensor) -> list[int]:
     return torch.where(ext == 0, t, ext).tolist()
 
 
+def cut_masked_tail(feats: torch.Tensor, mask: torch.Tensor, zero_rows: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(feats (V, P, D), mask (V, P)) cut after the last position that counts in any row, and whether anything was
+    cut, on the fast path (not under ``--compile``); else unchanged. A position does not count in a row when it is
+    masked or (``zero_rows``) its feature row is exactly zero: for a max over positions where each such position is
+    a 0 candidate (the zeroed padded frames of GMMFormerV2's family, Q3 / RAL's R5; the dual Holmes' token-wise
+    score) the cut positions were 0 candidates of every row, so a 0 floor on the max over the rest gives the same
+    scores and the same gradients of everything that produced the rows."""
+    if fast_path() == "off" or torch.compiler.is_compiling():
+        return feats, mask, False
+    alive = mask != 0
+    if zero_rows:
+        alive = alive & (feats != 0).any(dim=-1)
+    counted = alive.any(dim=0).nonzero()
+    length = int(counted.max()) + 1 if len(counted) else mask.shape[1]
+    if length == mask.shape[1]:
+        return feats, mask, False
+    return feats[:, :length], mask[:, :length], True
+
+
 def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD,
                    max_buckets: int = MAX_BUCKETS) -> list[tuple[list[int], int]]:
     """Groups of rows cut to a common length: [(row indices, length)], minimising the padded positions

@@ -36,7 +36,7 @@ from torch import nn
 from method.losses.evidential import EvidentialTerms
 from method.models.students import register
 from method.models.students.base import ScoreOutput, setting
-from method.models.students.blocks import FFNAttentionLayer, LinearLayer
+from method.models.students.blocks import FFNAttentionLayer, LinearLayer, cut_masked_tail
 from method.models.students.holmes import (
     HolmesConfig,
     HolmesLosses,
@@ -118,15 +118,18 @@ def token_wise_scores(tokens: torch.Tensor, token_mask: torch.Tensor, frames: to
     tokens A (Q, N, d), token_mask (Q, N), frames B (V, P, d), frame_mask (V, P), weight_logits g (Q, N):
     ``w = softmax_t(g masked -inf)``, ``s[a, b, t] = max_p <A[a,t], B[b,p]> m_t[a,t] m_v[b,p]`` (masked
     products are 0: the 0 floor), ``score = sum_t w s``. ``query_chunk`` bounds the (chunk, V, N, P)
-    intermediate.
+    intermediate. On the fast path the positions masked in every video are not computed
+    (``blocks.cut_masked_tail``: the 0 floor is put back), the same numbers.
     """
     weights = torch.softmax(weight_logits.masked_fill(token_mask == 0, float("-inf")), dim=1)  # (Q, N)
+    frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=True)
     chunk = tokens.shape[0] if query_chunk is None else query_chunk
     out = []
     for start in range(0, tokens.shape[0], max(chunk, 1)):
         a, m = tokens[start:start + chunk], token_mask[start:start + chunk]
         dots = torch.einsum("and,bpd->abnp", a, frames) * m[:, None, :, None] * frame_mask[None, :, None, :]
-        out.append(torch.einsum("an,abn->ab", weights[start:start + chunk], dots.amax(dim=-1)))
+        best = dots.amax(dim=-1)
+        out.append(torch.einsum("an,abn->ab", weights[start:start + chunk], best.clamp_min(0.0) if cut else best))
     return torch.cat(out) if out else tokens.new_zeros(0, frames.shape[0])
 
 

@@ -87,6 +87,7 @@ from method.models.students.blocks import (  # noqa: F401  (pad_frames re-export
     FFNAttentionLayer,
     LinearLayer,
     PositionalEncoding,
+    cut_masked_tail,
     init_normal_weights,
     pad_frames,
 )
@@ -378,15 +379,27 @@ def word_frame_scores(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_
     video with a masked position is floored at 0; ``mask_padded_frames`` leaves
     them out instead. One (Q L_t, V P) matmul; its backward keeps only the
     argmax indices.
+
+    On the fast path (``blocks.FAST_PATH``) the positions that are masked or
+    zero rows in every video (beyond the batch's longest, up to 128) are not
+    computed: each was a 0 candidate of every video's max (R5, Q3), so the max
+    over the others is floored at 0 instead (with ``mask_padded_frames`` only
+    the masked ones, left out): the same numbers and the same gradients of the
+    model, (Q L_t, V L) instead of (Q L_t, V 128).
     """
     q, lt, d = tokens.shape
+    frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=not mask_padded_frames)
+    floor = cut and not mask_padded_frames
     v, p, _ = frames.shape
     dots = (tokens.reshape(q * lt, d) @ frames.reshape(v * p, d).t()).view(q, lt, v, p)
     if mask_padded_frames:  # in place on the fresh matmul output (its backward does not read it)
         dots = dots.masked_fill_(frame_mask[None, None] == 0, float("-inf"))
     else:
         dots = dots.mul_(frame_mask[None, None].to(dots.dtype))
-    best = dots.max(dim=-1).values * token_mask[..., None].to(dots.dtype)  # (Q, L_t, V)
+    best = dots.max(dim=-1).values
+    if floor:
+        best = best.clamp_min(0.0)
+    best = best * token_mask[..., None].to(dots.dtype)  # (Q, L_t, V)
     return torch.einsum("qtv,qt->qv", best, weights)
 
 
