@@ -458,6 +458,11 @@ def test_pack_mask_round_trip():
         packed, s = blocks.pack_mask(keep)
         assert packed.dtype == torch.uint8 and packed.numel() == (keep.numel() + 7) // 8
         assert torch.equal(blocks.unpack_mask(packed, s), keep)
+        # the layout written out (the form that runs off the CPU): bit j of byte i is element 8 i + j
+        flat = torch.nn.functional.pad(keep.reshape(-1).to(torch.int64), (0, -keep.numel() % 8)).view(-1, 8)
+        assert torch.equal(packed.to(torch.int64), (flat * 2 ** torch.arange(8)).sum(-1))
+    transposed = (torch.rand(5, 9, generator=g) < 0.5).t()  # not contiguous
+    assert torch.equal(blocks.unpack_mask(*blocks.pack_mask(transposed)), transposed)
 
 
 def test_cached_gaussian_prior():

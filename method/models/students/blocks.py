@@ -8,6 +8,7 @@ import functools
 import math
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -250,17 +251,23 @@ def pad_frames(frames: torch.Tensor, frame_mask: torch.Tensor, length: int) -> t
 
 
 def pack_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
-    """A bool mask as bits, 8 to a byte (what backward keeps of a dropout): (packed (ceil(n / 8),) uint8, shape)."""
-    flat = keep.reshape(-1).view(torch.uint8)
-    flat = F.pad(flat, (0, -flat.numel() % 8))
+    """A bool mask as bits, 8 to a byte, least significant first (what backward keeps of a dropout):
+    (packed (ceil(n / 8),) uint8, shape). On the CPU NumPy's ``packbits`` (tens of times faster), the same bytes."""
+    flat = keep.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little")), keep.shape
+    flat = F.pad(flat.view(torch.uint8), (0, -flat.numel() % 8))
     bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=keep.device)
     return (flat.view(-1, 8) * bits).sum(-1, dtype=torch.uint8), keep.shape
 
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``pack_mask``'s inverse: the bool mask of ``shape``."""
+    n = math.prod(shape)
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)).view(shape)
     bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=packed.device)
-    return (packed[:, None] & bits).ne_(0).view(-1)[:math.prod(shape)].view(shape)
+    return (packed[:, None] & bits).ne_(0).view(-1)[:n].view(shape)
 
 
 def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
@@ -425,17 +432,19 @@ class _NormDropoutLinear(torch.autograd.Function):
 class LinearLayer(nn.Module):
     """LayerNorm(in) -> Dropout -> Linear(in, out) -> ReLU; names as released (``LayerNorm``, ``net.1``).
 
-    On the fast path in training, one autograd function (``_NormDropoutLinear``) that keeps x, not its two
-    normalised copies, with the reference's dropout mask."""
+    With ``keep_input`` on the fast path in training, one autograd function (``_NormDropoutLinear``) that keeps
+    x, not its two normalised copies, with the reference's dropout mask: less memory for one more LayerNorm in
+    backward (the GMMFormer family's choice; DL-DKD's student, whose step is small, keeps the plain form)."""
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float):
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, keep_input: bool = True):
         super().__init__()
         self.LayerNorm = nn.LayerNorm(in_dim, eps=1e-5)
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+        self.keep_input = keep_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         drop, linear = self.net
-        if (FAST_PATH == "off" or not drop.training or drop.p == 0 or drop.p >= 1 or x.numel() == 0
+        if (not self.keep_input or FAST_PATH == "off" or not drop.training or drop.p == 0 or drop.p >= 1 or x.numel() == 0
                 or not torch.is_grad_enabled() or x.dtype != linear.weight.dtype
                 or torch.is_autocast_enabled(x.device.type)):
             return F.relu(self.net(self.LayerNorm(x)))

@@ -46,11 +46,11 @@ class DLDKDStudent(RobustAlignmentHooks, Student):
         super().__init__(cfg)
         d = cfg.hidden_size
         if with_query_proj:
-            self.query_input_proj = LinearLayer(cfg.query_input_size, d, cfg.input_drop)
+            self.query_input_proj = LinearLayer(cfg.query_input_size, d, cfg.input_drop, keep_input=False)
         self.query_pos_embed = PositionalEncoding(cfg.max_desc_l, d, cfg.input_drop)
         self.query_encoder = AttentionBlock(d, cfg.n_heads, cfg.drop)
         self.modular_vector_mapping = nn.Linear(d, 1, bias=False)
-        self.frame_input_proj = LinearLayer(cfg.visual_input_size, d, cfg.input_drop)
+        self.frame_input_proj = LinearLayer(cfg.visual_input_size, d, cfg.input_drop, keep_input=False)
         self.frame_pos_embed = PositionalEncoding(cfg.max_ctx_l, d, cfg.input_drop)
         self.frame_encoder = AttentionBlock(d, cfg.n_heads, cfg.drop)
         self.mapping_linear = nn.Linear(d, d)
