@@ -121,8 +121,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m method.train",
         description="Train a PRVR recipe: DL-DKD (dual learning with dynamic knowledge distillation), DL-DKD++, "
-                    "GMMFormer, GMMFormerV2 or Holmes. Experiment flags default to the recipe table's values for the "
-                    "collection (docs/recipes.md); flags given here override them.",
+                    "GMMFormer, GMMFormerV2, Holmes or RAL. Experiment flags default to the recipe table's values "
+                    "for the collection (docs/recipes.md); flags given here override them.",
         formatter_class=HelpFormatter)
     add_data_args(p)
     g = p.add_argument_group("training data")
@@ -256,8 +256,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "option for GPUs that changes the numbers " + FROM_TABLE)
     g.add_argument("--fast_path", choices=FAST_PATH_MODES,
                    help="the GMMFormer family's blocks (GMMFormer, GMMFormerV2, Holmes, RAL): off = the "
-                        "straightforward form (the authors' padding to 128 frames included); exact = only what "
-                        "changes the numbers, in length buckets, with the reference's dropout masks; on = exact, "
+                        "straightforward form (the authors' padding to 128 frames included); exact = only the work "
+                        "that changes the numbers, in length buckets, with the reference's dropout masks; on = exact, "
                         "each bucket drawing its own masks (faster on the CPU, other masks: a seeded run changes); "
                         "docs/performance.md " + FROM_TABLE)
     g.add_argument("--checkpoint_branches", action="store_true",
