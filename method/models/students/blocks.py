@@ -157,8 +157,7 @@ class DropoutTape:
             full[0] = r * self.rows
             for dim in length_dims:
                 full[dim] = self.length
-            # the same numbers as F.dropout's ``empty_like(x).bernoulli_(1 - p)``, drawn straight into bools
-            self.masks.append(torch.empty(full, dtype=torch.bool, device=x.device).bernoulli_(1 - p))
+            self.masks.append(_bernoulli_keep(full, p, x.device))
             self.state = _rng_state()
         mask = self.masks[self.pos]
         if self.last:
@@ -201,14 +200,14 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     if full < t:
         raise ValueError(f"run_bucketed: length {full} below the batch's {t} positions")
 
-    def padded(out: torch.Tensor, at: int) -> torch.Tensor:
-        return F.pad(out, (0, 0) * (out.dim() - 2) + (0, full - at)) if pad_length else out
+    def padded(out: torch.Tensor) -> torch.Tensor:
+        return pad_positions(out, full) if pad_length else out
 
     if torch.compiler.is_compiling():  # --compile traces one padded shape (ShapePolicy), not data-dependent buckets
-        return padded(fn(mask, *tensors), t)
+        return padded(fn(mask, *tensors))
     groups = length_buckets(extents(mask))
     if not groups or (len(groups) == 1 and groups[0][1] == full) or _TAPE is not None:
-        return padded(fn(mask, *tensors), t)  # no rows, nothing to cut, or already inside a bucketed region
+        return padded(fn(mask, *tensors))  # no rows, nothing to cut, or already inside a bucketed region
     start = _rng_state() if fast_path() == "exact" else None
     tape = DropoutTape(mask.shape[0], full, mask.device, start) if start is not None else None
     outs, order = [], []
@@ -223,16 +222,15 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
                 _TAPE = None
                 if not torch.equal(_rng_state(), tape.state):
                     raise _NeedsReference  # a dropout outside this module's drew: not the reference's stream
-            outs.append(padded(out, cut))
+            outs.append(padded(out))
             order.extend(rows)
     except _NeedsReference:
         _TAPE = None
         torch.set_rng_state(start)
         BUCKET_COUNTS["reference"] += 1
         if mask.device.type == "cpu" and full > t:
-            extra = full - t
-            return fn(F.pad(mask, (0, extra)), *(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)) for x in tensors))
-        return padded(fn(mask, *tensors), t)
+            return fn(pad_positions(mask, full), *(pad_positions(x, full) for x in tensors))
+        return padded(fn(mask, *tensors))
     finally:
         _TAPE = None
     BUCKET_COUNTS["bucketed"] += 1
@@ -241,13 +239,17 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     return torch.cat(outs)[inverse.to(mask.device)]
 
 
+def pad_positions(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, T, ...) zero-padded along dim 1 to ``length`` >= T positions."""
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
+
+
 def pad_frames(frames: torch.Tensor, frame_mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames (V, L, Dv) and mask (V, L) zero-padded to exactly ``length`` positions (what GMMFormerV2, RAL and
-    the dual-query Holmes do with every batch before the frame block)."""
+    Holmes do with every batch before the frame block)."""
     if frames.shape[1] > length:
         raise ValueError(f"{frames.shape[1]} frames exceed {length}")
-    extra = length - frames.shape[1]
-    return F.pad(frames, (0, 0, 0, extra)), F.pad(frame_mask, (0, extra))
+    return pad_positions(frames, length), pad_positions(frame_mask, length)
 
 
 def pack_mask(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
@@ -270,6 +272,12 @@ def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return (packed[:, None] & bits).ne_(0).view(-1)[:n].view(shape)
 
 
+def _bernoulli_keep(shape: Sequence[int], p: float, device: torch.device) -> torch.Tensor:
+    """The CPU dropout's kept mask of ``shape``: the same random numbers as ATen's ``empty_like(x).bernoulli_(1 - p)``
+    (one draw per element, in order), drawn straight into bools."""
+    return torch.empty(tuple(shape), dtype=torch.bool, device=device).bernoulli_(1 - p)
+
+
 def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x dropped, kept mask (bool)) with the random numbers ``F.dropout(x, p, True)`` draws: on the CPU
@@ -280,7 +288,7 @@ def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
         out, keep = torch.native_dropout(x, p, True)
         return out, keep
     if keep is None:
-        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+        keep = _bernoulli_keep(x.shape, p, x.device)
     return x * keep.to(x.dtype).div_(1 - p), keep
 
 
@@ -337,7 +345,7 @@ def _draw_keep(x: torch.Tensor, p: float) -> torch.Tensor:
     """The kept mask ``F.dropout(x, p, True)`` would draw (see ``_draw_dropout``), without applying it."""
     if x.device.type != "cpu":
         return torch.native_dropout(x, p, True)[1]
-    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+    return _bernoulli_keep(x.shape, p, x.device)
 
 
 def _keep_mask(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int]) -> Optional[torch.Tensor]:
@@ -374,23 +382,38 @@ def checkpointed(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.
     return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
 
 
+def stacked_branches(owner: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
+                     run: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``torch.stack([run(layer, x) for layer in layers])``: the parallel attention branches of ``owner``'s block,
+    each checkpointed (``checkpointed``) when ``checkpoint_branches(owner)``."""
+    if checkpoint_branches(owner):
+        return torch.stack([checkpointed(lambda y, layer=layer: run(layer, y), x) for layer in layers])
+    return torch.stack([run(layer, x) for layer in layers])
+
+
 def checkpoint_branches(module: nn.Module) -> bool:
     """Whether ``module``'s branches run checkpointed now: ``CHECKPOINT_BRANCHES``, the fast path, training,
     gradients on."""
     return CHECKPOINT_BRANCHES and FAST_PATH != "off" and module.training and torch.is_grad_enabled()
 
 
+def _compact(module: nn.Dropout, x: torch.Tensor) -> bool:
+    """Whether ``module``'s dropout of ``x`` runs as one of this module's compact forms now: the fast path, in
+    training, 0 < p < 1, a non-empty x (elsewhere the plain module, which draws nothing or zeroes everything)."""
+    return FAST_PATH != "off" and module.training and 0 < module.p < 1 and x.numel() > 0
+
+
 def dropout(module: nn.Dropout, x: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
     """``module(x)``; on the fast path with a bool mask kept for backward (``_CompactDropout``).
     ``length_dims``: x's dims of the sequence positions (see ``DropoutTape``)."""
-    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or x.numel() == 0:
+    if not _compact(module, x):
         return module(x)
     return _CompactDropout.apply(x, module.p, _keep_mask(module, x, length_dims))
 
 
 def relu_dropout(module: nn.Dropout, h: torch.Tensor, length_dims: Sequence[int] = (1,)) -> torch.Tensor:
     """``module(F.relu(h))``; on the fast path keeping only the output for backward (``_ReluDropout``)."""
-    if not module.training or module.p == 0 or FAST_PATH == "off" or module.p >= 1 or h.numel() == 0:
+    if not _compact(module, h):
         return module(F.relu(h))
     return _ReluDropout.apply(h, module.p, _keep_mask(module, h, length_dims))
 
@@ -444,9 +467,8 @@ class LinearLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         drop, linear = self.net
-        if (not self.keep_input or FAST_PATH == "off" or not drop.training or drop.p == 0 or drop.p >= 1 or x.numel() == 0
-                or not torch.is_grad_enabled() or x.dtype != linear.weight.dtype
-                or torch.is_autocast_enabled(x.device.type)):
+        if (not self.keep_input or not _compact(drop, x) or not torch.is_grad_enabled()
+                or x.dtype != linear.weight.dtype or torch.is_autocast_enabled(x.device.type)):
             return F.relu(self.net(self.LayerNorm(x)))
         keep = _keep_mask(drop, x, (1,))
         if keep is None:
@@ -761,12 +783,8 @@ class GMMBlock(nn.Module):
         """x: (B, T, d), mask: (B, T) or None, own_lengths: (B,) or None -> (4, B, T, d), attn0..attn3.
 
         ``gauss_length``: see ``GaussianSelfAttention.forward``."""
-        if checkpoint_branches(self):
-            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
-                                             layer(y, mask, own_lengths, gauss_length), x)
-                                for k in range(len(GMM_WIDTHS))])
-        return torch.stack([getattr(self, f"attn{k}")(x, mask, own_lengths, gauss_length)
-                            for k in range(len(GMM_WIDTHS))])
+        return stacked_branches(self, [getattr(self, f"attn{k}") for k in range(len(GMM_WIDTHS))], x,
+                                lambda layer, y: layer(y, mask, own_lengths, gauss_length))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 own_lengths: torch.Tensor | None = None, gauss_length: int | None = None) -> torch.Tensor:
@@ -805,12 +823,8 @@ class DyGMMBlock(nn.Module):
         if length > self.frame_len or (length < self.frame_len and mask is None):
             raise ValueError(f"DyGMM block of frame_len {self.frame_len} got length {length}"
                              + ("" if length > self.frame_len else " without a mask"))
-        if checkpoint_branches(self):
-            return torch.stack([checkpointed(lambda y, layer=getattr(self, f"attn{k}"):
-                                             layer(y, mask, gauss_length=self.frame_len), x)
-                                for k in range(len(DYGMM_WIDTHS))])
-        return torch.stack([getattr(self, f"attn{k}")(x, mask, gauss_length=self.frame_len)
-                            for k in range(len(DYGMM_WIDTHS))])
+        return stacked_branches(self, [getattr(self, f"attn{k}") for k in range(len(DYGMM_WIDTHS))], x,
+                                lambda layer, y: layer(y, mask, gauss_length=self.frame_len))
 
     def branch_tokens(self, outs: torch.Tensor, token: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """outs: (K, B, L, d) branches, token: (1, 1, d), mask: (B, L) or None -> (B, K, d), one ``ca`` call."""

@@ -83,12 +83,13 @@ from method.models.students.blocks import (
     LinearLayer,
     PositionalEncoding,
     buckets_allowed,
-    checkpoint_branches,
-    checkpointed,
     encode_pooled_query,
     init_normal_weights,
+    pad_frames,
+    pad_positions,
     relu_dropout,
     run_bucketed,
+    stacked_branches,
 )
 from method.models.students.gmmformer import GMMFamilyConfig
 from method.models.students.gmmformer_v2 import GMMFormerV2QueryLosses, state_sizes
@@ -359,10 +360,7 @@ class HolmesDyGMMBlock(nn.Module):
         length = x.shape[1]
         if length != self.frame_len and not (self.valid_token and mask is not None and length < self.frame_len):
             raise ValueError(f"Holmes DyGMM block of frame_len {self.frame_len} got length {length}")
-        if checkpoint_branches(self):
-            return torch.stack([checkpointed(lambda y, layer=layer: layer(y, mask, gauss_length=self.frame_len), x)
-                                for layer in self.e_attns])
-        return torch.stack([layer(x, mask, gauss_length=self.frame_len) for layer in self.e_attns])
+        return stacked_branches(self, self.e_attns, x, lambda layer, y: layer(y, mask, gauss_length=self.frame_len))
 
     def token(self, outs: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """outs: (8, B, L, d) -> the fusion token (B, 1, d): mean over branches, then over positions."""
@@ -527,8 +525,7 @@ class HolmesStudent(Student):
         if length > self.hcfg.max_ctx_l:
             raise ValueError(f"{length} frames exceed max_ctx_l {self.hcfg.max_ctx_l}")
         if not self.hcfg.token_valid_positions:
-            pad = self.hcfg.max_ctx_l - length
-            frames, frame_mask = F.pad(frames, (0, 0, 0, pad)), F.pad(frame_mask, (0, pad))
+            frames, frame_mask = pad_frames(frames, frame_mask, self.hcfg.max_ctx_l)
         return self.frame_pos_embed(self.frame_input_proj(frames)), frame_mask
 
     def encode_frames(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -545,7 +542,7 @@ class HolmesStudent(Student):
             f = run_bucketed(encode, frame_mask, frames)
         else:
             f = encode(frame_mask, frames)
-        return F.pad(f, (0, 0, 0, self.hcfg.max_ctx_l - f.shape[1]))
+        return pad_positions(f, self.hcfg.max_ctx_l)
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor,
                      clips: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
