@@ -451,6 +451,43 @@ def test_linear_layer_fast_path_bit_for_bit(shape, input_grad):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.7, 0.0, 1.0])
+def test_bernoulli_keep_is_the_cpu_dropout_draw(p, monkeypatch):
+    """The masks the fast path draws on the CPU are ``bernoulli_(1 - p)``'s bit for bit, and leave the generator
+    where it leaves it: across the word chunks (made small here), with and without the word draw."""
+    monkeypatch.setattr(blocks, "_WORD_CHUNK", 1000)
+    for word_draw in (True, False):
+        if word_draw and not blocks._bernoulli_is_word_draw():
+            continue  # this build draws otherwise: _bernoulli_keep calls bernoulli_ itself (the second pass)
+        monkeypatch.setattr(blocks, "_bernoulli_is_word_draw", lambda w=word_draw: w)
+        for shape in [(0,), (1,), (999,), (1000,), (3, 7, 101), (2, 1, 2500)]:
+            torch.manual_seed(3)
+            torch.rand(5)  # a generator part way through its block of 624 words
+            want = torch.empty(shape).bernoulli_(1 - p).bool()
+            after = torch.get_rng_state()
+            torch.manual_seed(3)
+            torch.rand(5)
+            keep = blocks._bernoulli_keep(shape, p, torch.device("cpu"))
+            assert keep.dtype == torch.bool and keep.shape == torch.Size(shape)
+            assert torch.equal(keep, want), (word_draw, shape)
+            assert torch.equal(torch.get_rng_state(), after), (word_draw, shape)
+
+
+def test_bernoulli_word_draw_check_rejects_another_stream(monkeypatch):
+    """A build whose ``bernoulli_`` draws other numbers (MKL's stream on Intel CPUs) fails the check."""
+    blocks._bernoulli_is_word_draw.cache_clear()
+    real = torch.Tensor.bernoulli_
+    def other_stream(t, p, generator=None):
+        return real(t, p, generator=generator).flip(0)
+
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", other_stream)
+    try:
+        assert not blocks._bernoulli_is_word_draw()
+    finally:
+        monkeypatch.undo()
+        blocks._bernoulli_is_word_draw.cache_clear()
+
+
 def test_pack_mask_round_trip():
     g = torch.Generator().manual_seed(0)
     for shape in [(0,), (1,), (7,), (8,), (3, 5, 9), (2, 4, 60, 60)]:

@@ -272,10 +272,45 @@ def unpack_mask(packed: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return (packed[:, None] & bits).ne_(0).view(-1)[:n].view(shape)
 
 
+_WORD_CHUNK = 1 << 20  # elements per ``random_`` call of ``_bernoulli_keep`` (an 8 MiB int64 buffer)
+_MANTISSA = (1 << 53) - 1
+
+
+@functools.cache
+def _bernoulli_is_word_draw() -> bool:
+    """Whether this build's CPU ``bernoulli_(p)`` is ATen's serial draw: per element, one 64-bit word of the
+    generator's Mersenne Twister (``random64``), its low 53 bits ``k`` read as ``u = k / 2**53``, kept where
+    ``u < p``. ``random_()`` on int64 draws the same words (as ``word mod 2**63``, the same low bits) at about
+    half the cost. Builds that draw otherwise (MKL's stream on Intel CPUs, a future ATen) fail this check, and
+    ``_bernoulli_keep`` calls ``bernoulli_`` itself. Checked once on a private generator."""
+    gen, n = torch.Generator(), 4099  # beyond MKL's parallel grain, not a multiple of anything
+    for p in (0.9, 0.3, 0.5):
+        gen.manual_seed(20261204)
+        want = torch.empty(n, dtype=torch.bool).bernoulli_(p, generator=gen)
+        after = gen.get_state()
+        gen.manual_seed(20261204)
+        words = torch.empty(n, dtype=torch.int64).random_(generator=gen)
+        same = torch.equal(want, (words & _MANTISSA) < math.ceil(p * 2.0 ** 53))
+        if not (same and torch.equal(after, gen.get_state())):
+            return False
+    return True
+
+
 def _bernoulli_keep(shape: Sequence[int], p: float, device: torch.device) -> torch.Tensor:
     """The CPU dropout's kept mask of ``shape``: the same random numbers as ATen's ``empty_like(x).bernoulli_(1 - p)``
-    (one draw per element, in order), drawn straight into bools."""
-    return torch.empty(tuple(shape), dtype=torch.bool, device=device).bernoulli_(1 - p)
+    (one draw per element, in order), drawn straight into bools. Where ``bernoulli_`` is the serial word draw
+    (``_bernoulli_is_word_draw``) the words come from ``random_`` in chunks and are compared in bulk: the same
+    bits and generator state, about 30 % less time (the draw is one thread's serial loop either way)."""
+    keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
+    if device.type != "cpu" or not _bernoulli_is_word_draw():
+        return keep.bernoulli_(1 - p)
+    flat, n = keep.view(-1), keep.numel()
+    threshold = math.ceil((1 - p) * 2.0 ** 53)  # k / 2**53 < 1 - p  <=>  k < threshold (exact: a power-of-2 scale)
+    words = torch.empty(min(n, _WORD_CHUNK), dtype=torch.int64)
+    for start in range(0, n, _WORD_CHUNK):
+        chunk = words[:min(_WORD_CHUNK, n - start)].random_()
+        torch.lt(chunk.bitwise_and_(_MANTISSA), threshold, out=flat[start:start + len(chunk)])
+    return keep
 
 
 def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
