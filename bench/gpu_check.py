@@ -22,6 +22,12 @@ Prints one JSON line per check, in this order, then a summary line:
   largest gradient: those, and any as small, e.g. at tiny sizes GMMFormerV2's
   fusion head, whose Gaussian branches nearly coincide at initialisation),
   and they are listed as ``noise_only`` and left out.
+- ``fast_path_tape``: the GMMFormer family's length buckets in training with
+  dropout on the device (``blocks.CUDA_TAPE`` on): GMMFormerV2, RAL and Holmes
+  (--token_valid_positions), the reference path against "exact" from one seed:
+  loss terms, gradients and the generator's state after the step; ``ok`` at
+  1e-4 says the tape draws the reference's masks there (``CUDA_TAPE`` can
+  become the default).
 - ``precision``: bf16 autocast, TF32 and --compile against float32 on the
   device (loss deltas over three steps) and the graphs --compile built.
 - ``step_<variant>``: the training step at TVR sizes (128 videos x 128 frames
@@ -80,6 +86,7 @@ from method.training.schedules import epoch_settings
 from method.models.teacher import PrecomputedTeacher
 from method.training.loop import Run, build_run, train_one_epoch, train_step
 from method.losses import ral as ral_losses
+from method.models.students import blocks
 
 PARITY_TOL = 1e-4
 PRECISION_TOL = {"bf16": 3e-2, "tf32": 5e-3, "compile": 1e-4}  # max relative loss delta against float32
@@ -382,6 +389,67 @@ def parity_check(recipe: str):
     return check
 
 
+def tape_errors(got: dict, ref: dict) -> dict:
+    """Max relative errors of one step's loss terms and gradients; a gradient's error relative to its norm, or to
+    1e-4 of the largest gradient's where it is smaller: gradients that are 0 in exact arithmetic (attention key
+    biases, the fusion logits' bias before the softmax over branches) hold only rounding noise, about 1e-10 of
+    the largest; masks other than the reference's change every gradient by its own size."""
+    terms = max(abs(got["terms"][0][k] - v) / max(abs(v), 1e-6) for k, v in ref["terms"][0].items())
+    a, b = got["grads"][0], ref["grads"][0]
+    floor = 1e-4 * max(float(g.norm()) for g in b.values())
+    grads = max(float((a[n] - g).norm()) / max(float(g.norm()), floor) for n, g in b.items())
+    return {"max_rel_terms": terms, "max_rel_grads": grads}
+
+
+# the students whose training runs in length buckets with dropout (Holmes' frames only with the H2 fix)
+TAPE_RECIPES = {"gmmformer_v2": [], "ral": [], "holmes": ["--token_valid_positions"]}
+
+
+def check_fast_path_tape(ctx) -> dict:
+    """Length buckets in training on the device, with dropout: each student's step on the reference path ("off":
+    every batch padded to 128 frames, ATen's dropout) against "exact" with the tape drawing on the device
+    (``blocks.CUDA_TAPE``; a bucket per length), from the same weights, batch and seed, on the device. The
+    reference's masks give the same loss terms and gradients (``PARITY_TOL``, TF32 off; ``tape_errors``) and the
+    same generator state after the step; other masks give errors of order 1. ``ok`` on a GPU: ``blocks.CUDA_TAPE``
+    can be on by default."""
+    device, sizes = ctx.device, ctx.sizes
+    runtime.apply_policy(tf32=False, deterministic=False)
+    saved = blocks.FAST_PATH, blocks.CUDA_TAPE, blocks.BUCKET_OVERHEAD
+    students, worst, ok = {}, 0.0, True
+    try:
+        blocks.CUDA_TAPE, blocks.BUCKET_OVERHEAD = True, 0  # several buckets even in small batches
+        for recipe, extra in TAPE_RECIPES.items():
+            opt = parse_train_args(["--root_path", "/nonexistent", "--collection", "tvr", *RECIPES[recipe],
+                                    "--hard_pool_size", "1", "--hidden_size", str(sizes.hidden),
+                                    "--n_heads", str(sizes.heads), *extra])  # the recipe's dropout
+            batch = recipe_batches(opt, sizes, 1, seed=2)
+            settings = epoch_settings(epoch_schedule(opt), 40)
+            state = copy.deepcopy(make_run(opt, sizes, torch.device("cpu")).model.state_dict())
+            runs, counts = {}, {}
+            for path in ("off", "exact"):
+                blocks.FAST_PATH = path
+                run = make_run(opt, sizes, device, state)
+                before = dict(blocks.BUCKET_COUNTS)
+                torch.manual_seed(7)  # the CPU's and every device's generator
+                runs[path] = run_steps(run, batch, settings, device)
+                runs[path]["rng"] = blocks._rng_state(device)
+                counts[path] = {k: blocks.BUCKET_COUNTS[k] - before[k] for k in before}
+            diff = tape_errors(runs["exact"], runs["off"])
+            rel = max(diff["max_rel_terms"], diff["max_rel_grads"])
+            same_rng = bool(torch.equal(runs["exact"]["rng"], runs["off"]["rng"]))
+            bucketed = counts["exact"]["bucketed"] > 0 and counts["exact"]["reference"] == 0
+            students[recipe] = {"max_rel_terms": diff["max_rel_terms"], "max_rel_grads": diff["max_rel_grads"],
+                                "same_generator_state": same_rng, "regions": counts["exact"]}
+            worst = max(worst, rel)
+            ok = ok and rel <= PARITY_TOL and same_rng and bucketed
+    finally:
+        blocks.FAST_PATH, blocks.CUDA_TAPE, blocks.BUCKET_OVERHEAD = saved
+    out = {"ok": ok, "tolerance": PARITY_TOL, "worst": worst, "students": students}
+    if device.type == "cpu":
+        out["note"] = "--device cpu: the CPU's tape (always on; checks the harness); the CUDA tape needs a GPU"
+    return out
+
+
 def loss_curve(run: Run, batches: list, settings: dict, device: torch.device, amp: str = "none") -> list:
     return [float(train_step(dataclasses.replace(run, amp=amp), to_device(b, device), settings)["loss"]) for b in batches]
 
@@ -606,6 +674,7 @@ class Context:
 
 CHECKS = [("env", check_env, 30), ("nccl", check_nccl, 60),
           *((f"parity_{name}", parity_check(name), 60) for name in RECIPES),
+          ("fast_path_tape", check_fast_path_tape, 90),
           ("precision", check_precision, 90),
           *((f"step_{v}", step_check(v), 150 if v.endswith("compile") else 40)
             for v in ("fp32", "tf32", "bf16", "bf16_compile")),

@@ -26,15 +26,23 @@ from method.models.students import STUDENTS
 
 def main(argv=None) -> None:
     p = bench_parser(__doc__)
-    p.add_argument("--preset", default="tvr", choices=sorted(PRESETS))
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="gmmformer_v2")
-    p.add_argument("--student", choices=sorted(STUDENTS), default=None)
-    p.add_argument("--lengths", choices=LENGTHS, default="tvr")
-    p.add_argument("--path", choices=PATHS, default="exact")
+    p.add_argument("--preset", default="tvr", choices=sorted(PRESETS), help="batch size to measure")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="gmmformer_v2",
+                   help="the recipe whose step is measured")
+    p.add_argument("--student", choices=sorted(STUDENTS), default=None,
+                   help="the branch network under the recipe (default: the recipe's)")
+    p.add_argument("--lengths", choices=LENGTHS, default="tvr",
+                   help="frame and token counts of the batch (bench/common.py)")
+    p.add_argument("--path", choices=PATHS, default="exact",
+                   help="the fast-path mode (off = the reference; +ckpt: with checkpointed branches)")
+    p.add_argument("--train_args", default="",
+                   help="more flags of method.train for the measured run, one string: "
+                        "--train_args=--token_valid_positions")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     set_path(args.path)
-    step, opt = make_step(PRESETS[args.preset], device, "none", False, args.recipe, args.student, args.lengths)
+    step, opt = make_step(PRESETS[args.preset], device, "none", False, args.recipe, args.student, args.lengths,
+                          args.train_args)
     step()
     gc.collect()
     reset_peak_rss()
@@ -44,7 +52,8 @@ def main(argv=None) -> None:
     step()
     seconds = time.perf_counter() - t0
     emit(bench="peak_rss", preset=args.preset, recipe=args.recipe, student=opt.student, path=args.path,
-         lengths=args.lengths, rss_at_reset_mb=round(base), peak_rss_mb=round(peak_rss_since_reset_mb()),
+         lengths=args.lengths, train_args=args.train_args, rss_at_reset_mb=round(base),
+         peak_rss_mb=round(peak_rss_since_reset_mb()),
          step_seconds=round(seconds, 2), loadavg=float(os.getloadavg()[0]), threads=torch.get_num_threads())
 
 

@@ -192,7 +192,7 @@ def evaluate(device, tiny: bool) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda", help="the device checked against the CPU (cuda; cpu checks the harness)")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (harness check on the CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import shlex
 import statistics
 import time
 
@@ -82,9 +83,12 @@ class MatchingTimer:
 
 
 def make_step(preset: dict, device: torch.device, amp: str, compile_model: bool, recipe: str, student,
-              lengths: str = "full"):
+              lengths: str = "full", train_args: str = ""):
+    """(the training loop's step on one synthetic batch, as a function of nothing; the run's options).
+    ``train_args``: more of ``method.train``'s flags, as one string (``--token_valid_positions``)."""
     torch.manual_seed(0)
-    args = ["--root_path", "/unused", "--collection", "tvr", "--recipe", recipe, *(["--student", student] if student else [])]
+    args = ["--root_path", "/unused", "--collection", "tvr", "--recipe", recipe,
+            *(["--student", student] if student else []), *shlex.split(train_args)]
     opt = parse_train_args(args)
     model = DLDKD(model_config(opt, preset["visual_dim"], preset["text_dim"])).to(device).train()
     optimizer, scheduler = build_optimizer(model, "bertadam", opt.lr, opt.wd, total_steps=10_000)
@@ -125,6 +129,9 @@ def main(argv=None) -> None:
                         "(off = the reference; +ckpt: with blocks.CHECKPOINT_BRANCHES); default: the mode in force, "
                         "alone")
     p.add_argument("--profile", type=int, default=0, help="print the top N ops (self CPU time) of one step")
+    p.add_argument("--train_args", default="",
+                   help="more flags of method.train for the measured run, one string: "
+                        "--train_args=--token_valid_positions")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
@@ -158,7 +165,8 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
         set_path(path)
         # FLOPs are counted on an eager step (the same maths), so the count does not
         # depend on how torch.compile traces or fuses the model.
-        counted, opt = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student, args.lengths)
+        counted, opt = make_step(PRESETS[name], device, args.amp, False, args.recipe, args.student, args.lengths,
+                                 args.train_args)
         counted()  # allocate optimiser state outside the counted step
         with FlopCounterMode(display=False) as counter:
             counted()
@@ -175,7 +183,7 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
     for path in paths:
         set_path(path)
         steps[path], _ = make_step(PRESETS[name], device, args.amp, args.compile, args.recipe, args.student,
-                                   args.lengths)
+                                   args.lengths, args.train_args)
     times = {path: [] for path in paths}
     rss = {path: 0.0 for path in paths}
     matching = {path: 0.0 for path in paths}
@@ -196,7 +204,7 @@ def measure(args, name: str, paths: list, device: torch.device, peak: float, tim
         seconds, f, m = statistics.median(times[path]), flops[path], matching[path]
         records[path] = dict(
             bench="train_step", preset=name, recipe=args.recipe, student=opt.student, device=machine(device),
-            amp=args.amp, compile=args.compile, path=path, lengths=args.lengths,
+            amp=args.amp, compile=args.compile, path=path, lengths=args.lengths, train_args=args.train_args,
             step_seconds=round(seconds, 4), step_seconds_all=[round(t, 2) for t in times[path]],
             step_gflop=round(f / 1e9, 1), achieved_gflops=round(f / seconds / 1e9, 1),
             matmul_peak_gflops=round(peak / 1e9, 1), fraction_of_peak=round(f / seconds / peak, 3),

@@ -33,6 +33,11 @@ FAST_PATH_MODES = ("off", "exact", "on")
 # in backward, with those masks. Less memory, one more forward of the branches in time (docs/performance.md). Fast
 # path only; the same numbers.
 CHECKPOINT_BRANCHES = False
+# Length buckets in training on CUDA: the tape draws each mask with ``native_dropout`` at the reference's shape and
+# dtype (what ATen's dropout runs there), expecting the reference's masks and generator offset. Off until a GPU run
+# of bench/gpu_check.py's ``fast_path_tape`` check (which sets it for its own run) shows that they are; off, a CUDA
+# region with dropout runs whole, at the batch's longest sequence.
+CUDA_TAPE = False
 BUCKET_OVERHEAD = 64  # cost of one more length bucket, in padded positions (its extra small ops)
 MAX_BUCKETS = 8
 
@@ -87,11 +92,12 @@ def cut_masked_tail(feats: torch.Tensor, mask: torch.Tensor, zero_rows: bool = F
     return feats[:, :length], mask[:, :length], True
 
 
-def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD,
+def length_buckets(lengths: Sequence[int], overhead: Optional[int] = None,
                    max_buckets: int = MAX_BUCKETS) -> list[tuple[list[int], int]]:
     """Groups of rows cut to a common length: [(row indices, length)], minimising the padded positions
-    ``sum(rows x length)`` plus ``overhead`` per group, at most ``max_buckets`` groups (dynamic programme
-    over the rows sorted by length)."""
+    ``sum(rows x length)`` plus ``overhead`` (default ``BUCKET_OVERHEAD``) per group, at most ``max_buckets`` groups
+    (dynamic programme over the rows sorted by length)."""
+    overhead = BUCKET_OVERHEAD if overhead is None else overhead
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     ls = [lengths[i] for i in order]
     n = len(ls)
@@ -149,16 +155,16 @@ class DropoutTape:
             raise RuntimeError(f"dropout of {tuple(x.shape)} in a bucket of {b} rows")
         r = x.shape[0] // b
         if self.first:
-            if self.device.type != "cpu":  # the CPU's draw is reproduced; elsewhere run the reference
+            if not _tape_draws_on(self.device):  # elsewhere run the reference
                 raise _NeedsReference
-            if not torch.equal(_rng_state(), self.state):
+            if not torch.equal(_rng_state(self.device), self.state):
                 raise _NeedsReference  # something else drew random numbers in between
             full = list(x.shape)
             full[0] = r * self.rows
             for dim in length_dims:
                 full[dim] = self.length
-            self.masks.append(_bernoulli_keep(full, p, x.device))
-            self.state = _rng_state()
+            self.masks.append(_reference_keep(full, p, x.dtype, x.device))
+            self.state = _rng_state(self.device)
         mask = self.masks[self.pos]
         if self.last:
             self.masks[self.pos] = None
@@ -174,8 +180,21 @@ _TAPE: Optional[DropoutTape] = None
 BUCKET_COUNTS = {"bucketed": 0, "reference": 0}
 
 
-def _rng_state() -> torch.Tensor:
-    return torch.get_rng_state()
+def _tape_draws_on(device: torch.device) -> bool:
+    """Whether the tape reproduces the reference's dropout masks on ``device``: the CPU; CUDA with ``CUDA_TAPE``."""
+    return device.type == "cpu" or (device.type == "cuda" and CUDA_TAPE)
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator that ``device``'s dropouts draw from."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: torch.Tensor,
@@ -190,9 +209,10 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
 
     On the "exact" path the dropouts inside ``fn`` (``dropout`` / ``relu_dropout`` of this module) take their
     masks from a ``DropoutTape``: the reference's random numbers and masks. Where that cannot be guaranteed the
-    generator is set back and ``fn`` runs on the whole batch, as the reference: on the CPU (a dropout outside
-    this module drew in between) padded to ``length`` as the reference runs, bit for bit; elsewhere (no GPU
-    check of the tape yet) at T, with the reference's numbers and masks drawn at T.
+    generator is set back and ``fn`` runs on the whole batch, as the reference: where the tape draws (the CPU;
+    CUDA with ``CUDA_TAPE``) but a dropout outside this module drew in between, padded to ``length`` as the
+    reference runs, bit for bit on the CPU; elsewhere (CUDA without ``CUDA_TAPE``) at T, with the reference's
+    numbers and masks drawn at T.
     """
     global _TAPE
     t = mask.shape[1]
@@ -208,7 +228,7 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
     groups = length_buckets(extents(mask))
     if not groups or (len(groups) == 1 and groups[0][1] == full) or _TAPE is not None:
         return padded(fn(mask, *tensors))  # no rows, nothing to cut, or already inside a bucketed region
-    start = _rng_state() if fast_path() == "exact" else None
+    start = _rng_state(mask.device) if fast_path() == "exact" else None
     tape = DropoutTape(mask.shape[0], full, mask.device, start) if start is not None else None
     outs, order = [], []
     try:
@@ -220,15 +240,15 @@ def run_bucketed(fn: Callable[..., torch.Tensor], mask: torch.Tensor, *tensors: 
             out = fn(mask[idx, :cut], *(x[idx, :cut] for x in tensors))
             if tape is not None:
                 _TAPE = None
-                if not torch.equal(_rng_state(), tape.state):
+                if not torch.equal(_rng_state(mask.device), tape.state):
                     raise _NeedsReference  # a dropout outside this module's drew: not the reference's stream
             outs.append(padded(out))
             order.extend(rows)
     except _NeedsReference:
         _TAPE = None
-        torch.set_rng_state(start)
+        _set_rng_state(start, mask.device)
         BUCKET_COUNTS["reference"] += 1
-        if mask.device.type == "cpu" and full > t:
+        if _tape_draws_on(mask.device) and full > t:
             return fn(pad_positions(mask, full), *(pad_positions(x, full) for x in tensors))
         return padded(fn(mask, *tensors))
     finally:
@@ -311,6 +331,14 @@ def _bernoulli_keep(shape: Sequence[int], p: float, device: torch.device) -> tor
         chunk = words[:min(_WORD_CHUNK, n - start)].random_()
         torch.lt(chunk.bitwise_and_(_MANTISSA), threshold, out=flat[start:start + len(chunk)])
     return keep
+
+
+def _reference_keep(shape: Sequence[int], p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The kept mask ATen's dropout draws for a contiguous tensor of ``shape`` and ``dtype``: on the CPU
+    ``_bernoulli_keep``'s; on CUDA ``native_dropout``'s (its masks depend on the dtype)."""
+    if device.type == "cpu":
+        return _bernoulli_keep(shape, p, device)
+    return torch.native_dropout(torch.empty(tuple(shape), dtype=dtype, device=device), p, True)[1]
 
 
 def _draw_dropout(x: torch.Tensor, p: float, keep: Optional[torch.Tensor] = None
