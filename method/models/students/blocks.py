@@ -320,10 +320,11 @@ def _bernoulli_keep(shape: Sequence[int], p: float, device: torch.device) -> tor
     """The CPU dropout's kept mask of ``shape``: the same random numbers as ATen's ``empty_like(x).bernoulli_(1 - p)``
     (one draw per element, in order), drawn straight into bools. Where ``bernoulli_`` is the serial word draw
     (``_bernoulli_is_word_draw``) the words come from ``random_`` in chunks and are compared in bulk: the same
-    bits and generator state, about 30 % less time (the draw is one thread's serial loop either way)."""
+    bits and generator state, about 30 % less time (the draw is one thread's serial loop either way). Under
+    ``torch.compile`` plainly ``bernoulli_``."""
     keep = torch.empty(tuple(shape), dtype=torch.bool, device=device)
-    if device.type != "cpu" or not _bernoulli_is_word_draw():
-        return keep.bernoulli_(1 - p)
+    if device.type != "cpu" or torch.compiler.is_compiling() or not _bernoulli_is_word_draw():
+        return keep.bernoulli_(1 - p)  # (compiled: the compiler's own random stream either way)
     flat, n = keep.view(-1), keep.numel()
     threshold = math.ceil((1 - p) * 2.0 ** 53)  # k / 2**53 < 1 - p  <=>  k < threshold (exact: a power-of-2 scale)
     words = torch.empty(min(n, _WORD_CHUNK), dtype=torch.int64)
