@@ -539,8 +539,9 @@ def test_word_frame_scores_skip_the_positions_masked_in_every_video(mask_padded)
     over the batch's L positions and puts the 0 floor back; the scores and the gradients of the tokens and of what
     produced the frames equal the reference's (float64), also with a video at 128 (nothing cut)."""
     from method.models.students.holmes_dual import token_wise_scores
-    from method.models.students.ral import word_frame_scores
+    from method.models.students.ral import word_frame_pair, word_frame_scores
     g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 1).double()  # RAL's token-confidence head (both scores of a level share one cut)
     cuts = 0
     for lengths in ([7, 30, 2], [128, 5], [1, 1]):
         mask = (torch.arange(128)[None] < torch.tensor(lengths)[:, None]).double()
@@ -549,7 +550,9 @@ def test_word_frame_scores_skip_the_positions_masked_in_every_video(mask_padded)
         weights = torch.rand(4, 6, generator=g, dtype=torch.float64)
         raw = torch.randn(len(lengths), 128, 8, generator=g, dtype=torch.float64)
         for given in ([mask] if mask_padded else [mask, torch.ones_like(mask)]):
-            fns = [lambda t, f, m=given: word_frame_scores(t, tmask, f, m, weights, mask_padded)]
+            fns = [lambda t, f, m=given: word_frame_scores(t, tmask, f, m, weights, mask_padded),
+                   lambda t, f, m=given: torch.stack(
+                       [word_frame_pair(t, tmask, f, m, head, mask_padded)[k] for k in ("cos", "raw")])]
             if not mask_padded:
                 fns.append(lambda t, f, m=given: token_wise_scores(t, tmask, f, m, weights))
             for fn in fns:

@@ -11,8 +11,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = ["env", "nccl", "parity_iccv", "parity_dldkdpp", "parity_gmmformer", "parity_gmmformer_v2",
             "parity_iccv_student_gmmformer_v2", "parity_holmes", "parity_iccv_student_holmes",
-            "parity_holmes_dual", "parity_ral", "parity_iccv_student_ral", "fast_path_tape", "precision", "step_fp32", "step_tf32", "step_bf16",
-            "step_bf16_compile", "epoch_data", "epoch_device", "epoch_files", "eval", "summary"]
+            "parity_holmes_dual", "parity_ral", "parity_iccv_student_ral", "fast_path_tape", "precision",
+            "step_fp32", "step_tf32", "step_bf16", "step_bf16_compile", "epoch_data", "epoch_device", "epoch_files",
+            "eval", "summary"]
 
 
 @pytest.mark.slow  # a new interpreter running every check of the bench script

@@ -370,7 +370,7 @@ def token_confidences(logits: Tensor, token_mask: Tensor) -> Tensor:
 
 
 def word_frame_scores(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor,
-                      weights: Tensor, mask_padded_frames: bool = False) -> Tensor:
+                      weights: Tensor, mask_padded_frames: bool = False, cut: Optional[bool] = None) -> Tensor:
     """``score[q, v] = sum_t a[q, t] max_l <T[q, t], F[v, l]> m[q, t] n[v, l]`` (RAL.md 3), (Q, V).
 
     tokens: (Q, L_t, D), token_mask: (Q, L_t), frames: (V, P, D), frame_mask: (V, P),
@@ -385,10 +385,13 @@ def word_frame_scores(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_
     computed: each was a 0 candidate of every video's max (R5, Q3), so the max
     over the others is floored at 0 instead (with ``mask_padded_frames`` only
     the masked ones, left out): the same numbers and the same gradients of the
-    model, (Q L_t, V L) instead of (Q L_t, V 128).
+    model, (Q L_t, V L) instead of (Q L_t, V 128). ``cut`` given: the caller
+    has cut ``frames`` and ``frame_mask`` already (``cut_frame_tail``), True
+    when it cut something (both scores of a level share one cut).
     """
     q, lt, d = tokens.shape
-    frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=not mask_padded_frames)
+    if cut is None:
+        frames, frame_mask, cut = cut_frame_tail(frames, frame_mask, mask_padded_frames)
     floor = cut and not mask_padded_frames
     v, p, _ = frames.shape
     dots = (tokens.reshape(q * lt, d) @ frames.reshape(v * p, d).t()).view(q, lt, v, p)
@@ -403,6 +406,13 @@ def word_frame_scores(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_
     return torch.einsum("qtv,qt->qv", best, weights)
 
 
+def cut_frame_tail(frames: Tensor, frame_mask: Tensor, mask_padded_frames: bool = False
+                   ) -> tuple[Tensor, Tensor, bool]:
+    """(frames, frame_mask, whether cut) without the positions that count in no video's word-frame max
+    (``blocks.cut_masked_tail``: masked, or with R5 zero rows too), on the fast path."""
+    return cut_masked_tail(frames, frame_mask, zero_rows=not mask_padded_frames)
+
+
 def word_frame_pair(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_mask: Tensor, weight_fc: nn.Module,
                     mask_padded_frames: bool = False, confidence_from_normalised: bool = False,
                     raw: bool = True) -> dict[str, Tensor]:
@@ -415,13 +425,14 @@ def word_frame_pair(tokens: Tensor, token_mask: Tensor, frames: Tensor, frame_ma
     """
     unit_tokens = _unit(tokens)
     logits_cos = weight_fc(unit_tokens).squeeze(-1)
+    frames, frame_mask, cut = cut_frame_tail(frames, frame_mask, mask_padded_frames)  # unit rows: the same cut
     out = {"cos": word_frame_scores(unit_tokens, token_mask, _unit(frames), frame_mask,
-                                    token_confidences(logits_cos, token_mask), mask_padded_frames),
+                                    token_confidences(logits_cos, token_mask), mask_padded_frames, cut),
            "logits_cos": logits_cos}
     if raw:
         logits_raw = logits_cos if confidence_from_normalised else weight_fc(tokens).squeeze(-1)
         out["raw"] = word_frame_scores(tokens, token_mask, frames, frame_mask,
-                                       token_confidences(logits_raw, token_mask), mask_padded_frames)
+                                       token_confidences(logits_raw, token_mask), mask_padded_frames, cut)
         out["logits_raw"] = logits_raw
     return out
 
@@ -633,10 +644,11 @@ class RALStudent(GMMFormerV2Student):
             return score_level(queries, feats, mask)
         tokens, token_mask = outputs["tokens"], outputs["token_mask"]
         fix = self.cfg.mask_padded_frames  # the level's mask: ones (R5, padded rows are 0) or the padded frame mask
+        feats, mask, cut = cut_frame_tail(feats, mask, fix)  # one cut for both scores (unit rows: the same)
         cos = word_frame_scores(_unit(tokens), token_mask, _unit(feats), mask,
-                                token_confidences(outputs["token_logits"], token_mask), fix)
+                                token_confidences(outputs["token_logits"], token_mask), fix, cut)
         raw = word_frame_scores(tokens, token_mask, feats, mask,
-                                token_confidences(outputs["token_logits_raw"], token_mask), fix)
+                                token_confidences(outputs["token_logits_raw"], token_mask), fix, cut)
         return ScoreOutput(cos, raw, None)
 
     def eval_level_scores(self, level: str, queries: Tensor, encodings: dict[str, Tensor],
