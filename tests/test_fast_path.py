@@ -538,7 +538,9 @@ def test_word_frame_scores_skip_the_positions_masked_in_every_video(mask_padded)
     length, with their frame mask or (as training and evaluation pass it) a mask of ones: the fast path computes them
     over the batch's L positions and puts the 0 floor back; the scores and the gradients of the tokens and of what
     produced the frames equal the reference's (float64), also with a video at 128 (nothing cut)."""
-    from method.models.students.holmes_dual import token_wise_scores
+    from types import SimpleNamespace
+
+    from method.models.students.holmes_dual import HolmesDualStudent, token_wise_scores
     from method.models.students.ral import word_frame_pair, word_frame_scores
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(8, 1).double()  # RAL's token-confidence head (both scores of a level share one cut)
@@ -554,7 +556,14 @@ def test_word_frame_scores_skip_the_positions_masked_in_every_video(mask_padded)
                    lambda t, f, m=given: torch.stack(
                        [word_frame_pair(t, tmask, f, m, head, mask_padded)[k] for k in ("cos", "raw")])]
             if not mask_padded:
-                fns.append(lambda t, f, m=given: token_wise_scores(t, tmask, f, m, weights))
+                # the dual Holmes' S_f and U_f of a level share one cut: its authors' forward and the training loop's
+                dual = SimpleNamespace(text_weight_fc=head, hcfg=SimpleNamespace(shared_token_weights=False))
+                logits = {"token_logits": weights, "token_logits_raw": weights.flip(1)}
+                fns += [lambda t, f, m=given: token_wise_scores(t, tmask, f, m, weights),
+                        lambda t, f, m=given: torch.stack(HolmesDualStudent.token_scores(dual, t, tmask, f, m)),
+                        lambda t, f, m=given: (lambda o: torch.stack([o.video_scores, o.video_scores_raw]))(
+                            HolmesDualStudent.level_scores(dual, "frame", None, f, m,
+                                                           {"tokens": t, "token_mask": tmask, **logits}))]
             for fn in fns:
                 results = {}
                 for mode in ("off", "exact"):

@@ -112,17 +112,20 @@ def token_weight_logits(weight_fc: nn.Module, tokens: torch.Tensor) -> torch.Ten
 
 
 def token_wise_scores(tokens: torch.Tensor, token_mask: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
-                      weight_logits: torch.Tensor, query_chunk: Optional[int] = None) -> torch.Tensor:
+                      weight_logits: torch.Tensor, query_chunk: Optional[int] = None,
+                      cut: Optional[bool] = None) -> torch.Tensor:
     """Weighted token-wise intersection (10.3): (Q, V) scores.
 
     tokens A (Q, N, d), token_mask (Q, N), frames B (V, P, d), frame_mask (V, P), weight_logits g (Q, N):
     ``w = softmax_t(g masked -inf)``, ``s[a, b, t] = max_p <A[a,t], B[b,p]> m_t[a,t] m_v[b,p]`` (masked
     products are 0: the 0 floor), ``score = sum_t w s``. ``query_chunk`` bounds the (chunk, V, N, P)
     intermediate. On the fast path the positions masked in every video are not computed
-    (``blocks.cut_masked_tail``: the 0 floor is put back), the same numbers.
+    (``blocks.cut_masked_tail``: the 0 floor is put back), the same numbers. ``cut`` given: the caller has cut
+    ``frames`` and ``frame_mask`` already, True when it cut something (S_f and U_f of a level share one cut).
     """
     weights = torch.softmax(weight_logits.masked_fill(token_mask == 0, float("-inf")), dim=1)  # (Q, N)
-    frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=True)
+    if cut is None:
+        frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=True)
     chunk = tokens.shape[0] if query_chunk is None else query_chunk
     out = []
     for start in range(0, tokens.shape[0], max(chunk, 1)):
@@ -168,11 +171,12 @@ class HolmesDualStudent(HolmesStudent):
         S_f on unit tokens and frames with weights from the unit tokens; U_f on the raw ones with weights
         from the raw tokens (H15; ``shared_token_weights``: both from the raw tokens).
         """
+        frames, frame_mask, cut = cut_masked_tail(frames, frame_mask, zero_rows=True)  # unit rows: the same cut
         unit_t, unit_f = F.normalize(tokens, dim=-1, eps=1e-12), F.normalize(frames, dim=-1, eps=1e-12)
         raw_logits = token_weight_logits(self.text_weight_fc, tokens)
         unit_logits = raw_logits if self.hcfg.shared_token_weights else token_weight_logits(self.text_weight_fc, unit_t)
-        s_f = token_wise_scores(unit_t, token_mask, unit_f, frame_mask, unit_logits, query_chunk)
-        u_f = token_wise_scores(tokens, token_mask, frames, frame_mask, raw_logits, query_chunk)
+        s_f = token_wise_scores(unit_t, token_mask, unit_f, frame_mask, unit_logits, query_chunk, cut)
+        u_f = token_wise_scores(tokens, token_mask, frames, frame_mask, raw_logits, query_chunk, cut)
         return s_f, u_f
 
     def padded_frame_mask(self, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -205,9 +209,10 @@ class HolmesDualStudent(HolmesStudent):
         if level != "frame":
             return super().level_scores(level, queries, feats, mask, outputs)
         tokens, token_mask = outputs["tokens"], outputs["token_mask"]
+        feats, mask, cut = cut_masked_tail(feats, mask, zero_rows=True)  # one cut for both (unit rows: the same)
         unit_t, unit_f = F.normalize(tokens, dim=-1, eps=1e-12), F.normalize(feats, dim=-1, eps=1e-12)
-        s_f = token_wise_scores(unit_t, token_mask, unit_f, mask, outputs["token_logits"])
-        u_f = token_wise_scores(tokens, token_mask, feats, mask, outputs["token_logits_raw"])
+        s_f = token_wise_scores(unit_t, token_mask, unit_f, mask, outputs["token_logits"], cut=cut)
+        u_f = token_wise_scores(tokens, token_mask, feats, mask, outputs["token_logits_raw"], cut=cut)
         return ScoreOutput(s_f, u_f, None)
 
     def query_encodings(self, feat: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
